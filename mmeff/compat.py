@@ -1,0 +1,104 @@
+"""Fixes for known problems of mmengine 0.10.7 / mmdet 3.3 / mmseg 1.2 on torch >= 2.6, numpy 2
+and CPU, applied in one place when ``mmeff.models`` is imported (``apply_all()``).
+
+Each fix names its source (see also ../shared/OPENMMLAB-NOTES.md) and has a test in
+``tests/test_compat.py``.
+"""
+import os
+
+import torch
+
+_APPLIED = False
+
+
+def patch_checkpoint_loading() -> None:
+    """mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 defaults to
+    ``weights_only=True`` and refuses mmengine's own checkpoints (``Unsupported global:
+    mmengine.logging.history_buffer.HistoryBuffer``), breaking resume, ``load_checkpoint``,
+    ``init_detector``/``init_model``. Fixed upstream in mmengine PR #1670 (not released).
+
+    We re-register mmengine's local-file loader with ``weights_only=False``. Only load
+    checkpoints you trust (a pickle can run code), as with any pre-2.6 torch.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    @CheckpointLoader.register_scheme(prefixes='', force=True)
+    def load_from_local(filename, map_location):
+        filename = os.path.expanduser(filename)
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def check_pkg_resources() -> None:
+    """``_base_ = 'mmdet::...'`` is resolved by ``mmengine.utils.package_utils.is_installed``,
+    which imports ``pkg_resources`` (removed in setuptools 82)."""
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "mmengine needs 'pkg_resources' to resolve 'mmdet::'/'mmseg::' config bases; "
+            "install setuptools>=77.0.3,<82 (pip install 'setuptools<82')") from exc
+
+
+def init_cpu_distributed(backend: str = 'gloo') -> None:
+    """Initialise a CPU process group for ``--launcher pytorch`` without a GPU.
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` unconditionally; initialising the
+    gloo group first makes mmengine skip its own init. Call before building the Runner, and
+    build with ``model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None)``
+    (``cpu_ddp_model_wrapper_cfg()``), since DDP rejects ``device_ids`` for CPU modules.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+
+
+def cpu_ddp_model_wrapper_cfg() -> dict:
+    return dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False)
+
+
+def sync_bn_to_bn(cfg) -> None:
+    """SyncBN fails without CUDA (``SyncBatchNorm layers only work with GPU modules``), even
+    under CPU DDP: replace every ``SyncBN`` norm_cfg in a config by ``BN``, in place."""
+    def _walk(node):
+        if isinstance(node, dict):
+            if node.get('type') == 'SyncBN':
+                node['type'] = 'BN'
+            for v in node.values():
+                _walk(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                _walk(v)
+    _walk(cfg)
+
+
+def patch_atomic_checkpoint_save() -> None:
+    """mmengine's ``save_checkpoint`` writes the file in place: a crash or a full disk mid-write
+    leaves a truncated ``epoch_N.pth`` that ``--resume`` then picks up. Local files are written
+    to a temporary file and renamed instead (``os.replace`` is atomic on POSIX)."""
+    import mmengine.runner.checkpoint as ckpt_mod
+    import mmengine.runner.runner as runner_mod
+    if getattr(runner_mod.save_checkpoint, '_mmeff_atomic', False):
+        return
+    original = ckpt_mod.save_checkpoint
+
+    def save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
+        if '://' in str(filename) or file_client_args is not None or backend_args is not None:
+            return original(checkpoint, filename, file_client_args, backend_args)
+        from mmeff.converters import save_checkpoint_atomic
+        save_checkpoint_atomic(checkpoint, filename)
+
+    save_checkpoint._mmeff_atomic = True
+    runner_mod.save_checkpoint = save_checkpoint
+    ckpt_mod.save_checkpoint = save_checkpoint
+
+
+def apply_all() -> None:
+    global _APPLIED
+    if _APPLIED:
+        return
+    patch_checkpoint_loading()
+    patch_atomic_checkpoint_save()
+    check_pkg_resources()
+    _APPLIED = True

@@ -1,0 +1,253 @@
+"""Pure, idempotent state-dict remaps to mmeff's layout, and safe checkpoint file I/O.
+
+mmeff layout (what ``EfficientFormerClassifier.state_dict()`` gives; dense models use the
+``backbone.*`` part):
+
+* ``backbone.stem.{conv1,norm1,conv2,norm2}``
+* ``backbone.stages.{i}.downsample.{conv,norm}`` (i >= 1)
+* ``backbone.stages.{i}.blocks.{j}.*``: real blocks only, numbered 0.. (the parameterless
+  ``Flat`` of the other layouts takes no index), layer scales ``ls1.gamma``/``ls2.gamma``,
+  MHSA ``token_mixer.{qkv,proj,attention_biases}`` (the index buffer is recomputed).
+* ``backbone.norm{i}``: output norms of dense backbones.
+* ``head.norm`` (final LayerNorm), ``head.head`` and ``head.dist_head`` (classifier).
+
+Sources: the authors' (snap-research/EfficientFormer: ``patch_embed``, ``network``,
+``layer_scale_1``, ``dist_head``), timm's (``stem``, ``stages``, ``ls1.gamma``, ``head_dist``)
+and mmpretrain's (``backbone.patch_embed.N.{conv,bn}``, ``backbone.network``, ``ls1.weight``).
+"""
+import os
+import os.path as osp
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+from typing import Dict, Tuple
+
+import torch
+
+LAYOUTS = ('mmeff', 'authors', 'timm', 'mmpretrain')
+_DROP = ('attention_bias_idxs', 'num_batches_tracked_unused')
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or understood."""
+
+
+def unwrap_state_dict(obj) -> Dict[str, torch.Tensor]:
+    """Return the state dict inside a checkpoint object (``state_dict``/``model``/bare)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f'expected a dict, got {type(obj).__name__}')
+    for key in ('state_dict', 'model', 'module'):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    sd = OrderedDict()
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        sd[k[len('module.'):] if k.startswith('module.') else k] = v
+    if not sd:
+        raise CheckpointError('no tensors found (keys: ' + ', '.join(list(obj)[:5]) + ')')
+    return sd
+
+
+def load_checkpoint_file(path: str, map_location='cpu') -> Dict[str, torch.Tensor]:
+    """Read a checkpoint file and return its state dict; errors name the file and the problem.
+
+    Uses ``weights_only=False`` (mmengine checkpoints hold Python objects): only load files
+    you trust.
+    """
+    path = osp.expanduser(str(path))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Checkpoint file {path!r} does not exist')
+    if osp.getsize(path) == 0:
+        raise CheckpointError(f'Checkpoint file {path!r} is empty (0 bytes): the download or '
+                              f'save was interrupted; recreate it')
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            __import__('pickle').UnpicklingError) as exc:
+        raise CheckpointError(f'Checkpoint file {path!r} is corrupt or truncated '
+                              f'({osp.getsize(path)} bytes; torch.load said: '
+                              f'{str(exc).splitlines()[0][:200]}); recreate or re-download it') from exc
+    try:
+        return unwrap_state_dict(obj)
+    except CheckpointError as exc:
+        raise CheckpointError(f'Checkpoint file {path!r} holds no state dict: {exc}') from exc
+
+
+def save_checkpoint_atomic(obj, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never
+    leaves a half-written checkpoint under ``path``."""
+    path = osp.abspath(osp.expanduser(path))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), prefix='.' + osp.basename(path) + '.')
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def detect_layout(sd: Dict[str, torch.Tensor]) -> str:
+    """Name the layout of a state dict: one of ``LAYOUTS``; raises on anything else."""
+    keys = list(sd)
+    if any(k.startswith('backbone.stem.') for k in keys):
+        return 'mmeff'
+    if any(k.startswith('backbone.patch_embed.') for k in keys):
+        return 'mmpretrain'
+    if any(k.startswith('patch_embed.') for k in keys) and any(k.startswith('network.') for k in keys):
+        return 'authors'
+    if any(k.startswith('stem.conv1.') for k in keys) and any(k.startswith('stages.') for k in keys):
+        return 'timm'
+    raise CheckpointError('unknown checkpoint layout: not mmeff, authors, timm or mmpretrain '
+                          f'EfficientFormer (first keys: {keys[:4]})')
+
+
+def _compact_blocks(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Renumber ``stages.i.blocks.j`` so that parameterless entries (Flat) take no index."""
+    pat = re.compile(r'^(backbone\.stages\.(\d+)\.blocks\.)(\d+)(\..*)$')
+    seen: Dict[int, set] = {}
+    for k in sd:
+        m = pat.match(k)
+        if m:
+            seen.setdefault(int(m.group(2)), set()).add(int(m.group(3)))
+    remap = {s: {j: n for n, j in enumerate(sorted(js))} for s, js in seen.items()}
+    out = OrderedDict()
+    for k, v in sd.items():
+        m = pat.match(k)
+        if m:
+            k = f'{m.group(1)}{remap[int(m.group(2))][int(m.group(3))]}{m.group(4)}'
+        out[k] = v
+    return out
+
+
+def _finish(out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = OrderedDict((k, v) for k, v in out.items() if not k.endswith('attention_bias_idxs'))
+    return _compact_blocks(out)
+
+
+_HEAD = {'norm': 'head.norm', 'head': 'head.head', 'dist_head': 'head.dist_head',
+         'head_dist': 'head.dist_head'}
+
+
+def convert_authors(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """snap-research/EfficientFormer layout -> mmeff (``network`` even = stages, odd = downsample)."""
+    if detect_layout(sd) == 'mmeff':
+        return OrderedDict(sd)
+    stem = {'0': 'conv1', '1': 'norm1', '3': 'conv2', '4': 'norm2'}
+    out = OrderedDict()
+    for k, v in sd.items():
+        k2 = re.sub(r'layer_scale_([12])', r'ls\1.gamma', k)
+        m = re.match(r'^patch_embed\.(\d+)\.(.*)$', k2)
+        if m:
+            out[f'backbone.stem.{stem[m.group(1)]}.{m.group(2)}'] = v
+            continue
+        m = re.match(r'^network\.(\d+)\.(proj|norm)\.(.*)$', k2)
+        if m:  # downsample between stages
+            idx = int(m.group(1))
+            name = 'conv' if m.group(2) == 'proj' else 'norm'
+            out[f'backbone.stages.{(idx + 1) // 2}.downsample.{name}.{m.group(3)}'] = v
+            continue
+        m = re.match(r'^network\.(\d+)\.(\d+)\.(.*)$', k2)
+        if m:
+            out[f'backbone.stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.{m.group(3)}'] = v
+            continue
+        m = re.match(r'^(norm|head|dist_head)\.(.*)$', k2)
+        if m:
+            out[f'{_HEAD[m.group(1)]}.{m.group(2)}'] = v
+            continue
+        raise CheckpointError(f'unexpected key in an authors-layout checkpoint: {k!r}')
+    return _finish(out)
+
+
+def convert_timm(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """timm ``efficientformer_l*`` layout -> mmeff."""
+    if detect_layout(sd) == 'mmeff':
+        return OrderedDict(sd)
+    out = OrderedDict()
+    for k, v in sd.items():
+        if k.startswith(('stem.', 'stages.')):
+            out['backbone.' + k] = v
+            continue
+        m = re.match(r'^(norm|head|head_dist)\.(.*)$', k)
+        if m:
+            out[f'{_HEAD[m.group(1)]}.{m.group(2)}'] = v
+            continue
+        raise CheckpointError(f'unexpected key in a timm-layout checkpoint: {k!r}')
+    return _finish(out)
+
+
+def convert_mmpretrain(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """mmpretrain ``EfficientFormer`` (+ ``EfficientFormerClsHead``) layout -> mmeff."""
+    if detect_layout(sd) == 'mmeff':
+        return OrderedDict(sd)
+    has_head = any(k.startswith('head.head.') for k in sd)
+    out = OrderedDict()
+    for k, v in sd.items():
+        k2 = re.sub(r'\.ls([12])\.weight$', r'.ls\1.gamma', k)
+        m = re.match(r'^backbone\.patch_embed\.([01])\.(conv|bn)\.(.*)$', k2)
+        if m:
+            name = ('conv' if m.group(2) == 'conv' else 'norm') + str(int(m.group(1)) + 1)
+            out[f'backbone.stem.{name}.{m.group(3)}'] = v
+            continue
+        m = re.match(r'^backbone\.network\.(\d+)\.0\.(conv|bn)\.(.*)$', k2)
+        if m and int(m.group(1)) > 0:  # ConvModule downsample is entry 0 of stages 1..3
+            name = 'conv' if m.group(2) == 'conv' else 'norm'
+            out[f'backbone.stages.{m.group(1)}.downsample.{name}.{m.group(3)}'] = v
+            continue
+        m = re.match(r'^backbone\.network\.(\d+)\.(\d+)\.(.*)$', k2)
+        if m:
+            out[f'backbone.stages.{m.group(1)}.blocks.{m.group(2)}.{m.group(3)}'] = v
+            continue
+        m = re.match(r'^backbone\.norm3\.(.*)$', k2)
+        if m and has_head:  # the classifier's final LayerNorm
+            out[f'head.norm.{m.group(1)}'] = v
+            continue
+        if re.match(r'^backbone\.norm\d\.', k2) or k2.startswith(('head.head.', 'head.dist_head.')):
+            out[k2] = v
+            continue
+        raise CheckpointError(f'unexpected key in an mmpretrain-layout checkpoint: {k!r}')
+    return _finish(out)
+
+
+CONVERTERS = {'authors': convert_authors, 'timm': convert_timm,
+              'mmpretrain': convert_mmpretrain, 'mmeff': lambda sd: OrderedDict(sd)}
+
+
+def convert_state_dict(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Detect the layout of ``sd`` and convert it to mmeff's. Returns (state_dict, layout)."""
+    layout = detect_layout(sd)
+    return CONVERTERS[layout](sd), layout
+
+
+def infer_arch(sd: Dict[str, torch.Tensor]) -> dict:
+    """Recover ``depths``/``widths``/``num_vit`` from an mmeff-layout state dict."""
+    depths, widths, num_vit = [], [], 0
+    for i in range(4):
+        blocks = {int(m.group(1)) for k in sd
+                  for m in [re.match(rf'^backbone\.stages\.{i}\.blocks\.(\d+)\.', k)] if m}
+        depths.append(len(blocks))
+        w = sd.get(f'backbone.stages.{i}.blocks.0.ls1.gamma')
+        widths.append(int(w.shape[0]) if w is not None else 0)
+    num_vit = len({m.group(1) for k in sd
+                   for m in [re.match(r'^backbone\.stages\.3\.blocks\.(\d+)\.token_mixer\.qkv', k)] if m})
+    return dict(depths=depths, widths=widths, num_vit=num_vit)
+
+
+def arch_name(sd: Dict[str, torch.Tensor]):
+    """``'l1'``/``'l3'``/``'l7'`` if the state dict matches one, else the arch dict."""
+    from mmeff.models.backbones.efficientformer import EfficientFormer
+    arch = infer_arch(sd)
+    for name, setting in EfficientFormer.arch_settings.items():
+        if all(setting[k] == arch[k] for k in ('depths', 'widths', 'num_vit')):
+            return name
+    return arch
+
+
+__all__ = ['LAYOUTS', 'CheckpointError', 'unwrap_state_dict', 'load_checkpoint_file',
+           'save_checkpoint_atomic', 'detect_layout', 'convert_authors', 'convert_timm',
+           'convert_mmpretrain', 'convert_state_dict', 'infer_arch', 'arch_name']

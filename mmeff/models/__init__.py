@@ -1,0 +1,10 @@
+"""Importing this module registers every mmeff model in ``mmeff.registry.MODELS`` (scope
+``mmeff``) and applies the compatibility fixes of ``mmeff.compat``. Use it from mmdet/mmseg
+configs with ``custom_imports = dict(imports=['mmeff.models'], allow_failed_imports=False)``."""
+from mmeff import compat
+
+compat.apply_all()
+
+from .backbones import EfficientFormer, load_backbone_state_dict  # noqa: E402
+
+__all__ = ['EfficientFormer', 'load_backbone_state_dict']

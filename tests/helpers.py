@@ -1,0 +1,31 @@
+"""Shared test helpers: randomised reference models."""
+import timm
+import torch
+
+
+@torch.no_grad()
+def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Randomise every floating parameter and buffer so that every block matters.
+
+    Layer scales are drawn around 1 (not 1e-5), BN statistics are random but positive-variance.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if not t.is_floating_point():
+            continue
+        if name.endswith(('gamma', 'layer_scale_1', 'layer_scale_2')) or name.endswith('ls1.weight') \
+                or name.endswith('ls2.weight'):
+            t.copy_(0.5 + torch.rand(t.shape, generator=g))
+        elif name.endswith('running_var'):
+            t.copy_(0.5 + torch.rand(t.shape, generator=g))
+        elif name.endswith('weight') and t.dim() == 1:  # norm weights
+            t.copy_(0.5 + torch.rand(t.shape, generator=g))
+        else:
+            fan_in = t[0].numel() if t.dim() > 1 else 1
+            t.copy_(torch.randn(t.shape, generator=g) / max(fan_in, 1) ** 0.5)
+    return model
+
+
+def timm_efficientformer(arch: str, seed: int = 0, num_classes: int = 1000):
+    model = timm.create_model(f'efficientformer_{arch}', pretrained=False, num_classes=num_classes)
+    return randomise_(model, seed).eval()

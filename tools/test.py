@@ -1,0 +1,53 @@
+"""Evaluate a checkpoint with a detection / segmentation / classification config.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+                         [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
+
+Metrics are printed and written to ``WORK_DIR/<timestamp>/<timestamp>.json`` by mmengine.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (evaluate) a model with mmengine')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where logs and metrics go')
+    parser.add_argument('--out', help='dump raw predictions to this pickle file')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. data_root=/data/coco/')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmeff.converters import load_checkpoint_file
+    from mmeff.engine import build_runner, check_data_paths, prepare_config
+    cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
+    load_checkpoint_file(args.checkpoint)  # clear error for a missing/corrupt file
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    check_data_paths(cfg, which=('test_dataloader',))
+    runner = build_runner(cfg)
+    if args.out:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    print(f'Metrics: {metrics}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
