@@ -29,3 +29,31 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def timm_efficientformer(arch: str, seed: int = 0, num_classes: int = 1000):
     model = timm.create_model(f'efficientformer_{arch}', pretrained=False, num_classes=num_classes)
     return randomise_(model, seed).eval()
+
+
+def timm_to_authors(sd):
+    """Inverse of timm's ``checkpoint_filter_fn`` (test-only): timm keys -> the authors' keys.
+
+    Tests check the result with timm's own filter (authors -> timm) before using it, so this
+    fabricates a faithful authors-layout checkpoint without any download.
+    """
+    import re
+    stem = {'conv1': '0', 'norm1': '1', 'conv2': '3', 'norm2': '4'}
+    out = {}
+    for k, v in sd.items():
+        k2 = re.sub(r'ls([12])\.gamma', r'layer_scale_\1', k)
+        m = re.match(r'^stem\.(conv1|norm1|conv2|norm2)\.(.*)$', k2)
+        if m:
+            out[f'patch_embed.{stem[m.group(1)]}.{m.group(2)}'] = v
+            continue
+        m = re.match(r'^stages\.(\d+)\.downsample\.(conv|norm)\.(.*)$', k2)
+        if m:
+            name = 'proj' if m.group(2) == 'conv' else 'norm'
+            out[f'network.{2 * int(m.group(1)) - 1}.{name}.{m.group(3)}'] = v
+            continue
+        m = re.match(r'^stages\.(\d+)\.blocks\.(\d+)\.(.*)$', k2)
+        if m:
+            out[f'network.{2 * int(m.group(1))}.{m.group(2)}.{m.group(3)}'] = v
+            continue
+        out[k2.replace('head_dist', 'dist_head')] = v
+    return out
