@@ -11,7 +11,8 @@ arguments, and input validation with messages that say what is allowed.
 """
 import copy
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple, Union
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -107,6 +108,8 @@ class EfficientFormer(BaseModule):
         bias_interpolation (str): How the MHSA bias table is resized to grids other than 7x7
             (``'bicubic'`` or ``'bilinear'``). Defaults to ``'bicubic'``.
         with_cp (bool): Gradient checkpointing of every block. Defaults to False.
+        pretrained (str, optional): Deprecated, same as ``init_cfg=dict(type='Pretrained',
+            checkpoint=pretrained, prefix='backbone.')``. Defaults to None.
         init_cfg (dict | list[dict] | None): OpenMMLab init config, e.g.
             ``dict(type='Pretrained', checkpoint='l3.pth', prefix='backbone.')``.
 
@@ -144,10 +147,18 @@ class EfficientFormer(BaseModule):
                  layer_scale_init_value: float = 1e-5,
                  bias_interpolation: str = 'bicubic',
                  with_cp: bool = False,
+                 pretrained: Optional[str] = None,
                  init_cfg=[
                      dict(type='TruncNormal', layer='Linear', std=.02, bias=0.),
                      dict(type='Constant', layer=['LayerNorm', 'GroupNorm'], val=1., bias=0.),
                  ]):
+        if pretrained is not None:
+            # Deprecated OpenMMLab argument (mmseg's EncoderDecoder sets it from model.pretrained).
+            if not isinstance(pretrained, str):
+                raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
+            warnings.warn('EfficientFormer(pretrained=...) is deprecated; use init_cfg=dict('
+                          "type='Pretrained', checkpoint=..., prefix='backbone.')")
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')
         super().__init__(init_cfg=copy.deepcopy(init_cfg))
         self.arch = self._parse_arch(arch)
         if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
