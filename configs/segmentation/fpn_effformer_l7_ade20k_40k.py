@@ -1,0 +1,10 @@
+# Semantic FPN with an EfficientFormer-L7 backbone on ADE20K (paper Table 3: 45.1 mIoU); the
+# recipe, data_root and pipelines are those of fpn_effformer_l1_ade20k_40k.py.
+_base_ = './fpn_effformer_l1_ade20k_40k.py'
+
+pretrained = 'pretrained/efficientformer_l7_300d_mmeff.pth'
+model = dict(
+    backbone=dict(
+        arch='l7',
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
