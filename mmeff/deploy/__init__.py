@@ -1,0 +1,11 @@
+"""Deployment: inference-time fusion, ONNX and Core ML export (see docs/deployment.md)."""
+from .build import TASKS, build_model
+from .export import (COMPUTE_UNITS, coreml_problems, export_coreml, export_onnx, format_report,
+                     inspect_coreml, parse_input_shape)
+from .fuse import (cache_attention_bias, fold_output_scale_, fuse_conv_bn, fuse_model,
+                   fusion_report, parse_input_size, token_grid)
+
+__all__ = ['TASKS', 'build_model', 'COMPUTE_UNITS', 'coreml_problems', 'export_coreml',
+           'export_onnx', 'format_report', 'inspect_coreml', 'parse_input_shape',
+           'cache_attention_bias', 'fold_output_scale_', 'fuse_conv_bn', 'fuse_model',
+           'fusion_report', 'parse_input_size', 'token_grid']

@@ -1,0 +1,138 @@
+"""Build the model to export or benchmark from an arch name or a config, with optional weights.
+
+Two tasks:
+
+* ``'backbone'``: :class:`~mmeff.models.EfficientFormer` returning its stage maps (what
+  detection/segmentation models run); from an arch name it uses the backbone's defaults, from a
+  config the ``model.backbone`` dict (mmdet/mmseg configs) or a bare backbone ``model`` dict.
+* ``'classifier'``: ``EfficientFormerClassifier(...).as_inference_module()`` (image -> logits),
+  from ``mmeff.models.classifiers``.
+
+Checkpoints in any layout ``mmeff.converters`` knows (mmeff, authors', timm's, mmpretrain's,
+or a whole mmdet/mmseg model whose backbone keys start with ``backbone.``) are converted and
+loaded; a file that does not fit the model is an error, never silently random weights.
+"""
+import copy
+import os.path as osp
+from typing import Optional, Sequence, Tuple
+
+import torch.nn as nn
+
+TASKS = ('backbone', 'classifier')
+_BACKBONE_TYPES = ('EfficientFormer', 'mmeff.EfficientFormer')
+
+
+def _classifier_cls():
+    try:
+        from mmeff.models.classifiers import EfficientFormerClassifier
+    except ImportError as exc:
+        raise ImportError(
+            'the classifier task needs mmeff.models.classifiers.EfficientFormerClassifier, '
+            f'which could not be imported ({exc}); export the backbone with task="backbone" '
+            '(--task backbone) instead') from exc
+    return EfficientFormerClassifier
+
+
+def _model_cfg_from_config(path: str, task: str) -> Tuple[dict, str]:
+    """The model dict to build from a config file, and a name for it."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    model_cfg = cfg.get('model')
+    if model_cfg is None:
+        raise ValueError(f'config {path!r} has no `model` dict')
+    model_cfg = copy.deepcopy(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
+    mtype = str(model_cfg.get('type', ''))
+    if task == 'backbone':
+        if mtype.split('.')[-1] == 'EfficientFormer':
+            return model_cfg, osp.splitext(osp.basename(path))[0]
+        backbone = model_cfg.get('backbone')
+        if not isinstance(backbone, dict) or str(backbone.get('type', '')).split('.')[-1] \
+                != 'EfficientFormer':
+            raise ValueError(f'config {path!r}: model.backbone is not an EfficientFormer '
+                             f'(type {backbone.get("type") if isinstance(backbone, dict) else None!r})')
+        return backbone, osp.splitext(osp.basename(path))[0]
+    if mtype.split('.')[-1] != 'EfficientFormerClassifier':
+        raise ValueError(f'config {path!r}: task "classifier" needs model.type '
+                         f"'EfficientFormerClassifier', got {mtype!r}; use task 'backbone' to "
+                         f'export the backbone of a detection/segmentation config')
+    return model_cfg, osp.splitext(osp.basename(path))[0]
+
+
+def _load_weights(model: nn.Module, checkpoint: str, task: str) -> str:
+    from mmeff.converters import convert_state_dict, load_checkpoint_file
+    from mmeff.models.backbones.efficientformer import load_backbone_state_dict
+    sd, layout = convert_state_dict(load_checkpoint_file(checkpoint))
+    if task == 'backbone':
+        bb = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
+        return f'{layout} layout: ' + load_backbone_state_dict(model, bb, source=checkpoint)
+    result = model.load_state_dict(sd, strict=False)
+    if result.missing_keys:
+        raise KeyError(f'{checkpoint} ({layout} layout) lacks {len(result.missing_keys)} '
+                       f'classifier keys, e.g. {result.missing_keys[:3]}: not a classifier '
+                       f'checkpoint of this arch (a dense checkpoint has no head: use '
+                       f'task "backbone")')
+    msg = f'{layout} layout: {len(sd) - len(result.unexpected_keys)} keys loaded'
+    if result.unexpected_keys:
+        msg += f'; ignored {result.unexpected_keys[:5]}'
+    return msg
+
+
+def build_model(model: str = 'l1',
+                task: str = 'backbone',
+                checkpoint: Optional[str] = None,
+                out_indices: Optional[Sequence[int]] = None,
+                num_classes: int = 1000) -> Tuple[nn.Module, dict]:
+    """Build an EfficientFormer for export/benchmarking.
+
+    Args:
+        model (str): ``'l1'``, ``'l3'``, ``'l7'`` or the path of a config (``.py``).
+        task (str): ``'backbone'`` or ``'classifier'``. Defaults to ``'backbone'``.
+        checkpoint (str | None): Weights in any layout ``mmeff.converters`` converts; ``None``
+            keeps random weights (fine for latency, meaningless for accuracy).
+        out_indices (Sequence[int] | None): Backbone stages to return (backbone task, overrides
+            the config/default). Defaults to None.
+        num_classes (int): Classes of a classifier built from an arch name. Defaults to 1000.
+
+    Returns:
+        tuple[nn.Module, dict]: The model in eval mode (for the classifier, its inference
+        module) and a ``meta`` dict (``arch``, ``task``, ``source``, ``weights``).
+    """
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    import mmeff.models  # noqa: F401  (registers the models)
+    from mmeff.models import EfficientFormer
+    from mmeff.registry import MODELS
+
+    is_config = str(model).endswith('.py')
+    if is_config:
+        if not osp.isfile(model):
+            raise FileNotFoundError(f'config file {model!r} does not exist')
+        cfg, name = _model_cfg_from_config(model, task)
+        # init_cfg (e.g. Pretrained) only acts in init_weights(), which is not called here:
+        # weights come from `checkpoint`.
+        if task == 'backbone':
+            cfg['type'] = 'mmeff.EfficientFormer'
+            if out_indices is not None:
+                cfg['out_indices'] = tuple(out_indices)
+        net = MODELS.build(cfg)
+        arch = cfg.get('arch', 'l1') if task == 'backbone' else \
+            cfg.get('backbone', {}).get('arch', 'l1')
+    else:
+        arch = str(model).lower()
+        if arch not in EfficientFormer.arch_settings:
+            raise ValueError(f'model must be one of {sorted(EfficientFormer.arch_settings)} or a '
+                             f'config file path ending in .py, got {model!r}')
+        name = arch
+        if task == 'backbone':
+            kwargs = {} if out_indices is None else dict(out_indices=tuple(out_indices))
+            net = EfficientFormer(arch, **kwargs)
+        else:
+            net = _classifier_cls()(backbone=dict(arch=arch), num_classes=num_classes)
+    weights = 'random (no checkpoint given)'
+    if checkpoint:
+        weights = f'{checkpoint} ({_load_weights(net, checkpoint, task)})'
+    if task == 'classifier':
+        net = net.as_inference_module()
+    meta = dict(arch=arch if isinstance(arch, str) else 'custom', name=name, task=task,
+                source=str(model), weights=weights)
+    return net.eval(), meta

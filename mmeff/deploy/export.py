@@ -1,0 +1,477 @@
+"""ONNX and Core ML export of EfficientFormer models, with checks of what was written.
+
+* :func:`export_onnx`: ``torch.onnx.export`` (the ``torch.export``-based exporter, falling back
+  to the TorchScript one), ``onnx.checker``, then ONNX Runtime (CPU) against torch on the same
+  input.
+* :func:`export_coreml`: ``torch.export`` + ``run_decompositions`` (falling back to
+  ``torch.jit.trace``) -> coremltools ``mlprogram`` (``.mlpackage``), minimum deployment target
+  iOS 16, FP16 compute precision, FP32 inputs/outputs (a cast at each end). Then
+  :func:`inspect_coreml` reloads the spec from disk and :func:`coreml_problems` checks it: no
+  ``gather`` (attention biases are precomputed for the export size), every float tensor FP16
+  except the I/O casts.
+
+Compute units are not stored in a Core ML model: they are chosen when the model is loaded
+(``ct.models.MLModel(path, compute_units=...)``, or by the app). ``ALL`` lets Core ML use CPU,
+GPU and the Neural Engine, which is how the paper measured its iPhone 12 latencies;
+``CPU_AND_NE`` excludes the GPU, ``CPU_ONLY`` runs on the CPU. The intended units are written
+into the model's metadata (``mmeff.compute_units``) for ``tools/coreml_latency.py``.
+
+The models are fused first (:func:`mmeff.deploy.fuse_model`) unless asked otherwise; every
+export is specific to its input shape (the attention bias is cached for that token grid).
+"""
+import os
+import os.path as osp
+import time
+import warnings
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .fuse import cache_attention_bias, fuse_model, parse_input_size
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+COMPUTE_UNITS = ('ALL', 'CPU_AND_NE', 'CPU_AND_GPU', 'CPU_ONLY')
+_INSTALL = {
+    'coremltools': 'pip install coremltools  (conversion runs on Linux and macOS; predictions '
+                   'need macOS)',
+    'onnx': 'pip install onnx onnxscript',
+    'onnxruntime': 'pip install onnxruntime  (or onnxruntime-gpu)',
+}
+
+
+def require(module: str):
+    """Import an optional dependency, or raise an ImportError that says how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f'{module} is needed for this step but is not installed: '
+                          f'{_INSTALL.get(module, "pip install " + module)}') from exc
+
+
+def parse_input_shape(shape) -> Tuple[int, int, int, int]:
+    """``224`` / ``'800x1333'`` / ``(800, 1333)`` / ``(1, 3, 800, 1333)`` -> ``(B, C, H, W)``."""
+    if isinstance(shape, str) and shape.lower().count('x') == 3:
+        shape = tuple(int(s) for s in shape.lower().split('x'))
+    if isinstance(shape, (tuple, list)) and len(shape) == 4:
+        b, c, h, w = (int(s) for s in shape)
+        if min(b, c, h, w) < 1:
+            raise ValueError(f'input shape must be positive, got {tuple(shape)}')
+        return b, c, h, w
+    h, w = parse_input_size(shape)
+    return 1, 3, h, w
+
+
+class ExportWrapper(nn.Module):
+    """What is exported: ``image -> outputs`` as a tensor or a tuple of tensors.
+
+    With ``normalize=True`` the graph starts with ``(x - mean) / std`` (ImageNet statistics,
+    ``x`` in [0, 1]): used with a Core ML ``ImageType`` input, whose ``scale=1/255`` maps 8-bit
+    pixels to [0, 1] (its single scalar scale cannot express the per-channel std).
+    """
+
+    def __init__(self, model: nn.Module, normalize: bool = False):
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+        if normalize:
+            self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.register_buffer('inv_std', 1. / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor):
+        if self.normalize:
+            x = (x - self.mean) * self.inv_std
+        out = self.model(x)
+        return tuple(out) if isinstance(out, (list, tuple)) else out
+
+
+def default_output_names(model: nn.Module, num_outputs: int) -> List[str]:
+    """``stage{i}`` for a backbone's maps, ``logits`` for a single output, else ``output{i}``."""
+    from mmeff.models import EfficientFormer
+    if isinstance(model, EfficientFormer) and len(model.out_indices) == num_outputs:
+        return [f'stage{i}' for i in model.out_indices]
+    if num_outputs == 1:
+        return ['logits']
+    return [f'output{i}' for i in range(num_outputs)]
+
+
+def _as_tuple(out) -> Tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+
+
+def prepare_for_export(model: nn.Module, input_shape, fuse: bool = True,
+                       normalize: bool = False) -> Tuple[nn.Module, torch.Tensor, List[str]]:
+    """Fuse ``model`` for ``input_shape`` (or only cache its biases), wrap it, and make the
+    example input. Returns ``(wrapper, example_input, output_names)``; ``model`` is untouched."""
+    b, c, h, w = parse_input_shape(input_shape)
+    if fuse:
+        model = fuse_model(model, (h, w))
+    else:  # still cache the biases: an exported graph must not gather
+        model = cache_attention_bias(model, (h, w))
+    wrapper = ExportWrapper(model, normalize=normalize).eval()
+    x = torch.rand(b, c, h, w, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outs = _as_tuple(wrapper(x))
+    return wrapper, x, default_output_names(model, len(outs))
+
+
+def file_size(path: str) -> int:
+    """Bytes of a file, or of everything inside a directory (an ``.mlpackage``)."""
+    if osp.isdir(path):
+        return sum(osp.getsize(osp.join(root, f)) for root, _, files in os.walk(path)
+                   for f in files)
+    return osp.getsize(path)
+
+
+def _errors(outs: Sequence[np.ndarray], refs: Sequence[torch.Tensor]) -> Dict[str, float]:
+    max_abs, max_rel = 0., 0.
+    for o, r in zip(outs, refs):
+        r = r.detach().double().numpy()
+        o = np.asarray(o, dtype=np.float64)
+        if o.shape != r.shape:
+            raise RuntimeError(f'output shape {o.shape} differs from torch {r.shape}')
+        max_abs = max(max_abs, float(np.abs(o - r).max()))
+        max_rel = max(max_rel, float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12)))
+    return dict(max_abs_err=max_abs, rel_err=max_rel)
+
+
+# ----------------------------------------------------------------------------- ONNX
+def export_onnx(model: nn.Module,
+                path: str,
+                input_shape=(1, 3, 224, 224),
+                fuse: bool = True,
+                opset: int = 18,
+                dynamic_batch: bool = False,
+                check: bool = True,
+                rtol: float = 1e-4) -> dict:
+    """Export ``model`` to ONNX at ``input_shape`` and check it with ONNX Runtime.
+
+    Args:
+        model (nn.Module): An EfficientFormer, or a module containing one (classifier).
+        path (str): Output ``.onnx`` file.
+        input_shape: ``(B, C, H, W)``, ``(H, W)``, ``224`` or ``'800x1333'``.
+        fuse (bool): Fold BN and layer scales first (:func:`fuse_model`). Defaults to True.
+        opset (int): ONNX opset. Defaults to 18.
+        dynamic_batch (bool): Make the batch dimension dynamic. Defaults to False.
+        check (bool): Run ONNX Runtime on a random input and compare with torch; raise if the
+            relative error exceeds ``rtol``. Defaults to True.
+        rtol (float): Allowed relative error (L2 norm ratio). Defaults to 1e-4.
+
+    Returns:
+        dict: ``path``, ``exporter``, ``op_histogram``, ``gather_ops``, ``inputs``/``outputs``
+        (name and shape), ``file_size_bytes``, ``export_s`` and, when checked,
+        ``onnxruntime`` (``max_abs_err``, ``rel_err``).
+    """
+    require('onnx')
+    import onnx
+    wrapper, x, out_names = prepare_for_export(model, input_shape, fuse=fuse)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    n_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
+    common = dict(input_names=['image'], output_names=out_names, opset_version=opset)
+    t0 = time.perf_counter()
+    exporter = 'torch.export (dynamo)'
+    try:
+        require('onnxscript')
+        dyn = dict(dynamic_shapes=({0: torch.export.Dim('batch')},)) if dynamic_batch else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(wrapper, (x,), path, dynamo=True, verbose=False,
+                              external_data=n_bytes > 1.8e9, **dyn, **common)
+    except Exception as exc:  # the TorchScript exporter handles what dynamo cannot
+        exporter = f'torchscript (dynamo failed: {type(exc).__name__}: {str(exc)[:200]})'
+        dyn = dict(dynamic_axes={'image': {0: 'batch'}, **{n: {0: 'batch'} for n in out_names}}
+                   ) if dynamic_batch else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(wrapper, (x,), path, dynamo=False, **dyn, **common)
+    export_s = time.perf_counter() - t0
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    hist = Counter(node.op_type for node in proto.graph.node)
+    external_files = {entry.value for init in proto.graph.initializer
+                      for entry in init.external_data if entry.key == 'location'}
+
+    def io(values):
+        return [dict(name=v.name, shape=[d.dim_param or d.dim_value
+                                         for d in v.type.tensor_type.shape.dim]) for v in values]
+
+    report = dict(path=osp.abspath(path), format='onnx', exporter=exporter, opset=opset,
+                  op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
+                  gather_ops=sum(n for op, n in hist.items() if 'gather' in op.lower()),
+                  inputs=io(proto.graph.input), outputs=io(proto.graph.output),
+                  file_size_bytes=file_size(path) + sum(
+                      file_size(osp.join(osp.dirname(path), f)) for f in external_files),
+                  export_s=round(export_s, 2), fused=fuse)
+    if check:
+        ort = require('onnxruntime')
+        sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        outs = sess.run(None, {'image': x.numpy()})
+        with torch.no_grad():
+            refs = _as_tuple(wrapper(x))
+        errs = _errors(outs, refs)
+        report['onnxruntime'] = errs
+        if errs['rel_err'] > rtol:
+            raise RuntimeError(f'ONNX Runtime output differs from torch: relative error '
+                               f'{errs["rel_err"]:.2e} > {rtol:.0e} ({path})')
+    return report
+
+
+# ----------------------------------------------------------------------------- Core ML
+def _to_mlprogram_input(wrapper, x, method: str):
+    """``(program, method_used, fallback_reason)``: an ExportedProgram or a traced module."""
+    reason = None
+    if method in ('auto', 'export'):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                ep = torch.export.export(wrapper, (x,)).run_decompositions({})
+            return ep, 'torch.export', None
+        except Exception as exc:
+            if method == 'export':
+                raise
+            reason = f'{type(exc).__name__}: {str(exc)[:200]}'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace(wrapper, x, check_trace=False)
+    return traced, 'torch.jit.trace', reason
+
+
+def export_coreml(model: nn.Module,
+                  path: str,
+                  input_shape=(1, 3, 224, 224),
+                  fuse: bool = True,
+                  precision: str = 'fp16',
+                  compute_units: str = 'ALL',
+                  image_input: bool = False,
+                  method: str = 'auto',
+                  metadata: Optional[Dict[str, str]] = None) -> dict:
+    """Convert ``model`` to a Core ML ``.mlpackage`` (mlprogram, iOS 16+) and inspect it.
+
+    Args:
+        model (nn.Module): An EfficientFormer, or a module containing one (classifier).
+        path (str): Output directory, ending in ``.mlpackage``.
+        input_shape: ``(B, C, H, W)``, ``(H, W)``, ``224`` or ``'800x1333'``.
+        fuse (bool): Fold BN and layer scales first. Core ML folds conv+BN itself, but not
+            layer scales into linears. Defaults to True.
+        precision (str): ``'fp16'`` (as on device; the paper's setting) or ``'fp32'``.
+            Defaults to ``'fp16'``.
+        compute_units (str): One of ``COMPUTE_UNITS``; recorded in the metadata (Core ML picks
+            units at load time, see the module docstring). Defaults to ``'ALL'``.
+        image_input (bool): Use an ``ImageType`` input (RGB, 8-bit pixels scaled by 1/255, then
+            ImageNet mean/std in the graph) instead of a float tensor. Defaults to False.
+        method (str): ``'auto'`` (``torch.export`` + ``run_decompositions``, falling back to
+            ``torch.jit.trace``), ``'export'`` or ``'trace'``. Defaults to ``'auto'``.
+        metadata (dict | None): Extra ``user_defined_metadata`` entries.
+
+    Returns:
+        dict: the :func:`inspect_coreml` report plus ``method``, ``fallback_reason``,
+        ``convert_s`` and ``problems`` (:func:`coreml_problems`; empty when all checks pass).
+    """
+    ct = require('coremltools')
+    if precision not in ('fp16', 'fp32'):
+        raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
+    if compute_units not in COMPUTE_UNITS:
+        raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
+    if method not in ('auto', 'export', 'trace'):
+        raise ValueError(f"method must be 'auto', 'export' or 'trace', got {method!r}")
+    if not str(path).endswith('.mlpackage'):
+        raise ValueError(f'a Core ML mlprogram is saved as a directory ending in .mlpackage, '
+                         f'got {path!r}')
+    wrapper, x, out_names = prepare_for_export(model, input_shape, fuse=fuse,
+                                               normalize=image_input)
+    if image_input and x.shape[1] != 3:
+        raise ValueError(f'ImageType input needs 3 (RGB) channels, the model has {x.shape[1]}')
+    t0 = time.perf_counter()
+    program, used, reason = _to_mlprogram_input(wrapper, x, method)
+    if image_input:
+        inp = ct.ImageType(name='image', shape=tuple(x.shape), scale=1 / 255.,
+                           color_layout=ct.colorlayout.RGB)
+    else:
+        inp = ct.TensorType(name='image', shape=tuple(x.shape), dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        mlmodel = ct.convert(
+            program,
+            inputs=[inp],
+            outputs=[ct.TensorType(name=n, dtype=np.float32) for n in out_names],
+            convert_to='mlprogram',
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=(ct.precision.FLOAT16 if precision == 'fp16'
+                               else ct.precision.FLOAT32),
+            compute_units=getattr(ct.ComputeUnit, compute_units),
+            skip_model_load=True)  # loading needs macOS; it is done by coreml_latency there
+    convert_s = time.perf_counter() - t0
+    meta = {'mmeff.input_shape': 'x'.join(str(s) for s in x.shape),
+            'mmeff.precision': precision, 'mmeff.compute_units': compute_units,
+            'mmeff.fused': str(bool(fuse)), 'mmeff.conversion': used,
+            'mmeff.image_input': str(bool(image_input))}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    mlmodel.user_defined_metadata.update(meta)
+    mlmodel.short_description = ('EfficientFormer (mmeff), input ' + meta['mmeff.input_shape']
+                                 + ', outputs ' + ', '.join(out_names))
+    if osp.exists(path):
+        import shutil
+        shutil.rmtree(path)
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    mlmodel.save(path)
+    report = inspect_coreml(path)
+    report.update(method=used, fallback_reason=reason, convert_s=round(convert_s, 2),
+                  fused=fuse)
+    report['problems'] = coreml_problems(report, expect_fp16=precision == 'fp16')
+    return report
+
+
+def _blocks(block):
+    """``block`` and every block nested in its ops (control flow), depth first."""
+    yield block
+    for op in block.operations:
+        for inner in op.blocks:
+            yield from _blocks(inner)
+
+
+def inspect_coreml(path: str) -> dict:
+    """Reload a saved Core ML model's spec (works on Linux) and summarise it.
+
+    Returns:
+        dict: ``path``, ``format``, ``spec_version`` (7 = iOS 16), ``model_type``,
+        ``op_histogram``, ``gather_ops``, ``inputs``/``outputs`` (name, kind, shape, dtype),
+        ``float_dtypes`` (dtype -> count over all float tensors produced by ops),
+        ``non_fp16_tensors`` (float tensors that are not FP16 and not at the I/O ends),
+        ``io_tensors`` (the float tensors of the I/O ends: input preprocessing such as an
+        ImageType's scale, the input cast to FP16 and the output casts to FP32), ``metadata``
+        and ``file_size_bytes``.
+    """
+    ct = require('coremltools')
+    if not osp.exists(path):
+        raise FileNotFoundError(f'Core ML model {path!r} does not exist')
+    spec = ct.utils.load_spec(path)
+    mil = ct.proto.MIL_pb2
+    feat = ct.proto.FeatureTypes_pb2
+
+    def describe(f):
+        kind = f.type.WhichOneof('Type')
+        if kind == 'multiArrayType':
+            return dict(name=f.name, kind='tensor', shape=list(f.type.multiArrayType.shape),
+                        dtype=feat.ArrayFeatureType.ArrayDataType.Name(
+                            f.type.multiArrayType.dataType))
+        if kind == 'imageType':
+            it = f.type.imageType
+            return dict(name=f.name, kind='image', shape=[1, 3, it.height, it.width],
+                        dtype=feat.ImageFeatureType.ColorSpace.Name(it.colorSpace))
+        return dict(name=f.name, kind=kind, shape=None, dtype=None)
+
+    report = dict(path=osp.abspath(path), format='coreml',
+                  spec_version=spec.specificationVersion, model_type=spec.WhichOneof('Type'),
+                  inputs=[describe(f) for f in spec.description.input],
+                  outputs=[describe(f) for f in spec.description.output],
+                  metadata=dict(spec.description.metadata.userDefined),
+                  file_size_bytes=file_size(path))
+    if report['model_type'] != 'mlProgram':
+        report.update(op_histogram={}, gather_ops=0, float_dtypes={}, non_fp16_tensors=[],
+                      io_tensors=[])
+        return report
+    func = spec.mlProgram.functions['main']
+    main = func.block_specializations[func.opset]
+    input_names = {i.name for i in func.inputs}
+    output_names = set(main.outputs)
+    float_types = {mil.FLOAT16, mil.FLOAT32, mil.FLOAT64, mil.BFLOAT16}
+
+    def args_of(op):
+        return {a.name for arg in op.inputs.values() for a in arg.arguments if a.name}
+
+    def float_outputs(op):
+        return [(o.name, o.type.tensorType.dataType) for o in op.outputs
+                if o.type.WhichOneof('type') == 'tensorType'
+                and o.type.tensorType.dataType in float_types]
+
+    # The I/O ends of the graph may stay FP32: the input's preprocessing chain (an ImageType's
+    # scale/bias, ending in the cast to FP16), the consts only it uses, and the casts that
+    # produce the outputs.
+    ops = [op for block in _blocks(main) for op in block.operations]
+    consumers = Counter(name for op in ops for name in args_of(op))
+    input_side, io_tensors = set(input_names), set()
+    for op in ops:
+        args = args_of(op)
+        if op.type != 'const' and args & input_side:
+            outs = {name for name, _ in float_outputs(op)}
+            io_tensors |= outs
+            if op.type != 'cast':  # a cast to FP16 ends the preprocessing chain
+                input_side |= outs
+        elif op.type == 'cast' and set(o.name for o in op.outputs) & output_names:
+            io_tensors |= {name for name, _ in float_outputs(op)}
+    io_consumed = Counter(name for op in ops if op.type != 'const'
+                          and {o.name for o in op.outputs} & io_tensors for name in args_of(op))
+    hist, dtypes, non_fp16, io_tensors_found = Counter(), Counter(), [], []
+    for op in ops:
+        hist[op.type] += 1
+        for name, dt in float_outputs(op):
+            dtypes[mil.DataType.Name(dt)] += 1
+            is_io = name in io_tensors or (op.type == 'const' and consumers[name]
+                                           and io_consumed[name] == consumers[name])
+            if is_io:
+                io_tensors_found.append(f'{op.type} -> {name}: {mil.DataType.Name(dt)}')
+            elif dt != mil.FLOAT16:
+                non_fp16.append(f'{op.type} -> {name}: {mil.DataType.Name(dt)}')
+    report.update(op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
+                  gather_ops=sum(n for op, n in hist.items() if 'gather' in op),
+                  float_dtypes=dict(dtypes), non_fp16_tensors=non_fp16, io_tensors=io_tensors_found,
+                  opset=func.opset)
+    return report
+
+
+def coreml_problems(report: dict, expect_fp16: bool = True) -> List[str]:
+    """What is wrong with an :func:`inspect_coreml` report (empty list: all checks pass)."""
+    problems = []
+    if report['model_type'] != 'mlProgram':
+        problems.append(f"model type is {report['model_type']}, not mlProgram")
+    if report['spec_version'] < 7:
+        problems.append(f"spec version {report['spec_version']} is below iOS 16's (7)")
+    if report['gather_ops']:
+        problems.append(f"{report['gather_ops']} gather op(s) remain (attention bias not "
+                        f'cached for the export size?)')
+    if expect_fp16:
+        if report['non_fp16_tensors']:
+            problems.append(f"{len(report['non_fp16_tensors'])} float tensors are not FP16, "
+                            f"e.g. {report['non_fp16_tensors'][:3]}")
+        if not report['float_dtypes'].get('FLOAT16'):
+            problems.append('no FP16 tensor at all: not converted with FP16 precision')
+    return problems
+
+
+def format_report(report: dict) -> str:
+    """Human-readable summary of an export report (ONNX or Core ML)."""
+    lines = [f"{report['format']} model: {report['path']}",
+             f"  file size: {report['file_size_bytes'] / 2**20:.1f} MiB"]
+    for kind in ('inputs', 'outputs'):
+        for io in report[kind]:
+            extra = f" {io['dtype']}" if io.get('dtype') else ''
+            lines.append(f"  {kind[:-1]:6s} {io['name']}: {io['shape']}{extra}")
+    ops = ', '.join(f'{k} {v}' for k, v in report['op_histogram'].items())
+    lines.append(f'  ops: {ops}')
+    lines.append(f"  gather ops: {report['gather_ops']}")
+    if report['format'] == 'coreml':
+        lines.append(f"  conversion: {report['method']}"
+                     + (f" (fallback: {report['fallback_reason']})"
+                        if report.get('fallback_reason') else '')
+                     + f", {report['convert_s']} s; spec version {report['spec_version']}"
+                     f" (iOS 16 = 7), opset {report.get('opset')}")
+        lines.append(f"  float tensors by dtype: {report['float_dtypes']}; "
+                     f"at the I/O ends (casts, input scaling): {len(report['io_tensors'])}; "
+                     f"non-FP16 inside the graph: {len(report['non_fp16_tensors'])}")
+        lines.append(f"  compute units (at load time): "
+                     f"{report['metadata'].get('mmeff.compute_units', 'ALL')}")
+        problems = report.get('problems', [])
+        lines.append('  checks: ' + ('all passed' if not problems else
+                                     'FAILED: ' + '; '.join(problems)))
+    else:
+        lines.append(f"  exporter: {report['exporter']}, opset {report['opset']}, "
+                     f"{report['export_s']} s")
+        if 'onnxruntime' in report:
+            e = report['onnxruntime']
+            lines.append(f"  onnxruntime vs torch: max abs err {e['max_abs_err']:.2e}, "
+                         f"relative err {e['rel_err']:.2e}")
+    return '\n'.join(lines)

@@ -1,0 +1,230 @@
+"""Inference-time reparameterisation of EfficientFormer: fold BN and layer scales, cache biases.
+
+What :func:`fuse_model` does to every EfficientFormer inside a model (backbone, classifier,
+detector...), all exact in real arithmetic (folding runs in float64, so fp32 outputs match the
+unfused model to ~1e-7 relative error):
+
+* **BatchNorm folding** (the paper's finding 3: CONV-BN is free at inference): the stem's
+  ``conv1/norm1`` and ``conv2/norm2``, every downsample's ``conv/norm`` and every MB4D MLP's
+  ``fc1/norm1`` and ``fc2/norm2``. The norm becomes ``nn.Identity``. Norms that are not
+  BatchNorm (e.g. ``norm_cfg=dict(type='GN')``) cannot be folded and are left in place.
+* **Layer-scale folding** into the layer that produces the scaled branch (a per-output-channel
+  scale of a conv/linear is a scale of its weight rows and bias): MB4D ``ls2`` into
+  ``mlp.fc2`` (after its BN is folded), MB3D ``ls1`` into ``token_mixer.proj`` and ``ls2`` into
+  ``mlp.fc2``.
+* **MB4D ``ls1`` is kept** as a per-channel multiply: its branch is ``AvgPool(x) - x``, which
+  has no weights to fold into, and the residual stream ``x`` it scales is also the identity
+  path, so the scale cannot move to an earlier layer either. Rewriting the pool as a
+  depthwise conv is not exact (``count_include_pad=False`` divides border pixels by 4 or 6,
+  not 9). The multiply costs one elementwise op per MB4D block (Core ML and ONNX Runtime fuse it
+  with the adjacent sub/add).
+* **Attention bias caching**: with ``input_size`` given, every MHSA precomputes its bias for the
+  token grid of that input (``Attention.fix_bias``), so the traced/exported graph has no
+  ``gather`` and no interpolation. The fused model still runs at other sizes (the bias is then
+  computed on the fly, as in the unfused model), but an export is specific to one size.
+* Dropout and DropPath (identities at inference) are replaced by ``nn.Identity`` so that they
+  leave no node in exported graphs.
+
+LayerNorm (MB3D blocks, head) is not folded: the normalisation is input-dependent, which is
+exactly why the paper keeps it out of the 4D part.
+"""
+import copy
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmeff.models.backbones.efficientformer import Downsample, EfficientFormer, Stem
+from mmeff.models.layers import Attention, LayerScale, Meta3D, Meta4D
+
+SizeLike = Union[int, Sequence[int]]
+
+
+def parse_input_size(size: SizeLike) -> Tuple[int, int]:
+    """``224`` / ``(224,)`` / ``(800, 1333)`` / ``'800x1333'`` -> ``(H, W)``."""
+    if isinstance(size, str):
+        parts = size.lower().replace('*', 'x').split('x')
+        try:
+            size = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"input size {size!r} is not 'N' or 'HxW' (e.g. 224, 800x1333)")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    size = tuple(size)
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise ValueError(f'input size must be an int or (height, width) ints, got {size!r}')
+    if min(size) < 1:
+        raise ValueError(f'input size must be positive, got {size!r}')
+    return size
+
+
+def token_grid(height: int, width: int, num_halvings: int = 5) -> Tuple[int, int]:
+    """Spatial size after ``num_halvings`` 3x3 stride-2 pad-1 convs (ceil division each time):
+    the MHSA token grid of an EfficientFormer is ``token_grid(H, W)`` (stride 32)."""
+    for _ in range(num_halvings):
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return height, width
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: _BatchNorm) -> nn.Conv2d:
+    """A new conv equal to ``bn(conv(x))`` with ``bn`` in eval mode (running statistics)."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f'expected nn.Conv2d, got {type(conv).__name__}')
+    if not isinstance(bn, _BatchNorm):
+        raise TypeError(f'expected a BatchNorm layer, got {type(bn).__name__}')
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError('cannot fold a BatchNorm without running statistics '
+                         '(track_running_stats=False): its output depends on the batch')
+    dtype = conv.weight.dtype
+    w = conv.weight.double()
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(bn.running_mean,
+                                                                           dtype=torch.float64)
+    inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(inv_std)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(inv_std)
+    scale = gamma * inv_std
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True,
+                      padding_mode=conv.padding_mode, device=conv.weight.device, dtype=dtype)
+    fused.weight.copy_((w * scale.view(-1, 1, 1, 1)).to(dtype))
+    fused.bias.copy_(((b - bn.running_mean.double()) * scale + beta).to(dtype))
+    return fused
+
+
+@torch.no_grad()
+def fold_output_scale_(layer: nn.Module, gamma: torch.Tensor) -> None:
+    """In place: make ``layer(x) * gamma`` (per output channel) the output of ``layer``."""
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f'can fold a per-channel scale into Conv2d/Linear, '
+                        f'got {type(layer).__name__}')
+    g = gamma.detach().double()
+    if g.numel() != layer.weight.shape[0]:
+        raise ValueError(f'scale has {g.numel()} channels, the layer has '
+                         f'{layer.weight.shape[0]} outputs')
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    layer.weight.copy_((layer.weight.double() * g.view(shape)).to(layer.weight.dtype))
+    if layer.bias is not None:
+        layer.bias.copy_((layer.bias.double() * g).to(layer.bias.dtype))
+
+
+def _maybe_fuse(parent: nn.Module, conv_name: str, norm_name: str) -> int:
+    conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
+    if isinstance(norm, _BatchNorm) and isinstance(conv, nn.Conv2d):
+        setattr(parent, conv_name, fuse_conv_bn(conv, norm))
+        setattr(parent, norm_name, nn.Identity())
+        return 1
+    return 0
+
+
+def _fold_layer_scale(block: nn.Module, ls_name: str, layer: nn.Module) -> int:
+    ls = getattr(block, ls_name)
+    if not isinstance(ls, LayerScale):
+        return 0
+    fold_output_scale_(layer, ls.gamma)
+    setattr(block, ls_name, nn.Identity())
+    return 1
+
+
+def _efficientformers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, EfficientFormer)]
+
+
+@torch.no_grad()
+def fuse_model(model: nn.Module,
+               input_size: Optional[SizeLike] = None,
+               inplace: bool = False) -> nn.Module:
+    """Fold BN and layer scales, and cache attention biases, for inference (see module doc).
+
+    Args:
+        model (nn.Module): An :class:`EfficientFormer` or any module containing one or more
+            (classifier, detector, ``as_inference_module()`` wrapper).
+        input_size (int | tuple[int, int] | str | None): Image size the model will run at;
+            caches every attention bias for its token grid (needed for a gather-free export).
+            ``None`` leaves the biases dynamic. Defaults to None.
+        inplace (bool): Modify ``model`` itself instead of a deep copy. Defaults to False.
+
+    Returns:
+        nn.Module: The fused model, in eval mode. Fusion uses BN running statistics, so it is
+        for inference: training it again would train a different parameterisation.
+
+    Example:
+        >>> import torch
+        >>> from mmeff.models import EfficientFormer
+        >>> from mmeff.deploy import fuse_model
+        >>> model = EfficientFormer('l1').eval()
+        >>> fused = fuse_model(model, input_size=(512, 512))
+        >>> x = torch.rand(1, 3, 512, 512)
+        >>> all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fused(x), model(x)))
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'fuse_model expects an nn.Module, got {type(model).__name__}')
+    backbones = _efficientformers(model)
+    if not backbones:
+        raise ValueError(f'{type(model).__name__} contains no mmeff EfficientFormer backbone; '
+                         f'fuse_model only knows how to reparameterise EfficientFormer')
+    grid = token_grid(*parse_input_size(input_size)) if input_size is not None else None
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    for module in list(model.modules()):
+        if isinstance(module, Stem):
+            _maybe_fuse(module, 'conv1', 'norm1')
+            _maybe_fuse(module, 'conv2', 'norm2')
+        elif isinstance(module, Downsample):
+            _maybe_fuse(module, 'conv', 'norm')
+        elif isinstance(module, Meta4D):
+            mlp = module.mlp
+            _maybe_fuse(mlp, 'fc1', 'norm1')
+            fc2_is_last = _maybe_fuse(mlp, 'fc2', 'norm2') or isinstance(mlp.norm2, nn.Identity)
+            if fc2_is_last:  # with an unfoldable norm2 the scale must stay after it
+                _fold_layer_scale(module, 'ls2', mlp.fc2)
+            mlp.drop = nn.Identity()
+            module.drop_path = nn.Identity()
+        elif isinstance(module, Meta3D):
+            _fold_layer_scale(module, 'ls1', module.token_mixer.proj)
+            _fold_layer_scale(module, 'ls2', module.mlp.fc2)
+            module.mlp.drop = nn.Identity()
+            module.drop_path = nn.Identity()
+        elif isinstance(module, Attention) and grid is not None:
+            module.fix_bias(*grid)
+    return model
+
+
+@torch.no_grad()
+def cache_attention_bias(model: nn.Module, input_size: SizeLike,
+                         inplace: bool = False) -> nn.Module:
+    """Only precompute every MHSA bias for ``input_size`` (no folding), e.g. to export the
+    unfused model without ``gather``. Returns the (copied unless ``inplace``) model in eval mode.
+    """
+    grid = token_grid(*parse_input_size(input_size))
+    if not inplace:
+        model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fix_bias(*grid)
+    return model.eval()
+
+
+def fusion_report(model: nn.Module) -> Dict[str, object]:
+    """What is left to fold in ``model`` (a fused model has no BN and only MB4D ``ls1``).
+
+    Returns a dict with ``batchnorms`` (count), ``layer_scales`` (count of LayerScale modules),
+    ``mb4d_ls1`` (how many of those are the kept MB4D ``ls1``), ``attention`` (count) and
+    ``cached_bias_grids`` (sorted list of the (h, w) grids attention biases are cached for).
+    """
+    bns = sum(isinstance(m, _BatchNorm) for m in model.modules())
+    lss = sum(isinstance(m, LayerScale) for m in model.modules())
+    kept = sum(isinstance(m, Meta4D) and isinstance(m.ls1, LayerScale) for m in model.modules())
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    grids = sorted({m._cached_grid for m in attns if m.cached_bias is not None})
+    return dict(batchnorms=bns, layer_scales=lss, mb4d_ls1=kept, attention=len(attns),
+                cached_bias_grids=grids)
+
+
+__all__ = ['fuse_model', 'cache_attention_bias', 'fuse_conv_bn', 'fold_output_scale_', 'fusion_report',
+           'parse_input_size', 'token_grid']
