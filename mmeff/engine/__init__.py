@@ -1,3 +1,4 @@
+from .hooks import RNGStateHook
 from .launch import build_runner, check_data_paths, prepare_config
 
-__all__ = ['build_runner', 'check_data_paths', 'prepare_config']
+__all__ = ['RNGStateHook', 'build_runner', 'check_data_paths', 'prepare_config']

@@ -4,12 +4,14 @@ checks, CPU-distributed set-up and building mmengine's Runner (or the scope's ow
 The config's ``default_scope`` (``mmdet``, ``mmseg``, ``mmeff``) decides which library's
 registries build the model, datasets and metrics; mmeff adds nothing to the loop itself.
 """
+import logging
 import os
 import os.path as osp
 from typing import Optional
 
 import torch
 from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported)
+from mmengine.logging import print_log
 
 
 def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
@@ -20,7 +22,9 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
     import mmeff.models  # noqa: F401  (compat fixes; registers mmeff models)
     cfg = Config.fromfile(config)
     if cfg_options:
+        before = {name: cfg.get(name) for name in PROPAGATED_VARIABLES}
         cfg.merge_from_dict(cfg_options)
+        propagate_variables(cfg, before, cfg_options)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -45,6 +49,61 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
         init_cpu_distributed('gloo')
         cfg.model_wrapper_cfg = cpu_ddp_model_wrapper_cfg()
     return cfg
+
+
+# Top-level config variables that the tools carry, when overridden with ``--cfg-options``, into
+# the entries that were built from them. A config is plain Python evaluated once, so without
+# this ``--cfg-options data_root=/x/`` would only change the variable, not the datasets or the
+# evaluator's ann_file that used it.
+PROPAGATED_VARIABLES = ('data_root', 'pretrained')
+
+
+def propagate_variables(cfg: Config, before: dict, cfg_options: dict) -> None:
+    """Replace the old value of each overridden ``PROPAGATED_VARIABLES`` entry in the config.
+
+    Strings equal to the old value get the new one; for ``data_root`` also strings that start
+    with it (``data_root + 'annotations/...'``). Entries set explicitly in the same
+    ``cfg_options`` keep their explicit value.
+    """
+    explicit = {k for k in cfg_options if k not in PROPAGATED_VARIABLES}
+    for name in PROPAGATED_VARIABLES:
+        if name not in cfg_options:
+            continue
+        old, new = before.get(name), cfg_options[name]
+        if not isinstance(old, str) or not old:
+            print_log(f'--cfg-options {name}={new!r}: the config has no top-level {name!r} '
+                      f'variable, so nothing else changes; set the entries that need it '
+                      f'(e.g. train_dataloader.dataset.data_root) instead',
+                      logger='current', level=logging.WARNING)
+            continue
+        if not isinstance(new, str) or new == old:
+            continue
+        if name == 'data_root' and old.endswith('/') and not new.endswith('/'):
+            new = new + '/'  # mmdet configs build paths as data_root + 'annotations/...'
+            cfg[name] = new
+
+        seen = set()  # a dict shared by two entries (test_dataloader = val_dataloader) once
+
+        def _replace(node, path):
+            if id(node) in seen:
+                return
+            seen.add(id(node))
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, value in list(items):
+                here = f'{path}.{key}' if path else str(key)
+                if here in explicit:
+                    continue
+                if isinstance(value, str):
+                    if value == old:
+                        node[key] = new
+                    elif name == 'data_root' and value.startswith(old):
+                        node[key] = new + value[len(old):]
+                elif isinstance(value, (dict, list)):
+                    _replace(value, here)
+
+        for key in list(cfg.keys()):
+            if key != name and isinstance(cfg[key], (dict, list)):
+                _replace(cfg[key], key)
 
 
 def _iter_datasets(cfg: Config):
@@ -76,8 +135,9 @@ def check_data_paths(cfg: Config, which=('train_dataloader', 'val_dataloader',
         if data_root and '://' not in data_root and not osp.isdir(data_root):
             raise FileNotFoundError(
                 f'{name}: data_root {data_root!r} does not exist. Put the dataset there or '
-                f'point the config at it, e.g. --cfg-options {name}.dataset.data_root=/path/ '
-                f'(configs in configs/ also take a top-level data_root variable when edited)')
+                f'point the config at it with --cfg-options data_root=/path/to/data/ (the '
+                f'top-level variable, carried into every dataset and evaluator) or '
+                f'{name}.dataset.data_root=/path/')
         ann = ds.get('ann_file')
         if ann and isinstance(ann, str) and '://' not in ann:
             path = ann if osp.isabs(ann) else osp.join(data_root, ann)
