@@ -153,6 +153,13 @@ def check_data_paths(cfg: Config, which=('train_dataloader', 'val_dataloader',
                 if key in ('img', 'img_path', 'seg_map_path', 'seg') and not osp.isdir(path):
                     raise FileNotFoundError(f'{name}: data_prefix.{key} folder {path!r} does '
                                             f'not exist (data_root={data_root!r})')
+                if key in ('img', 'img_path'):
+                    # An empty image folder otherwise fails inside mmengine's dataset
+                    # serialisation ("need at least one array to concatenate").
+                    with os.scandir(path) as entries:
+                        if next(entries, None) is None:
+                            raise FileNotFoundError(f'{name}: data_prefix.{key} folder {path!r} '
+                                                    f'is empty (data_root={data_root!r})')
 
 
 def build_runner(cfg: Config):
