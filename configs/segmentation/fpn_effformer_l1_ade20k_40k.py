@@ -12,11 +12,12 @@ _base_ = [
 custom_imports = dict(imports=['mmeff.models'], allow_failed_imports=False)
 
 # The one place to point at the data (mmseg's ADE20K layout: images/ and annotations/, each with
-# training/ and validation/). Edit it here: variables are resolved when a config is read, so
-# --cfg-options data_root=... would not reach the dataloaders below.
+# training/ and validation/): edit it here, or pass `--cfg-options data_root=/path/` to
+# tools/train.py and tools/test.py, which carry it into every dataset.
 data_root = 'data/ade/ADEChallengeData2016'
 # ImageNet-1K weights in mmeff's layout (`backbone.*` keys), made from the authors'
-# efficientformer_l1_300d.pth with tools/convert_checkpoint.py (see the README).
+# efficientformer_l1_300d.pth with tools/convert_checkpoint.py (see the README); the tools
+# carry `--cfg-options pretrained=/path.pth` into init_cfg the same way.
 pretrained = 'pretrained/efficientformer_l1_300d_mmeff.pth'
 arch = 'l1'
 widths = [48, 96, 224, 448]  # EfficientFormer.arch_settings[arch]['widths']

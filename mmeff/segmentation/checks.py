@@ -8,8 +8,10 @@ What mmseg 1.2 does without these checks:
   outside its range), so the mIoU is wrong without a word;
 * a head whose ``num_classes`` differs from the dataset's classes: too small fails like the above,
   too large trains and evaluates without complaint;
-* an image folder with no images under ``InfiniteSampler``: the first ``next()`` never returns;
 * an image without its label map: a bare ``FileNotFoundError`` from a dataloader worker mid-run.
+
+(Missing or empty data folders are caught earlier, before the datasets are built, by
+``mmeff.engine.check_data_paths`` in tools/train.py and tools/test.py.)
 
 The checks are cheap: the dataset checks run once per dataset (one ``stat`` per label map), the
 label check is two comparisons over a batch's label maps, before the model sees it.
@@ -70,13 +72,6 @@ def check_num_classes(model, dataset, split: str = 'train') -> None:
 def _check_files(dataset, split: str) -> None:
     for leaf in _leaves(dataset):
         prefix = getattr(leaf, 'data_prefix', None) or {}
-        if len(leaf) == 0:
-            img_dir = prefix.get('img_path', '?')
-            suffix = getattr(leaf, 'img_suffix', '')
-            raise FileNotFoundError(
-                f'The {split} dataset ({type(leaf).__name__}) found no images: no '
-                f'{suffix!r} file under {img_dir!r}. Check data_root and data_prefix.img_path '
-                f'(ADE20K: images/training/*.jpg, annotations/training/*.png).')
         if not hasattr(leaf, 'get_data_info'):
             continue
         missing, total = [], len(leaf)
@@ -123,13 +118,13 @@ def check_label_range(data_samples: Sequence, num_classes: int,
 class SegDataCheckHook(Hook):
     """Check the data against the model before and during training, validation and testing.
 
-    Before a loop runs: every dataset has images and every image its label map
-    (``check_files``), and every head's ``num_classes`` equals the dataset's number of classes.
+    Before a loop runs: every image has its label map (``check_files``), and every head's
+    ``num_classes`` equals the dataset's number of classes.
     Before every iteration (``check_labels``): label values lie in ``[0, num_classes)`` or equal
     the decode head's ``ignore_index``. All failures raise with a message that says what to fix.
 
     Args:
-        check_files (bool): Check that images were found and label maps exist. Defaults to True.
+        check_files (bool): Check that every image's label map exists. Defaults to True.
         check_labels (bool): Check the label range of every batch. Defaults to True.
     """
 
