@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from mmengine.dataset import BaseDataset
 from mmengine.dist import get_dist_info
-from mmengine.registry import DATA_SAMPLERS
+from mmengine.registry import DATA_SAMPLERS, DefaultScope
 from mmengine.structures import BaseDataElement
 from torch.utils.data import Sampler
 
@@ -66,8 +66,12 @@ class ImageFolderDataset(BaseDataset):
         metainfo = dict(kwargs.pop('metainfo', None) or {})
         if classes is not None:
             metainfo['classes'] = tuple(classes)
-        super().__init__(ann_file='', metainfo=metainfo, data_root=data_root,
-                         data_prefix=dict(data_prefix), pipeline=list(pipeline), **kwargs)
+        # Built outside a Runner (no default scope), bare transform names such as
+        # 'LoadPILImage' would be looked up in mmengine's root registry only.
+        scope = 'mmeff' if DefaultScope.get_current_instance() is None else None
+        with DefaultScope.overwrite_default_scope(scope):
+            super().__init__(ann_file='', metainfo=metainfo, data_root=data_root,
+                             data_prefix=dict(data_prefix), pipeline=list(pipeline), **kwargs)
 
     def load_data_list(self):
         folder = self.data_prefix.get('img_path', '') or self.data_root

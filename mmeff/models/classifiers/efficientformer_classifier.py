@@ -321,7 +321,8 @@ class EfficientFormerClassifier(BaseModel):
                and tuple(state_dict[prefix + k].shape) != tuple(v.shape)]
         if not bad:
             return
-        head = [b for b in bad if b[0] in ('head.head.weight', 'head.head.bias')]
+        head = [b for b in bad if b[0] in ('head.head.weight', 'head.head.bias')
+                and b[1][0] != b[2][0]]
         if head:
             ckpt_classes = head[0][1][0]
             raise ValueError(
