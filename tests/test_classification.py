@@ -238,6 +238,9 @@ def test_dataset_labels_and_packing(imagefolder):
         assert item['inputs'].shape == (3, IMG, IMG)
         sample = item['data_samples']
         assert int(sample.gt_label) == expected[osp.abspath(sample.img_path)]
+    from PIL import Image
+    with pytest.raises(TypeError, match='put TimmTransform before it'):
+        PackClsInputs()(dict(img=Image.new('RGB', (8, 8)), gt_label=0))
 
 
 def test_repeat_aug_sampler(imagefolder):
@@ -381,6 +384,36 @@ def test_tools_test_evaluates_the_checkpoint(trained):
                               osp.join(trained['work_dir'], 'test')])
     assert set(metrics) == {'accuracy/top1', 'accuracy/top5'}
     assert 0 <= metrics['accuracy/top1'] <= 100
+
+
+def test_tools_test_on_converted_timm_weights_matches_timm(imagefolder, teacher_ckpt, tmp_path):
+    """Published weights path: timm checkpoint -> tools/convert_checkpoint.py -> tools/test.py
+    (eval transform, EMA hook, metric) gives timm's own per-image scores."""
+    import pickle
+    from PIL import Image
+    ref = timm_efficientformer('l1', seed=5, num_classes=NUM_CLASSES)
+    src, dst = str(tmp_path / 'timm.pth'), str(tmp_path / 'mmeff.pth')
+    torch.save({'model': ref.state_dict()}, src)
+    load_tool('convert_checkpoint').main([src, dst])
+    cfg = tiny_config(imagefolder['data_root'], teacher_ckpt, str(tmp_path / 'work'))
+    cfg.test_dataloader.dataset.pipeline[1].input_size = 224  # timm's model needs 224
+    cfg_path = str(tmp_path / 'cfg.py')
+    cfg.dump(cfg_path)
+    out = str(tmp_path / 'preds.pkl')
+    metrics = load_tool('test').main([cfg_path, dst, '--work-dir', str(tmp_path / 'work'),
+                                      '--out', out])
+    with open(out, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 2 * NUM_CLASSES
+    tf = TimmTransform(input_size=224, crop_pct=0.875, interpolation='bicubic')
+    images = torch.stack([tf(dict(img=Image.open(p['img_path']).convert('RGB')))['img']
+                          for p in preds])
+    with torch.no_grad():
+        expected = ref(images).softmax(1)
+    got = torch.stack([torch.as_tensor(p['pred_score']) for p in preds])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    top1 = 100. * sum(int(e.argmax()) == int(p['gt_label']) for e, p in zip(expected, preds))
+    assert metrics['accuracy/top1'] == pytest.approx(top1 / len(preds))
 
 
 def test_checkpoint_initialises_detection_and_segmentation(trained, tmp_path):
