@@ -481,7 +481,7 @@ def test_dataset_class_count_check_hook(imagefolder, tmp_path):
     model = EfficientFormerClassifier(backbone=dict(arch='l1'), num_classes=1000)
     runner = types.SimpleNamespace(model=model, train_dataloader=loader(imagefolder['data_root'],
                                                                         'train'),
-                                   _val_loop=None)
+                                   val_loop=None)
     with pytest.raises(ValueError, match=r'has 5 class folders but the model has '
                                          r'num_classes=1000.*model.num_classes=5'):
         ClassNumCheckHook().before_train(runner)
@@ -490,7 +490,7 @@ def test_dataset_class_count_check_hook(imagefolder, tmp_path):
                                      size=32)
     model.num_classes = NUM_CLASSES
     runner.val_dataloader = loader(other['data_root'], 'val')
-    runner._val_loop = object()
+    runner.val_loop = object()
     with pytest.raises(ValueError, match='train and val class folders differ'):
         ClassNumCheckHook().before_train(runner)
 
@@ -505,8 +505,17 @@ def test_empty_class_folder_is_a_clear_error(tmp_path):
         ImageFolderDataset(data_root=info['data_root'], data_prefix=dict(img_path='nope'))
 
 
-def test_missing_teacher_is_a_clear_error(tmp_path, teacher_ckpt):
+def test_missing_teacher_is_a_clear_error(tmp_path, teacher_ckpt, imagefolder):
     missing = str(tmp_path / 'regnety_160.pth')
+    # Through tools/train.py: the run stops before its first iteration.
+    cfg = tiny_config(imagefolder['data_root'], missing, str(tmp_path / 'work'))
+    cfg.model.distillation.teacher.model_name = 'regnety_160'
+    cfg_path = str(tmp_path / 'cfg.py')
+    cfg.dump(cfg_path)
+    with pytest.raises(FileNotFoundError, match=r'teacher checkpoint .*regnety_160\.pth.* does '
+                                                r'not exist.*model\.distillation=None'):
+        load_tool('train').main([cfg_path])
+    assert not any(f.endswith('.pth') for f in os.listdir(tmp_path / 'work'))
     model = EfficientFormerClassifier(
         num_classes=NUM_CLASSES,
         distillation=dict(teacher=dict(model_name='regnety_160', checkpoint=missing)))

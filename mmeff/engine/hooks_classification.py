@@ -44,16 +44,17 @@ class ClassNumCheckHook(Hook):
 
     def before_train(self, runner) -> None:
         self._check(runner, runner.train_dataloader, 'train_dataloader')
-        val_loop = runner._val_loop
-        if val_loop is not None and not isinstance(val_loop, dict):
+        if runner.val_loop is not None:
             train_classes, train_root = self._classes(runner.train_dataloader)
             val_classes, val_root = self._classes(runner.val_dataloader)
             if train_classes is not None and val_classes is not None and \
                     tuple(train_classes) != tuple(val_classes):
                 diff = sorted(set(train_classes) ^ set(val_classes))
+                how = (f'e.g. {diff[:3]} is in only one of them' if diff else
+                       'the same names in another order')
                 raise ValueError(
                     f'train and val class folders differ ({len(train_classes)} vs '
-                    f'{len(val_classes)}; e.g. {diff[:3]} is in only one of them), so the '
+                    f'{len(val_classes)}; {how}), so the '
                     f'labels would not match: give both splits the same class folders '
                     f'(train root {train_root!r}, val root {val_root!r})')
 
