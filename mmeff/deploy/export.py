@@ -325,6 +325,9 @@ def export_coreml(model: nn.Module,
     return report
 
 
+_PREPROCESSING_OPS = ('mul', 'add', 'sub', 'real_div')
+
+
 def _blocks(block):
     """``block`` and every block nested in its ops (control flow), depth first."""
     yield block
@@ -388,21 +391,22 @@ def inspect_coreml(path: str) -> dict:
                 if o.type.WhichOneof('type') == 'tensorType'
                 and o.type.tensorType.dataType in float_types]
 
-    # The I/O ends of the graph may stay FP32: the input's preprocessing chain (an ImageType's
-    # scale/bias, ending in the cast to FP16), the consts only it uses, and the casts that
-    # produce the outputs.
+    # The I/O ends of the graph may stay FP32: the input's elementwise preprocessing (an
+    # ImageType's scale/bias) up to the cast to FP16, the consts only it uses, and the casts
+    # that produce the outputs. A chain that never reaches a cast is not an I/O end.
     ops = [op for block in _blocks(main) for op in block.operations]
     consumers = Counter(name for op in ops for name in args_of(op))
-    input_side, io_tensors = set(input_names), set()
+    input_side, chain, io_tensors = set(input_names), set(), set()
     for op in ops:
         args = args_of(op)
-        if op.type != 'const' and args & input_side:
-            outs = {name for name, _ in float_outputs(op)}
+        outs = {name for name, _ in float_outputs(op)}
+        if op.type in _PREPROCESSING_OPS and args & input_side:
+            input_side |= outs
+            chain |= outs
+        elif op.type == 'cast' and args & input_side:
+            io_tensors |= chain | outs
+        elif op.type == 'cast' and {o.name for o in op.outputs} & output_names:
             io_tensors |= outs
-            if op.type != 'cast':  # a cast to FP16 ends the preprocessing chain
-                input_side |= outs
-        elif op.type == 'cast' and set(o.name for o in op.outputs) & output_names:
-            io_tensors |= {name for name, _ in float_outputs(op)}
     io_consumed = Counter(name for op in ops if op.type != 'const'
                           and {o.name for o in op.outputs} & io_tensors for name in args_of(op))
     hist, dtypes, non_fp16, io_tensors_found = Counter(), Counter(), [], []

@@ -1,0 +1,144 @@
+"""Core ML latency of an exported ``.mlpackage`` (macOS), and clearly labelled proxies elsewhere.
+
+Core ML runs only on Apple platforms: coremltools converts and inspects models on Linux but
+cannot predict there. :func:`coreml_runtime_status` says whether this machine can;
+:func:`time_coreml` times predictions (macOS); :func:`proxy_latency` measures what can be
+measured anywhere (the fused model in torch and in ONNX Runtime on this machine's CPU), which
+is a *proxy*, never an iPhone 12 figure.
+
+Compute units (``coremltools.ComputeUnit``), chosen when the model is loaded:
+``ALL`` = CPU + GPU + Neural Engine (the paper's setting), ``CPU_AND_NE``, ``CPU_AND_GPU``,
+``CPU_ONLY``. A Mac's figures are not an iPhone's either: the on-device number comes from
+Xcode's Core ML Performance Report on an iPhone 12 (docs/deployment.md).
+"""
+import platform
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .complexity import PAPER
+from .latency import SCHEMA, machine_info, summarize
+
+MIN_REPS = 500
+
+
+def coreml_runtime_status() -> Tuple[bool, str]:
+    """``(True, '')`` if Core ML predictions can run here, else ``(False, why)``."""
+    system = platform.system()
+    if system != 'Darwin':
+        return False, (f'Core ML predictions need macOS (or iOS): this machine runs {system} '
+                       f'({platform.platform()}). coremltools converts and inspects models here '
+                       f'but cannot run them')
+    try:
+        import coremltools  # noqa: F401
+    except ImportError:
+        return False, 'coremltools is not installed: pip install coremltools'
+    try:
+        from coremltools import libcoremlpython  # noqa: F401  (the native Core ML bridge)
+    except ImportError as exc:
+        return False, (f'coremltools has no native Core ML runtime here ({exc}); install the '
+                       f'macOS wheel of coremltools (pip install coremltools)')
+    mac = platform.mac_ver()[0]
+    try:
+        major = int(mac.split('.')[0])
+    except ValueError:
+        major = 0
+    if major < 13:
+        return False, (f'the exported mlprogram targets iOS 16 / macOS 13; this is macOS '
+                       f'{mac or "unknown"}')
+    return True, ''
+
+
+def package_info(path: str) -> dict:
+    """Arch, task, input shape, compute units of an mmeff ``.mlpackage`` (from its spec)."""
+    from mmeff.deploy import inspect_coreml
+    report = inspect_coreml(path)
+    meta = report['metadata']
+    inp = report['inputs'][0]
+    return dict(arch=meta.get('mmeff.arch'), task=meta.get('mmeff.task'),
+                input_name=inp['name'], input_kind=inp['kind'],
+                input_shape=[int(s) for s in inp['shape']],
+                compute_units=meta.get('mmeff.compute_units', 'ALL'),
+                precision=meta.get('mmeff.precision'))
+
+
+def paper_reference(info: dict) -> Tuple[Optional[float], str]:
+    """The paper's iPhone 12 latency for this model, and whether it is comparable."""
+    arch = info.get('arch')
+    if arch not in PAPER:
+        return None, 'no paper figure (not an L1/L3/L7 model exported by mmeff)'
+    ms = PAPER[arch]['iphone12_ms']
+    same = info.get('task') == 'classifier' and info['input_shape'] == [1, 3, 224, 224]
+    if same:
+        return ms, f'paper, iPhone 12, Core ML, ALL compute units: {ms} ms ({arch.upper()})'
+    return ms, (f'paper, iPhone 12: {ms} ms for the {arch.upper()} classifier at 1x3x224x224 '
+                f'(this model is the {info.get("task")} at '
+                f"{'x'.join(map(str, info['input_shape']))}: not directly comparable)")
+
+
+def time_coreml(path: str, compute_units: str = 'ALL', warmup: int = 50,
+                reps: int = 1000, seed: int = 0) -> dict:
+    """Load ``path`` with ``compute_units``, warm up, time ``reps`` predictions (macOS only).
+
+    Returns the :func:`mmeff.benchmark.latency.summarize` figures plus ``load_s``.
+    """
+    ok, why = coreml_runtime_status()
+    if not ok:
+        raise RuntimeError(why)
+    if reps < MIN_REPS:
+        raise ValueError(f'time at least {MIN_REPS} predictions for a stable median, got {reps}')
+    import coremltools as ct
+    from mmeff.deploy.export import COMPUTE_UNITS
+    if compute_units not in COMPUTE_UNITS:
+        raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
+    info = package_info(path)
+    t0 = time.perf_counter()
+    model = ct.models.MLModel(path, compute_units=getattr(ct.ComputeUnit, compute_units))
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    shape = info['input_shape']
+    if info['input_kind'] == 'image':
+        from PIL import Image
+        pixels = rng.integers(0, 256, size=(shape[2], shape[3], 3), dtype=np.uint8)
+        feed = {info['input_name']: Image.fromarray(pixels, 'RGB')}
+    else:
+        feed = {info['input_name']: rng.standard_normal(shape).astype(np.float32)}
+    for _ in range(warmup):
+        model.predict(feed)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        model.predict(feed)
+        times.append(time.perf_counter() - t)
+    row = summarize(times, shape[0])
+    row.update(load_s=round(load_s, 2), warmup=warmup)
+    return row
+
+
+def coreml_results(path: str, rows: dict, warmup: int, reps: int) -> dict:
+    """A latency results dict (the benchmark's schema) of :func:`time_coreml` rows keyed by
+    compute units, so that ``tools/plot_latency.py`` can draw them."""
+    info = package_info(path)
+    shape = info['input_shape']
+    results = [dict(arch=info['arch'], task=info['task'], input_size=shape[2:],
+                    batch_size=shape[0], runtime=f'coreml-{cu}', device='coreml', status='ok',
+                    **row) for cu, row in rows.items()]
+    machine = machine_info('cpu')
+    machine['macos'] = platform.mac_ver()[0]
+    settings = dict(task=info['task'], device='coreml', archs=[info['arch']],
+                    input_sizes=[shape[2:]], batch_sizes=[shape[0]],
+                    runtimes=[f'coreml-{cu}' for cu in rows], warmup=warmup, reps=reps,
+                    threads=None, seed=0, weights=f'as exported in {path}')
+    return dict(schema=SCHEMA, machine=machine, settings=settings, results=results)
+
+
+def proxy_latency(arch: str, task: str, input_shape, warmup: int = 5, reps: int = 50,
+                  threads: Optional[int] = None) -> dict:
+    """Proxies measurable on any machine: the fused model in torch and ONNX Runtime on this
+    CPU (:func:`mmeff.benchmark.latency.benchmark`), same arch/task/shape as the package."""
+    from .latency import benchmark
+    b, _, h, w = input_shape
+    return benchmark([arch], [(h, w)], [b], runtimes=('fused', 'onnxruntime'),
+                     task=task or 'classifier', device='cpu', warmup=warmup, reps=reps,
+                     threads=threads, log=lambda msg: None)

@@ -1,0 +1,382 @@
+"""Latency and throughput of EfficientFormer under several runtimes, beside timm's model.
+
+For every (arch, input size, batch size) the same weights run under:
+
+* ``timm``: ``timm.create_model('efficientformer_<arch>')`` (the reference implementation);
+  mmeff's models load its weights through ``mmeff.converters.convert_timm``. timm's attention
+  bias is fixed to the 7x7 grid of a 224x224 input: at other sizes the row says
+  ``unsupported: <timm's error>`` instead of a number.
+* ``eager``: mmeff, as trained (BN, layer scales, bias computed per call).
+* ``fused``: :func:`mmeff.deploy.fuse_model` (BN and layer scales folded, bias cached).
+* ``compile``: ``torch.compile`` of the fused model (inductor); the compile time is reported
+  separately (``setup_s``) and excluded from the timings.
+* ``onnxruntime``: the fused model exported to ONNX (:func:`mmeff.deploy.export_onnx`) and run
+  by ONNX Runtime (CPU, or the CUDA execution provider for ``device='cuda'``, where the
+  timings include the host<->device copies of ``session.run``).
+
+Timing: each runtime is warmed up, then repetitions are *interleaved* across runtimes
+(``rep 1 of every runtime, rep 2 of every runtime, ...``), so that a change in machine load
+(a shared CPU) affects every runtime alike; on CUDA every call is followed by
+``torch.cuda.synchronize()`` inside the timed region. Reported: median, p90, mean, min (ms per
+batch) and throughput (images/s from the median). Every runtime's output is compared with
+``eager``'s (``rel_err_vs_eager``): a fast but wrong runtime shows.
+
+Tasks: ``'classifier'`` (image -> logits; timm's ``forward``) or ``'backbone'`` (the four
+stage maps, mmeff without output norms; timm's ``forward_intermediates``).
+"""
+import datetime
+import json
+import os
+import os.path as osp
+import platform
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+RUNTIMES = ('timm', 'eager', 'fused', 'compile', 'onnxruntime')
+TASKS = ('classifier', 'backbone')
+SCHEMA = 'mmeff.benchmark.latency/1'
+
+
+# ----------------------------------------------------------------------------- machine
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.lower().startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    if platform.system() == 'Darwin':
+        import subprocess
+        try:
+            return subprocess.run(['sysctl', '-n', 'machdep.cpu.brand_string'],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def _load_avg() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not available on Windows
+        return None
+
+
+def machine_info(device: str = 'cpu', threads: Optional[int] = None) -> dict:
+    """Where the numbers come from: CPU, cores, threads, GPU, library versions, date."""
+    import timm
+    info = dict(cpu=cpu_name(), logical_cores=os.cpu_count(), platform=platform.platform(),
+                python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
+                torch_threads=threads or torch.get_num_threads(), device=device,
+                date=datetime.datetime.now().isoformat(timespec='seconds'),
+                load_avg_1m=_load_avg())
+    try:
+        import onnxruntime
+        info['onnxruntime'] = onnxruntime.__version__
+    except ImportError:
+        info['onnxruntime'] = None
+    if device.startswith('cuda'):
+        info['gpu'] = torch.cuda.get_device_name(torch.device(device))
+        info['cuda'] = torch.version.cuda
+    return info
+
+
+def device_label(machine: dict) -> str:
+    """``'CPU: <name>, N threads'`` or ``'GPU: <name>'``."""
+    if machine.get('gpu'):
+        return f"GPU: {machine['gpu']}"
+    return f"CPU: {machine['cpu']}, {machine['torch_threads']} threads"
+
+
+# ----------------------------------------------------------------------------- timing
+def summarize(times_s: Sequence[float], batch_size: int) -> dict:
+    """Median/p90/mean/min in ms and throughput (images/s at the median) of per-call times."""
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    median = float(np.median(ms))
+    return dict(median_ms=round(median, 4), p90_ms=round(float(np.percentile(ms, 90)), 4),
+                mean_ms=round(float(ms.mean()), 4), min_ms=round(float(ms.min()), 4),
+                throughput_img_s=round(batch_size * 1e3 / median, 2), reps=len(ms))
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]],
+                     warmup: int,
+                     reps: int,
+                     sync: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
+    """Seconds per call of every function, repetitions interleaved across functions.
+
+    Args:
+        fns (dict): name -> zero-argument callable (one inference).
+        warmup (int): Untimed calls of each function first.
+        reps (int): Timed calls of each function.
+        sync (callable | None): Called before starting and before stopping each timer, e.g.
+            ``torch.cuda.synchronize`` so that asynchronous GPU work is inside the timing.
+    """
+    if reps < 1 or warmup < 0:
+        raise ValueError(f'need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}')
+    sync = sync or (lambda: None)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+# ----------------------------------------------------------------------------- models
+def build_models(arch: str, task: str = 'classifier', seed: int = 0
+                 ) -> Tuple[nn.Module, nn.Module, Callable]:
+    """``(mmeff_model, timm_model, timm_forward)`` with identical weights, in eval mode.
+
+    The weights are timm's own initialisation (``pretrained=False``, seeded), converted to
+    mmeff's layout with ``convert_timm`` and loaded strictly.
+    """
+    import timm
+    from mmeff.converters import convert_timm
+    from mmeff.models import EfficientFormer
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    torch.manual_seed(seed)
+    ref = timm.create_model(f'efficientformer_{arch}', pretrained=False).eval()
+    sd = convert_timm(ref.state_dict())
+    if task == 'classifier':
+        from mmeff.models.classifiers import EfficientFormerClassifier
+        cls = EfficientFormerClassifier(backbone=dict(arch=arch), num_classes=ref.num_classes)
+        cls.load_state_dict(sd, strict=True)
+        model = cls.as_inference_module()
+        return model.eval(), ref, ref
+    model = EfficientFormer(arch, out_norm_cfg=None)
+    model.load_state_dict({k[len('backbone.'):]: v for k, v in sd.items()
+                           if k.startswith('backbone.')}, strict=True)
+
+    def timm_backbone(x):
+        return ref.forward_intermediates(x, intermediates_only=True)
+
+    return model.eval(), ref, timm_backbone
+
+
+def _outputs(out) -> Tuple[torch.Tensor, ...]:
+    if isinstance(out, (list, tuple)):
+        return tuple(torch.as_tensor(o) for o in out)
+    return (torch.as_tensor(out),)
+
+
+def _rel_err(out, ref) -> float:
+    a, b = _outputs(out), _outputs(ref)
+    if len(a) != len(b):
+        raise RuntimeError(f'{len(a)} outputs vs {len(b)}')
+    errs = []
+    for o, r in zip(a, b):
+        o, r = o.detach().double().cpu(), r.detach().double().cpu()
+        errs.append(float((o - r).norm() / r.norm().clamp_min(1e-12)))
+    return max(errs)
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+    return f'{type(exc).__name__}: {msg[:300]}'
+
+
+def _make_runtime(name: str, model: nn.Module, ref_fn: Callable, x: torch.Tensor,
+                  device: str, threads: int, work_dir: str) -> Callable[[], object]:
+    """A zero-argument callable running one inference with runtime ``name`` (may raise)."""
+    from mmeff.deploy import fuse_model
+    hw = tuple(x.shape[2:])
+    if name == 'timm':
+        return lambda: ref_fn(x)
+    if name == 'eager':
+        return lambda: model(x)
+    fused = fuse_model(model, hw)
+    if name == 'fused':
+        return lambda: fused(x)
+    if name == 'compile':
+        compiled = torch.compile(fused)
+        compiled(x)  # compile now (setup time), not during the warm-up
+        return lambda: compiled(x)
+    if name == 'onnxruntime':
+        from mmeff.deploy.export import export_onnx, require
+        ort = require('onnxruntime')
+        path = osp.join(work_dir, f'model_{x.shape[0]}x{hw[0]}x{hw[1]}.onnx')
+        export_onnx(fused.cpu(), path, tuple(x.shape), fuse=False, check=False)
+        providers = ['CPUExecutionProvider']
+        if device.startswith('cuda'):
+            if 'CUDAExecutionProvider' not in ort.get_available_providers():
+                raise RuntimeError('onnxruntime has no CUDAExecutionProvider here '
+                                   '(pip install onnxruntime-gpu)')
+            providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, opts, providers=providers)
+        feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
+        return lambda: [torch.from_numpy(o) for o in sess.run(None, feed)]
+    raise ValueError(f'unknown runtime {name!r}; choose from {RUNTIMES}')
+
+
+@torch.no_grad()
+def benchmark(archs: Sequence[str] = ('l1',),
+              input_sizes: Sequence = ((224, 224),),
+              batch_sizes: Sequence[int] = (1,),
+              runtimes: Sequence[str] = RUNTIMES,
+              task: str = 'classifier',
+              device: str = 'cpu',
+              warmup: int = 10,
+              reps: int = 100,
+              threads: Optional[int] = None,
+              seed: int = 0,
+              log: Callable[[str], None] = print) -> dict:
+    """Time every runtime on every (arch, input size, batch size); see the module docstring.
+
+    Args:
+        archs (Sequence[str]): ``'l1'``, ``'l3'``, ``'l7'``.
+        input_sizes (Sequence): Sizes as accepted by :func:`mmeff.deploy.parse_input_size`
+            (``224``, ``(800, 1333)``, ``'512x512'``).
+        batch_sizes (Sequence[int]): Batch sizes.
+        runtimes (Sequence[str]): Subset of ``RUNTIMES``.
+        task (str): ``'classifier'`` or ``'backbone'``.
+        device (str): ``'cpu'`` or ``'cuda'`` (``'cuda:N'``).
+        warmup (int): Untimed calls per runtime. Defaults to 10.
+        reps (int): Timed calls per runtime. Defaults to 100.
+        threads (int | None): CPU threads for torch and ONNX Runtime; ``None`` keeps torch's.
+        seed (int): Seed of the weights and of the input. Defaults to 0.
+        log (callable): Progress messages. Defaults to ``print``.
+
+    Returns:
+        dict: ``schema``, ``machine`` (:func:`machine_info`), ``settings`` and ``results``: one
+        row per (arch, size, batch, runtime) with ``status`` (``'ok'``, ``'unsupported: ...'``
+        or ``'error: ...'``), timings (:func:`summarize`), ``setup_s`` and
+        ``rel_err_vs_eager``.
+    """
+    from mmeff.deploy import parse_input_size
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f'unknown runtimes {sorted(unknown)}; choose from {RUNTIMES}')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError('device cuda requested but torch.cuda.is_available() is False')
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    sizes = [parse_input_size(s) for s in input_sizes]
+    sync = torch.cuda.synchronize if device.startswith('cuda') else None
+    machine = machine_info(device, threads)
+    rows = []
+    log(f'Benchmarking on {device_label(machine)} (1-min load average '
+        f"{machine['load_avg_1m']}: other processes on the machine slow every runtime)")
+    with tempfile.TemporaryDirectory(prefix='mmeff_bench_') as work_dir:
+        for arch in archs:
+            model, ref, ref_fn = build_models(arch, task, seed)
+            model, ref = model.to(device), ref.to(device)
+            for (h, w) in sizes:
+                for bs in batch_sizes:
+                    x = torch.randn(bs, 3, h, w, generator=torch.Generator().manual_seed(seed)
+                                    ).to(device)
+                    expected = model(x)
+                    fns, meta = {}, {}
+                    for name in runtimes:
+                        row = dict(arch=arch, task=task, input_size=[h, w], batch_size=bs,
+                                   runtime=name, device=device)
+                        t0 = time.perf_counter()
+                        try:
+                            fn = _make_runtime(name, model, ref_fn, x, device, threads,
+                                               work_dir)
+                            err = _rel_err(fn(), expected)
+                        except Exception as exc:  # recorded in the results, not fatal
+                            kind = 'unsupported' if name == 'timm' else 'error'
+                            row.update(status=f'{kind}: {_short(exc)}')
+                            log(f'  {arch} {h}x{w} b{bs} {name}: {row["status"]}')
+                            rows.append(row)
+                            continue
+                        row.update(status='ok', setup_s=round(time.perf_counter() - t0, 2),
+                                   rel_err_vs_eager=float(f'{err:.3g}'))
+                        fns[name], meta[name] = fn, row
+                    if fns:
+                        times = time_interleaved(fns, warmup, reps, sync)
+                        for name, row in meta.items():
+                            row.update(summarize(times[name], bs))
+                            rows.append(row)
+                            log(f"  {arch} {h}x{w} b{bs} {name}: median {row['median_ms']:.2f} "
+                                f"ms, p90 {row['p90_ms']:.2f} ms, "
+                                f"{row['throughput_img_s']:.1f} img/s, rel. err vs eager "
+                                f"{row['rel_err_vs_eager']:.1e}")
+    order = {n: i for i, n in enumerate(RUNTIMES)}
+    rows.sort(key=lambda r: (archs.index(r['arch']) if r['arch'] in archs else 0,
+                             r['input_size'][0] * r['input_size'][1], r['batch_size'],
+                             order[r['runtime']]))
+    settings = dict(task=task, device=device, archs=list(archs),
+                    input_sizes=[list(s) for s in sizes], batch_sizes=list(batch_sizes),
+                    runtimes=list(runtimes), warmup=warmup, reps=reps, threads=threads,
+                    seed=seed, weights='timm initialisation (pretrained=False), the same '
+                                       'weights in every runtime via convert_timm')
+    machine['load_avg_1m_end'] = _load_avg()
+    return dict(schema=SCHEMA, machine=machine, settings=settings, results=rows)
+
+
+# ----------------------------------------------------------------------------- reports
+def to_markdown(result: dict) -> str:
+    """A Markdown report: where it ran, then one row per (arch, size, batch, runtime)."""
+    m, s = result['machine'], result['settings']
+    lines = [f"# EfficientFormer latency ({s['task']}, {device_label(m)})", '',
+             f"- Machine: {m['cpu']} ({m['logical_cores']} logical cores), {m['platform']}"
+             + (f", GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get('gpu') else ''),
+             f"- Software: torch {m['torch']}, timm {m['timm']}, onnxruntime "
+             f"{m.get('onnxruntime')}, Python {m['python']}; {m['torch_threads']} threads",
+             f"- Load: 1-min load average {m.get('load_avg_1m')} at the start, "
+             f"{m.get('load_avg_1m_end')} at the end (above the core count, other processes "
+             f"competed for the CPU and inflate every figure)",
+             f"- Method: {s['warmup']} warm-up calls, {s['reps']} timed calls per runtime "
+             f"interleaved across runtimes; median and p90 per batch; fp32; {s['weights']}",
+             f"- Date: {m['date']}. These are {'GPU' if m.get('gpu') else 'CPU'} figures of "
+             f"this machine, not iPhone 12 / Core ML figures (see docs/deployment.md).", '',
+             '| arch | input | batch | runtime | median ms | p90 ms | img/s | vs timm | '
+             'rel. err vs eager |',
+             '|---|---|---|---|---|---|---|---|---|']
+    timm_ms = {(r['arch'], tuple(r['input_size']), r['batch_size']): r['median_ms']
+               for r in result['results'] if r['runtime'] == 'timm' and r['status'] == 'ok'}
+    for r in result['results']:
+        size = f"{r['input_size'][0]}x{r['input_size'][1]}"
+        key = (r['arch'], tuple(r['input_size']), r['batch_size'])
+        if r['status'] != 'ok':
+            lines.append(f"| {r['arch']} | {size} | {r['batch_size']} | {r['runtime']} | "
+                         f"{r['status']} | | | | |")
+            continue
+        speedup = f"{timm_ms[key] / r['median_ms']:.2f}x" if key in timm_ms else 'n/a'
+        extra = f" (+{r['setup_s']:.0f} s compile)" if r['runtime'] == 'compile' else ''
+        lines.append(f"| {r['arch']} | {size} | {r['batch_size']} | {r['runtime']}{extra} | "
+                     f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput_img_s']:.1f} | "
+                     f"{speedup} | {r['rel_err_vs_eager']:.1e} |")
+    return '\n'.join(lines) + '\n'
+
+
+def save_results(result: dict, out_dir: str, stem: str) -> Tuple[str, str]:
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir``; returns both paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, md_path = osp.join(out_dir, stem + '.json'), osp.join(out_dir, stem + '.md')
+    with open(json_path, 'w') as f:
+        json.dump(result, f, indent=2)
+        f.write('\n')
+    with open(md_path, 'w') as f:
+        f.write(to_markdown(result))
+    return json_path, md_path
+
+
+def load_results(path: str) -> dict:
+    """Read a results JSON written by :func:`save_results` (or ``tools/coreml_latency.py``)."""
+    with open(path) as f:
+        result = json.load(f)
+    if not isinstance(result, dict) or result.get('schema') != SCHEMA:
+        raise ValueError(f'{path} is not an mmeff latency results file (schema {SCHEMA!r})')
+    return result
+

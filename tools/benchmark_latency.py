@@ -1,0 +1,67 @@
+"""Latency/throughput of EfficientFormer: mmeff eager, fused, torch.compile, ONNX Runtime, timm.
+
+    python tools/benchmark_latency.py [--archs l1 l3 l7] [--input-sizes 224 512x512 800x1333]
+        [--batch-sizes 1 8] [--device cpu|cuda] [--runtimes timm eager fused compile onnxruntime]
+        [--task classifier|backbone] [--warmup 10] [--reps 100] [--threads N]
+        [--out-dir benchmarks] [--name NAME] [--plot]
+
+Every runtime runs the same weights on the same input (timm's initialisation, converted with
+mmeff.converters.convert_timm), beside timm's own model built in this process. timm supports
+224x224 only: at other sizes its rows read "unsupported: <error>". Repetitions are
+interleaved across runtimes; medians and p90 are reported; on CUDA each call is synchronised.
+Writes <out-dir>/<name>.json and <name>.md (and <name>.png with --plot: accuracy vs latency
+beside the paper's iPhone 12 points). These figures are of this machine, not of an iPhone:
+see docs/deployment.md.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+    from mmeff.benchmark.latency import RUNTIMES, TASKS
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--archs', nargs='+', default=['l1'], choices=('l1', 'l3', 'l7'))
+    p.add_argument('--input-sizes', nargs='+', default=['224'],
+                   help="sizes as N or HxW, e.g. 224 512x512 800x1333 (default 224)")
+    p.add_argument('--batch-sizes', nargs='+', type=int, default=[1])
+    p.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
+    p.add_argument('--runtimes', nargs='+', default=list(RUNTIMES), choices=RUNTIMES)
+    p.add_argument('--task', default='classifier', choices=TASKS,
+                   help='classifier (logits) or backbone (4 stage maps); default classifier')
+    p.add_argument('--warmup', type=int, default=10)
+    p.add_argument('--reps', type=int, default=100)
+    p.add_argument('--threads', type=int, help='CPU threads (torch and ONNX Runtime)')
+    p.add_argument('--out-dir', default='work_dirs/benchmark')
+    p.add_argument('--name', help='file stem (default latency_<task>_<device>)')
+    p.add_argument('--plot', action='store_true', help='also draw <name>.png')
+    args = p.parse_args(argv)
+    if any(b < 1 for b in args.batch_sizes):
+        raise SystemExit(f'error: batch sizes must be >= 1, got {args.batch_sizes}')
+
+    from mmeff.benchmark.latency import benchmark, save_results, to_markdown
+    result = benchmark(args.archs, args.input_sizes, args.batch_sizes, args.runtimes,
+                       task=args.task, device=args.device, warmup=args.warmup, reps=args.reps,
+                       threads=args.threads)
+    stem = args.name or f"latency_{args.task}_{args.device.replace(':', '')}"
+    json_path, md_path = save_results(result, args.out_dir, stem)
+    print(to_markdown(result))
+    print(f'Wrote {json_path} and {md_path}')
+    if args.plot:
+        from mmeff.benchmark.plot import plot_accuracy_latency
+        png = plot_accuracy_latency([json_path], os.path.join(args.out_dir, stem + '.png'))
+        print(f'Wrote {png}')
+    failed = [r for r in result['results'] if r['status'].startswith('error')]
+    if failed:
+        print(f'{len(failed)} runtime(s) failed: '
+              + '; '.join(f"{r['runtime']} {r['arch']}: {r['status']}" for r in failed),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

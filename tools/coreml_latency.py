@@ -1,0 +1,114 @@
+"""Time an exported EfficientFormer .mlpackage with Core ML (macOS), beside the paper's iPhone 12.
+
+    python tools/coreml_latency.py MODEL.mlpackage [--compute-units ALL [CPU_AND_NE CPU_ONLY]]
+        [--warmup 50] [--reps 1000] [--out-json FILE] [--arch l1 --task classifier]
+        [--proxy-reps 50] [--proxy-warmup 5] [--threads N]
+
+On macOS 13+ with coremltools: loads the package once per compute-unit setting (ALL = CPU +
+GPU + Neural Engine, the paper's setting; CPU_AND_NE; CPU_ONLY ...), warms up, times at least
+500 predictions and prints median/p90 beside the paper's iPhone 12 figure (L1 1.6 ms, L3 3.0
+ms, L7 7.0 ms). A Mac is not an iPhone: for the iPhone 12 figure, open the package in Xcode
+and run a Core ML Performance Report on the phone (docs/deployment.md).
+
+Anywhere else it cannot run Core ML: it says why, prints PROXIES (the fused model in torch and
+ONNX Runtime on this machine's CPU; not iPhone figures) and exits with status 3.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+EXIT_NO_COREML = 3  # distinct from argparse usage errors (2)
+
+
+def _print_proxies(args, info) -> None:
+    from mmeff.benchmark.coreml import paper_reference, proxy_latency
+    from mmeff.benchmark.latency import device_label
+    arch, task = args.arch or info.get('arch'), args.task or info.get('task')
+    if arch not in ('l1', 'l3', 'l7'):
+        print('PROXIES: not measured: the package has no mmeff arch metadata; pass --arch '
+              '(and --task) to measure them')
+        return
+    shape = info['input_shape']
+    result = proxy_latency(arch, task, shape, warmup=args.proxy_warmup, reps=args.proxy_reps,
+                           threads=args.threads)
+    where = device_label(result['machine'])
+    print(f"PROXIES for {arch.upper()} {task} at {'x'.join(map(str, shape))} -- measured on "
+          f'this machine ({where}), fp32, {args.proxy_reps} reps: NOT iPhone 12 / Core ML '
+          f'figures')
+    for row in result['results']:
+        if row['status'] == 'ok':
+            print(f"  PROXY {row['runtime']:12s} median {row['median_ms']:8.2f} ms, p90 "
+                  f"{row['p90_ms']:8.2f} ms ({where})")
+        else:
+            print(f"  PROXY {row['runtime']:12s} {row['status']}")
+    _, ref = paper_reference(dict(info, arch=arch, task=task))
+    print(f'  for reference, {ref}')
+
+
+def main(argv=None) -> int:
+    from mmeff.deploy.export import COMPUTE_UNITS
+    from mmeff.benchmark.coreml import MIN_REPS
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('package', help='.mlpackage written by tools/export.py --format coreml')
+    p.add_argument('--compute-units', nargs='+', default=['ALL'], choices=COMPUTE_UNITS,
+                   help='one run per setting (default ALL = CPU+GPU+Neural Engine)')
+    p.add_argument('--warmup', type=int, default=50)
+    p.add_argument('--reps', type=int, default=1000, help=f'timed predictions (>= {MIN_REPS})')
+    p.add_argument('--out-json', help='write the timings as a latency results file '
+                                      '(for tools/plot_latency.py)')
+    p.add_argument('--arch', choices=('l1', 'l3', 'l7'),
+                   help='override the arch read from the package metadata')
+    p.add_argument('--task', choices=('classifier', 'backbone'),
+                   help='override the task read from the package metadata')
+    p.add_argument('--proxy-reps', type=int, default=50, help='reps of the proxies (non-macOS)')
+    p.add_argument('--proxy-warmup', type=int, default=5)
+    p.add_argument('--threads', type=int, help='CPU threads of the proxies')
+    args = p.parse_args(argv)
+    if args.reps < MIN_REPS:
+        p.error(f'--reps must be at least {MIN_REPS}, got {args.reps}')
+    if not os.path.isdir(args.package):
+        p.error(f'{args.package} is not an .mlpackage directory (export one with '
+                f'tools/export.py MODEL --format coreml)')
+
+    from mmeff.benchmark.coreml import (coreml_results, coreml_runtime_status, package_info,
+                                        paper_reference, time_coreml)
+    info = package_info(args.package)
+    if args.arch:
+        info['arch'] = args.arch
+    if args.task:
+        info['task'] = args.task
+    ok, why = coreml_runtime_status()
+    if not ok:
+        print(f'error: cannot time Core ML predictions here: {why}.', file=sys.stderr)
+        print('For the iPhone 12 figure, run a Core ML Performance Report in Xcode on the '
+              'phone (docs/deployment.md, "Latency on an iPhone 12").', file=sys.stderr)
+        sys.stderr.flush()
+        _print_proxies(args, info)
+        return EXIT_NO_COREML
+
+    rows = {}
+    _, ref = paper_reference(info)
+    shape = 'x'.join(map(str, info['input_shape']))
+    print(f"Core ML latency of {args.package} ({info.get('arch')}, {info.get('task')}, "
+          f'{shape}), {args.reps} predictions after {args.warmup} warm-up, on this Mac')
+    for cu in args.compute_units:
+        row = time_coreml(args.package, cu, args.warmup, args.reps)
+        rows[cu] = row
+        print(f"  {cu:11s} median {row['median_ms']:.3f} ms, p90 {row['p90_ms']:.3f} ms "
+              f"(load {row['load_s']} s)")
+    print(f'  {ref}')
+    print('  (a Mac is not an iPhone 12: see docs/deployment.md for the on-device report)')
+    if args.out_json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
+        with open(args.out_json, 'w') as f:
+            json.dump(coreml_results(args.package, rows, args.warmup, args.reps), f, indent=2)
+        print(f'Wrote {args.out_json}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
