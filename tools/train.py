@@ -57,7 +57,14 @@ def main(argv=None):
         cfg.auto_scale_lr.enable = True
     check_data_paths(cfg)
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except ValueError as exc:
+        from mmeff.engine.launch import explain_empty_dataset
+        clear = explain_empty_dataset(exc)
+        if clear is None:
+            raise
+        raise clear from exc
     print(f'Work dir: {os.path.abspath(cfg.work_dir)}')
 
 

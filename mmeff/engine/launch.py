@@ -162,6 +162,37 @@ def check_data_paths(cfg: Config, which=('train_dataloader', 'val_dataloader',
                                                     f'is empty (data_root={data_root!r})')
 
 
+class EmptyDatasetError(ValueError):
+    """A dataset that holds no sample once mmdet/mmseg filtered it."""
+
+
+def explain_empty_dataset(exc: BaseException) -> Optional[EmptyDatasetError]:
+    """mmengine serialises a dataset's samples with ``np.concatenate``; an empty one fails with
+    numpy's bare ``need at least one array to concatenate``. Return an error that says what
+    usually empties a dataset, or None when ``exc`` is something else."""
+    if not (isinstance(exc, ValueError)
+            and 'need at least one array to concatenate' in str(exc)):
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_name != '_serialize_data':
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    dataset = tb.tb_frame.f_locals.get('self')
+    desc = type(dataset).__name__ if dataset is not None else 'a dataset'
+    ann_file = getattr(dataset, 'ann_file', None)
+    classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
+    shown = ', '.join(map(str, classes[:5])) + (', ...' if classes and len(classes) > 5 else '') \
+        if classes else None
+    return EmptyDatasetError(
+        f'{desc} is empty after loading and filtering (ann_file={ann_file!r}): no image kept '
+        f'an object of the classes the dataset looks for ({shown}). Check that '
+        f'metainfo.classes names the categories of the annotation file (mmdet keeps only '
+        f'images with objects of those classes when filter_cfg.filter_empty_gt=True), that '
+        f'filter_cfg.min_size is below the image sizes, and that data_prefix points at the '
+        f'images')
+
+
 def build_runner(cfg: Config):
     """Build the scope's runner (``runner_type`` if set, else mmengine's ``Runner``)."""
     from mmengine.registry import RUNNERS

@@ -1,0 +1,29 @@
+# Cascade Mask R-CNN + FPN with an EfficientFormer-L1 backbone on COCO 2017, 1x schedule: the
+# backbone in a stock multi-stage mmdet detector, with the optimizer of the paper's Mask R-CNN
+# recipe (AdamW lr 2e-4, wd 1e-4). Not in the paper (no reference numbers).
+_base_ = 'mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py'
+custom_imports = dict(imports=['mmeff.models', 'mmeff.engine'], allow_failed_imports=False)
+
+data_root = 'data/coco/'  # as in mask_rcnn_effformer_l1.py; --cfg-options data_root=... works
+pretrained = 'pretrained/efficientformer_l1_300d_mmeff.pth'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmeff.EfficientFormer',
+        arch='l1',
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    neck=dict(in_channels=[48, 96, 224, 448]))
+
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+optim_wrapper = dict(
+    _delete_=True, type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4), clip_grad=None)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+custom_hooks = [dict(type='mmeff.RNGStateHook')]
