@@ -92,7 +92,8 @@ def device_label(machine: dict) -> str:
     """``'CPU: <name>, N threads'`` or ``'GPU: <name>'``."""
     if machine.get('gpu'):
         return f"GPU: {machine['gpu']}"
-    return f"CPU: {machine['cpu']}, {machine['torch_threads']} threads"
+    n = machine['torch_threads']
+    return f"CPU: {machine['cpu']}, {n} thread{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- timing
@@ -332,7 +333,8 @@ def to_markdown(result: dict) -> str:
              f"- Machine: {m['cpu']} ({m['logical_cores']} logical cores), {m['platform']}"
              + (f", GPU {m['gpu']} (CUDA {m.get('cuda')})" if m.get('gpu') else ''),
              f"- Software: torch {m['torch']}, timm {m['timm']}, onnxruntime "
-             f"{m.get('onnxruntime')}, Python {m['python']}; {m['torch_threads']} threads",
+             f"{m.get('onnxruntime')}, Python {m['python']}; {m['torch_threads']} CPU "
+             f"thread(s) for torch and ONNX Runtime",
              f"- Load: 1-min load average {m.get('load_avg_1m')} at the start, "
              f"{m.get('load_avg_1m_end')} at the end (above the core count, other processes "
              f"competed for the CPU and inflate every figure)",
