@@ -246,6 +246,20 @@ def test_cfg_options_data_root_and_pretrained_reach_every_use():
     assert cfg.model.backbone.init_cfg.checkpoint == '/w/l3.pth'
 
 
+def test_amp_option(monkeypatch):
+    import mmeff.engine.launch as launch
+    config = osp.join(DET, 'mask_rcnn_effformer_l1.py')
+    monkeypatch.setattr(launch, '_amp_device_available', lambda: False)
+    with pytest.raises(ValueError, match=r"--amp needs a GPU: mmengine's AmpOptimWrapper runs on "
+                                         r'CUDA, NPU, MLU or MUSA devices only'):
+        launch.prepare_config(config, amp=True)
+    monkeypatch.setattr(launch, '_amp_device_available', lambda: True)
+    cfg = launch.prepare_config(config, amp=True)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.val_cfg.fp16 and cfg.test_cfg.fp16
+
+
 # ---------------------------------------------------------------------------- train / test
 def test_train_evaluates_saves_and_test_reproduces(trained, coco, pretrained):
     out, work_dir = trained['out'], trained['work_dir']

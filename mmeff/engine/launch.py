@@ -36,11 +36,17 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
         optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if optim_type not in ('OptimWrapper', 'AmpOptimWrapper'):
             raise ValueError(f'--amp works with OptimWrapper, the config uses {optim_type}')
+        if not _amp_device_available():
+            raise ValueError("--amp needs a GPU: mmengine's AmpOptimWrapper runs on CUDA, NPU, "
+                             'MLU or MUSA devices only (none is available here); run without '
+                             '--amp on CPU')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-        if not torch.cuda.is_available():
-            # fp16 autocast on CPU is slow/unsupported for many ops; bf16 is the CPU choice.
-            cfg.optim_wrapper.dtype = 'bfloat16'
+        # Evaluation under autocast too (mmengine's ValLoop/TestLoop take fp16=True).
+        for loop in ('val_cfg', 'test_cfg'):
+            if isinstance(cfg.get(loop), dict) and cfg[loop].get('type', 'ValLoop') in (
+                    'ValLoop', 'TestLoop'):
+                cfg[loop].fp16 = True
     if not torch.cuda.is_available():
         from mmeff.compat import sync_bn_to_bn
         sync_bn_to_bn(cfg.model)  # SyncBN needs CUDA, even under CPU DDP
@@ -49,6 +55,12 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
         init_cpu_distributed('gloo')
         cfg.model_wrapper_cfg = cpu_ddp_model_wrapper_cfg()
     return cfg
+
+
+def _amp_device_available() -> bool:
+    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                                 is_npu_available)
+    return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
 
 
 # Top-level config variables that the tools carry, when overridden with ``--cfg-options``, into
