@@ -476,10 +476,20 @@ def test_missing_pretrained_checkpoint_is_a_clear_error(coco, tmp_path):
         main([cfg, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
               f"data_root={coco['data_root']}/"])
     msg = str(err.value)
-    assert "Pretrained backbone checkpoint 'pretrained/efficientformer_l1_300d_mmeff.pth' " \
-           'does not exist' in msg
-    assert 'tools/convert_checkpoint.py' in msg and 'init_cfg=None' in msg
-    assert not osp.exists(osp.join(tmp_path, 'work', 'epoch_1.pth'))
+    # reported by tools/train.py before the datasets are loaded
+    assert "model.backbone.init_cfg: Pretrained checkpoint 'pretrained/efficientformer_l1_300d_" \
+           "mmeff.pth' does not exist" in msg
+    assert 'tools/convert_checkpoint.py' in msg and '--cfg-options pretrained=/path.pth' in msg
+    assert 'model.backbone.init_cfg=None' in msg
+    assert not osp.exists(osp.join(tmp_path, 'work'))
+    # and by the backbone itself when a model is initialised outside the tool
+    from mmengine.config import Config
+    from mmengine.registry import MODELS
+    backbone = MODELS.build(Config.fromfile(cfg).model.backbone)
+    with pytest.raises(FileNotFoundError, match=r"Pretrained backbone checkpoint 'pretrained/"
+                                                r"efficientformer_l1_300d_mmeff.pth' does not "
+                                                r'exist.*init_cfg=None'):
+        backbone.init_weights()
 
 
 def test_classes_missing_from_the_annotations_are_a_clear_error(coco, tmp_path):
@@ -503,7 +513,7 @@ def test_config_typos_are_clear_errors(coco, tmp_path):
                                                 'not exist'):
         main([osp.join(DET, 'mask_rcnn_effformer_l2.py')])
     base = [osp.join(DET, 'mask_rcnn_effformer_l1.py'), '--work-dir', str(tmp_path),
-            '--cfg-options', f"data_root={coco['data_root']}/"]
+            '--cfg-options', f"data_root={coco['data_root']}/", 'model.backbone.init_cfg=None']
     with pytest.raises(ValueError, match=r"Unknown EfficientFormer arch 'l5'; choose one of "
                                          r"\['l1', 'l3', 'l7'\]"):
         main(base + ['model.backbone.arch=l5'])

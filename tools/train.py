@@ -41,7 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmeff.engine import build_runner, check_data_paths, prepare_config
+    from mmeff.engine import build_runner, check_data_paths, check_pretrained, prepare_config
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
     if args.resume == 'auto':
         cfg.resume = True
@@ -56,6 +56,7 @@ def main(argv=None):
             raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     check_data_paths(cfg)
+    check_pretrained(cfg)
     runner = build_runner(cfg)
     try:
         runner.train()

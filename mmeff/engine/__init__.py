@@ -1,4 +1,5 @@
 from .hooks import RNGStateHook
-from .launch import build_runner, check_data_paths, prepare_config
+from .launch import build_runner, check_data_paths, check_pretrained, prepare_config
 
-__all__ = ['RNGStateHook', 'build_runner', 'check_data_paths', 'prepare_config']
+__all__ = ['RNGStateHook', 'build_runner', 'check_data_paths', 'check_pretrained',
+           'prepare_config']

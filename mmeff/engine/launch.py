@@ -174,6 +174,35 @@ def check_data_paths(cfg: Config, which=('train_dataloader', 'val_dataloader',
                                                     f'is empty (data_root={data_root!r})')
 
 
+def check_pretrained(cfg: Config) -> None:
+    """Fail before the datasets are loaded (minutes for COCO) when a ``Pretrained`` init_cfg of
+    the model names a local file that does not exist; the backbone would only fail later, in
+    ``init_weights``."""
+    def _walk(node, path):
+        if isinstance(node, dict):
+            init = node.get('init_cfg')
+            for item in init if isinstance(init, list) else [init]:
+                ckpt = item.get('checkpoint') if isinstance(item, dict) else None
+                if (isinstance(item, dict) and item.get('type') == 'Pretrained'
+                        and isinstance(ckpt, str) and '://' not in ckpt
+                        and not osp.isfile(osp.expanduser(ckpt))):
+                    raise FileNotFoundError(
+                        f'{path}.init_cfg: Pretrained checkpoint {ckpt!r} does not exist. '
+                        f'Produce it with tools/convert_checkpoint.py (authors/timm/mmpretrain '
+                        f'weights), point the config at it (--cfg-options pretrained=/path.pth '
+                        f'in configs/ with a top-level pretrained variable, or '
+                        f'{path}.init_cfg.checkpoint=/path.pth), or set {path}.init_cfg=None '
+                        f'to start from random weights on purpose')
+            for key, value in node.items():
+                if key != 'init_cfg':
+                    _walk(value, f'{path}.{key}')
+        elif isinstance(node, (list, tuple)):
+            for i, value in enumerate(node):
+                _walk(value, f'{path}.{i}')
+
+    _walk(cfg.get('model'), 'model')
+
+
 class EmptyDatasetError(ValueError):
     """A dataset that holds no sample once mmdet/mmseg filtered it."""
 
