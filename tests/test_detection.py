@@ -439,6 +439,28 @@ def test_analyze_dense_counts_the_whole_detector():
     assert row['num_proposals'] > 0
 
 
+@pytest.mark.slow
+def test_readme_table_is_what_analyze_dense_computes():
+    """The params/GMACs of configs/detection/README.md, recomputed at 800x1333 (~3 CPU-min)."""
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        from analyze_dense import analyze
+    finally:
+        sys.path.pop(0)
+    with open(osp.join(DET, 'README.md')) as f:
+        readme = f.read()
+    for arch in ('l1', 'l3', 'l7'):
+        row = re.search(rf'\| \[mask_rcnn_effformer_{arch}\.py\].*\| ([0-9.]+) M \| ([0-9.]+) \| '
+                        rf'([0-9.]+) M / ([0-9.]+) \|', readme)
+        assert row, arch
+        got = analyze(osp.join(DET, f'mask_rcnn_effformer_{arch}.py'), shape=(800, 1333))
+        assert got['num_proposals'] == 1000
+        assert f"{got['params'] / 1e6:.1f}" == row.group(1)
+        assert f"{got['macs'] / 1e9:.1f}" == row.group(2)
+        assert f"{got['backbone_params'] / 1e6:.1f}" == row.group(3)
+        assert f"{got['backbone_macs'] / 1e9:.1f}" == row.group(4)
+
+
 # ---------------------------------------------------------------------------- bad input
 def _train_main():
     sys.path.insert(0, osp.join(ROOT, 'tools'))
