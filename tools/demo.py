@@ -131,7 +131,8 @@ def main(argv=None):
                    args.score_thr, args.opacity, args.cfg_options)
     for path in out['vis']:
         print(f'Wrote {path}')
-    print(f"Predictions: {osp.join(args.out_dir, 'preds' if out['task'] == 'detection' else 'pred')}")
+    pred_dir = 'preds' if out['task'] == 'detection' else 'pred'
+    print(f'Predictions: {osp.join(args.out_dir, pred_dir)}')
     return out
 
 
