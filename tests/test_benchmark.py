@@ -1,8 +1,8 @@
 """Latency benchmark (timing helpers, a tiny run of the tool) and the accuracy-latency plot.
 No timing targets here: speed is what the benchmark reports, not what tests assert."""
+import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
@@ -11,6 +11,15 @@ from mmeff.benchmark.latency import (SCHEMA, benchmark, load_results, summarize,
 from mmeff.benchmark.plot import measured_series, plot_accuracy_latency
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def load_tool(repo_root, name):
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package; no sys.path change)."""
+    spec = importlib.util.spec_from_file_location(
+        f'mmeff_tool_{name}', os.path.join(repo_root, 'tools', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_summarize():
@@ -51,8 +60,7 @@ def test_benchmark_backbone_matches_timm_and_records_unsupported():
 
 
 def test_benchmark_tool_tiny_run(tmp_path, repo_root):
-    sys.path.insert(0, os.path.join(repo_root, 'tools'))
-    import benchmark_latency
+    benchmark_latency = load_tool(repo_root, 'benchmark_latency')
     rc = benchmark_latency.main([
         '--archs', 'l1', '--input-sizes', '224', '64x64', '--batch-sizes', '1',
         '--runtimes', 'timm', 'eager', 'fused', 'onnxruntime', '--task', 'classifier',
@@ -122,8 +130,7 @@ def test_plot_and_measured_series(tmp_path):
 
 
 def test_plot_tool(tmp_path, repo_root, capsys):
-    sys.path.insert(0, os.path.join(repo_root, 'tools'))
-    import plot_latency
+    plot_latency = load_tool(repo_root, 'plot_latency')
     rows = [dict(arch='l7', task='classifier', input_size=[224, 224], batch_size=1,
                  runtime='coreml-ALL', status='ok', median_ms=9.5)]
     path = _fake_results(tmp_path / 'coreml.json', rows, cpu='Apple M2')

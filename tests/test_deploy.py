@@ -1,6 +1,7 @@
 """Fusion (BN + layer scales + cached bias), ONNX and Core ML export, the export and Core ML
 latency tools. Core ML predictions need macOS: here the conversion and the spec checks run,
 and the latency tool's refusal (with proxies) is tested."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,6 +31,15 @@ N_MB4D = {'l1': 14, 'l3': 22, 'l7': 30}
 
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
+
+
+def load_tool(repo_root, name):
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package; no sys.path change)."""
+    spec = importlib.util.spec_from_file_location(
+        f'mmeff_tool_{name}', os.path.join(repo_root, 'tools', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def randomised_backbone(arch, seed=0, **kwargs):
@@ -302,8 +312,7 @@ def _run_tool(repo_root, *args):
 
 
 def test_export_tool_onnx(tmp_path, repo_root):
-    sys.path.insert(0, os.path.join(repo_root, 'tools'))
-    import export as export_tool
+    export_tool = load_tool(repo_root, 'export')
     out, rep = tmp_path / 'm.onnx', tmp_path / 'report.json'
     rc = export_tool.main(['l1', '--format', 'onnx', '--input-size', '64x96', '--out',
                            str(out), '--report-json', str(rep), '--out-indices', '2', '3'])

@@ -88,6 +88,14 @@ def machine_info(device: str = 'cpu', threads: Optional[int] = None) -> dict:
     return info
 
 
+def _load_note(machine: dict) -> str:
+    loads = [v for v in (machine.get('load_avg_1m'), machine.get('load_avg_1m_end')) if v]
+    if loads and max(loads) > (machine.get('torch_threads') or 1) + 0.5:  # beyond our own use
+        return (' (other processes were using the CPU: every figure is inflated, the '
+                'comparison between runtimes still holds as repetitions are interleaved)')
+    return ''
+
+
 def device_label(machine: dict) -> str:
     """``'CPU: <name>, N threads'`` or ``'GPU: <name>'``."""
     if machine.get('gpu'):
@@ -275,7 +283,7 @@ def benchmark(archs: Sequence[str] = ('l1',),
     machine = machine_info(device, threads)
     rows = []
     log(f'Benchmarking on {device_label(machine)} (1-min load average '
-        f"{machine['load_avg_1m']}: other processes on the machine slow every runtime)")
+        f"{machine['load_avg_1m']}{_load_note(machine)})")
     with tempfile.TemporaryDirectory(prefix='mmeff_bench_') as work_dir:
         for arch in archs:
             model, ref, ref_fn = build_models(arch, task, seed)
@@ -336,8 +344,7 @@ def to_markdown(result: dict) -> str:
              f"{m.get('onnxruntime')}, Python {m['python']}; {m['torch_threads']} CPU "
              f"thread(s) for torch and ONNX Runtime",
              f"- Load: 1-min load average {m.get('load_avg_1m')} at the start, "
-             f"{m.get('load_avg_1m_end')} at the end (above the core count, other processes "
-             f"competed for the CPU and inflate every figure)",
+             f"{m.get('load_avg_1m_end')} at the end{_load_note(m)}",
              f"- Method: {s['warmup']} warm-up calls, {s['reps']} timed calls per runtime "
              f"interleaved across runtimes; median and p90 per batch; fp32; {s['weights']}",
              f"- Date: {m['date']}. These are {'GPU' if m.get('gpu') else 'CPU'} figures of "
@@ -355,7 +362,7 @@ def to_markdown(result: dict) -> str:
                          f"{r['status']} | | | | |")
             continue
         speedup = f"{timm_ms[key] / r['median_ms']:.2f}x" if key in timm_ms else 'n/a'
-        extra = f" (+{r['setup_s']:.0f} s compile)" if r['runtime'] == 'compile' else ''
+        extra = f" (setup {r['setup_s']:.0f} s)" if r['runtime'] == 'compile' else ''
         lines.append(f"| {r['arch']} | {size} | {r['batch_size']} | {r['runtime']}{extra} | "
                      f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput_img_s']:.1f} | "
                      f"{speedup} | {r['rel_err_vs_eager']:.1e} |")
