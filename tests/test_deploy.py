@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -164,6 +163,11 @@ def test_build_model_from_config_and_checkpoints(tmp_path, repo_root):
     clf, _ = build_model('l1', task='classifier', checkpoint=str(ckpt), num_classes=10)
     with torch.no_grad():
         assert rel_err(clf(x), ref(x)) < 1e-5
+    cls_cfg = os.path.join(repo_root, 'configs/classification/effformer_l1_in1k.py')
+    net, meta = build_model(cls_cfg, task='classifier')
+    assert meta['arch'] == 'l1'
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
     with pytest.raises(ValueError, match="one of \\['l1', 'l3', 'l7'\\] or a config"):
         build_model('l2')
     with pytest.raises(ValueError, match='model.backbone is not an EfficientFormer|'
@@ -268,8 +272,8 @@ def test_coreml_checks_catch_fp32_and_gather(tmp_path):
     model = EfficientFormer('l1', out_indices=(3,), out_norm_cfg=None).eval()
     report = export_coreml(model, str(tmp_path / 'fp32.mlpackage'), 64, precision='fp32')
     assert report['non_fp16_tensors'] and not report['float_dtypes'].get('FLOAT16')
-    assert coreml_problems(report, expect_fp16=True)[0].endswith('are not FP16, e.g. ' +
-                                                                 str(report['non_fp16_tensors'][:3]))
+    problems = coreml_problems(report, expect_fp16=True)
+    assert problems[0].endswith(f"are not FP16, e.g. {report['non_fp16_tensors'][:3]}")
     assert coreml_problems(report, expect_fp16=False) == []
     # A graph that does gather at run time (index_select on the input) is caught.
     class Gatherer(nn.Module):

@@ -46,10 +46,10 @@ def _model_cfg_from_config(path: str, task: str) -> Tuple[dict, str]:
         if mtype.split('.')[-1] == 'EfficientFormer':
             return model_cfg, osp.splitext(osp.basename(path))[0]
         backbone = model_cfg.get('backbone')
-        if not isinstance(backbone, dict) or str(backbone.get('type', '')).split('.')[-1] \
-                != 'EfficientFormer':
+        btype = backbone.get('type') if isinstance(backbone, dict) else None
+        if str(btype).split('.')[-1] != 'EfficientFormer':
             raise ValueError(f'config {path!r}: model.backbone is not an EfficientFormer '
-                             f'(type {backbone.get("type") if isinstance(backbone, dict) else None!r})')
+                             f'(type {btype!r})')
         return backbone, osp.splitext(osp.basename(path))[0]
     if mtype.split('.')[-1] != 'EfficientFormerClassifier':
         raise ValueError(f'config {path!r}: task "classifier" needs model.type '

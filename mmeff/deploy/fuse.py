@@ -226,5 +226,5 @@ def fusion_report(model: nn.Module) -> Dict[str, object]:
                 cached_bias_grids=grids)
 
 
-__all__ = ['fuse_model', 'cache_attention_bias', 'fuse_conv_bn', 'fold_output_scale_', 'fusion_report',
-           'parse_input_size', 'token_grid']
+__all__ = ['fuse_model', 'cache_attention_bias', 'fuse_conv_bn', 'fold_output_scale_',
+           'fusion_report', 'parse_input_size', 'token_grid']
