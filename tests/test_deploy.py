@@ -267,6 +267,18 @@ def test_coreml_export_spec_checks(coreml_exports, which):
     assert again['op_histogram'] == hist and again['metadata']['mmeff.compute_units'] == 'ALL'
 
 
+@pytest.mark.parametrize('arch,task,size', [
+    ('l3', 'classifier', 224), ('l1', 'backbone', (800, 1333)),
+    pytest.param('l7', 'classifier', 224, marks=pytest.mark.slow)])
+def test_coreml_export_heavier_cases(tmp_path, arch, task, size):
+    model, _ = build_model(arch, task=task)
+    report = export_coreml(model, str(tmp_path / f'{arch}.mlpackage'), size)
+    assert report['problems'] == [] and report['method'] == 'torch.export'
+    assert report['gather_ops'] == 0 and 'batch_norm' not in report['op_histogram']
+    h, w = (size, size) if isinstance(size, int) else size
+    assert report['inputs'][0]['shape'] == [1, 3, h, w]
+
+
 def test_coreml_checks_catch_fp32_and_gather(tmp_path):
     import coremltools as ct
     model = EfficientFormer('l1', out_indices=(3,), out_norm_cfg=None).eval()
