@@ -273,6 +273,22 @@ def test_backbone_in_upernet_trains_one_iteration(ade, tmp_path):
     assert osp.isfile(osp.join(work, 'iter_1.pth'))
 
 
+@pytest.mark.slow
+def test_fpn_learns_the_generated_task(tmp_path):
+    """120 iterations from random weights on 16 generated images: mIoU on the 8 classes in use
+    rises well above chance (measured: 33.5 at 60, 43.3 at 120; about 7 CPU-minutes)."""
+    from mmeff.datasets import make_ade_dataset
+    data = make_ade_dataset(str(tmp_path / 'ade'), num_images=(16, 4),
+                            size=[(75, 100), (97, 131)])
+    cfg = tiny_config(fpn_config('l1'), str(tmp_path / 'tiny.py'), data['data_root'],
+                      max_iters=120, val_interval=60)
+    work = str(tmp_path / 'work')
+    _run_tool('tools/train.py', cfg, '--work-dir', work, '--cfg-options', 'randomness.seed=0',
+              timeout=1200)
+    first, last = [s['mIoU'] for s in _scalars(work) if 'mIoU' in s]
+    assert last > first and last > 25.
+
+
 @pytest.mark.parametrize('test_cfg', [dict(mode='whole'),
                                       dict(mode='slide', crop_size=(48, 48), stride=(32, 32))],
                          ids=['whole', 'slide'])
