@@ -70,9 +70,12 @@ def test_mmpretrain_dense_parity(arch):
 
 
 def test_mmpretrain_classifier_layout():
+    from mmengine.registry import DefaultScope
     from mmpretrain.models.heads.efficientformer_head import EfficientFormerClsHead
     bb = _mmpretrain_backbone('l1', out_indices=(3,))
-    head = EfficientFormerClsHead(num_classes=10, in_channels=448)
+    # the head builds its loss from the current default scope, which other tests may have set
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        head = EfficientFormerClsHead(num_classes=10, in_channels=448)
     sd = {f'backbone.{k}': v for k, v in bb.state_dict().items()}
     sd.update({f'head.{k}': v for k, v in head.state_dict().items()})
     out = convert_mmpretrain(sd)
