@@ -99,10 +99,14 @@ def main(argv=None):
              'they are not a reproduction of the paper.', '', '```', compare.strip(), '```',
              '', '## Predictions (tools/demo.py)', '', f'Pictures in `{pictures}`.',
              '', '## Export of the trained backbone, fused, 800x1333 (tools/export.py)', '']
-    for fmt, (path, report, text) in exports.items():
-        lines += [f'### {fmt}', '', f'`{path}`', '', '```']
-        lines += [ln for ln in text.splitlines() if ln.strip() and 'Warning' not in ln
-                  and not ln.startswith(' ')][-25:]
+    keys = ('format', 'exporter', 'method', 'inputs', 'outputs', 'op_histogram', 'gather_ops',
+            'float_dtypes', 'non_fp16_tensors', 'io_tensors', 'onnxruntime', 'fusion',
+            'problems', 'file_size_bytes')
+    for fmt, (path, report, _) in exports.items():
+        with open(report) as f:
+            data = json.load(f)
+        lines += [f'### {fmt}', '', f'`{path}` (full report: `{report}`)', '', '```']
+        lines += [f'{k}: {json.dumps(data[k])}' for k in keys if k in data]
         lines += ['```', '']
     report_path = osp.join(out, 'REPORT.md')
     with open(report_path, 'w') as f:
