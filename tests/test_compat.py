@@ -77,6 +77,7 @@ def test_cpu_ddp_wrapper(tmp_path, repo_root):
     """A 2-process gloo group + MMDistributedDataParallel(device_ids=None) on CPU."""
     script = tmp_path / 'ddp.py'
     script.write_text(textwrap.dedent("""
+        import sys
         import torch, torch.distributed as dist
         from mmengine.registry import MODEL_WRAPPERS
         from mmeff import compat
@@ -91,7 +92,8 @@ def test_cpu_ddp_wrapper(tmp_path, repo_root):
         gathered = [torch.zeros_like(g) for _ in range(2)]
         dist.all_gather(gathered, g)
         assert torch.allclose(gathered[0], gathered[1]), 'gradients were not averaged'
-        print('rank', dist.get_rank(), 'ok')
+        # one file per rank: the two processes' stdout would interleave
+        open(sys.argv[1] + f'/rank{dist.get_rank()}.ok', 'w').close()
         dist.destroy_process_group()
         """))
     import socket
@@ -99,11 +101,11 @@ def test_cpu_ddp_wrapper(tmp_path, repo_root):
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
     res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                          f'--master_port={port}', str(script)], cwd=repo_root,
+                          f'--master_port={port}', str(script), str(tmp_path)], cwd=repo_root,
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, 'PYTHONPATH': repo_root})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert 'rank 0 ok' in res.stdout and 'rank 1 ok' in res.stdout
+    assert (tmp_path / 'rank0.ok').exists() and (tmp_path / 'rank1.ok').exists()
 
 
 def test_import_mmeff_is_light():
