@@ -1,4 +1,7 @@
-"""Shared test helpers: randomised reference models."""
+"""Shared test helpers: randomised reference models, tool loading."""
+import importlib.util
+import os
+
 import timm
 import torch
 
@@ -57,3 +60,12 @@ def timm_to_authors(sd):
             continue
         out[k2.replace('head_dist', 'dist_head')] = v
     return out
+
+
+def load_tool(repo_root, name):
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package; no sys.path change)."""
+    spec = importlib.util.spec_from_file_location(
+        f'mmeff_tool_{name}', os.path.join(repo_root, 'tools', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

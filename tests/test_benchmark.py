@@ -1,6 +1,5 @@
 """Latency benchmark (timing helpers, a tiny run of the tool) and the accuracy-latency plot.
 No timing targets here: speed is what the benchmark reports, not what tests assert."""
-import importlib.util
 import json
 import os
 
@@ -10,16 +9,9 @@ from mmeff.benchmark.latency import (SCHEMA, benchmark, load_results, summarize,
                                      time_interleaved, to_markdown)
 from mmeff.benchmark.plot import measured_series, plot_accuracy_latency
 
+from helpers import load_tool
+
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-
-
-def load_tool(repo_root, name):
-    """Import ``tools/<name>.py`` as a module (tools/ is not a package; no sys.path change)."""
-    spec = importlib.util.spec_from_file_location(
-        f'mmeff_tool_{name}', os.path.join(repo_root, 'tools', name + '.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_summarize():

@@ -1,7 +1,6 @@
 """Fusion (BN + layer scales + cached bias), ONNX and Core ML export, the export and Core ML
 latency tools. Core ML predictions need macOS: here the conversion and the spec checks run,
 and the latency tool's refusal (with proxies) is tested."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from mmeff.models import EfficientFormer
 from mmeff.models.classifiers import EfficientFormerClassifier
 from mmeff.models.layers import Attention, LayerScale, Meta4D
 
-from helpers import randomise_, timm_efficientformer
+from helpers import load_tool, randomise_, timm_efficientformer
 
 # (arch, input size) per case: l1 at the paper's 224, l3/l7 at a small non-square size whose
 # 4x3 token grid needs the resized bias (keeps the test fast on 2 cores).
@@ -30,15 +29,6 @@ N_MB4D = {'l1': 14, 'l3': 22, 'l7': 30}
 
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
-
-
-def load_tool(repo_root, name):
-    """Import ``tools/<name>.py`` as a module (tools/ is not a package; no sys.path change)."""
-    spec = importlib.util.spec_from_file_location(
-        f'mmeff_tool_{name}', os.path.join(repo_root, 'tools', name + '.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def randomised_backbone(arch, seed=0, **kwargs):
