@@ -94,7 +94,8 @@ def test_cpu_ddp_wrapper(tmp_path, repo_root):
         assert torch.allclose(gathered[0], gathered[1]), 'gradients were not averaged'
         # one file per rank: the two processes' stdout would interleave
         open(sys.argv[1] + f'/rank{dist.get_rank()}.ok', 'w').close()
-        dist.destroy_process_group()
+        compat.shutdown_distributed()
+        assert not dist.is_initialized()
         """))
     import socket
     with socket.socket() as sock:

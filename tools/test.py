@@ -45,6 +45,8 @@ def main(argv=None):
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()
+    from mmeff.compat import shutdown_distributed
+    shutdown_distributed()
     print(f'Metrics: {metrics}')
     return metrics
 

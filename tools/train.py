@@ -66,6 +66,8 @@ def main(argv=None):
         if clear is None:
             raise
         raise clear from exc
+    from mmeff.compat import shutdown_distributed
+    shutdown_distributed()
     print(f'Work dir: {os.path.abspath(cfg.work_dir)}')
 
 
