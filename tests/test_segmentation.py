@@ -393,3 +393,16 @@ def test_missing_data_is_a_clear_error(ade, tmp_path, train_tool):
     with pytest.raises(FileNotFoundError, match=r'1 of the 6 images of the train dataset have no '
                                                 r"label map, e\.g\. '.*ADE_train_00000003\.png'"):
         _train_in_process(train_tool, cfg_partial, tmp_path / 'w3')
+
+    # 4. Images saved with another suffix than the dataset's img_suffix ('.jpg' for ADE20K).
+    png = str(tmp_path / 'png')
+    shutil.copytree(ade['data_root'], png)
+    for split in ('training', 'validation'):
+        folder = osp.join(png, 'images', split)
+        for name in os.listdir(folder):
+            os.rename(osp.join(folder, name), osp.join(folder, name[:-4] + '.png'))
+    cfg_png = tiny_config(fpn_config('l1'), str(tmp_path / 'tiny_png.py'), png)
+    with pytest.raises(ValueError, match=r"ADE20KDataset found no image: no file under "
+                                         r"'.*png/images/training' ends with img_suffix='\.jpg' "
+                                         r"\(the folder holds 6 \.png\).*img_suffix=\.png"):
+        _train_in_process(train_tool, cfg_png, tmp_path / 'w4')

@@ -34,7 +34,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from mmeff.converters import load_checkpoint_file
-    from mmeff.engine import build_runner, check_data_paths, prepare_config
+    from mmeff.engine import (build_runner, check_data_paths, explain_dataset_errors,
+                              prepare_config)
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
     load_checkpoint_file(args.checkpoint)  # clear error for a missing/corrupt file
     cfg.load_from = args.checkpoint
@@ -44,7 +45,8 @@ def main(argv=None):
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    metrics = runner.test()
+    with explain_dataset_errors():
+        metrics = runner.test()
     from mmeff.compat import shutdown_distributed
     shutdown_distributed()
     print(f'Metrics: {metrics}')

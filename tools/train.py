@@ -41,7 +41,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmeff.engine import build_runner, check_data_paths, check_pretrained, prepare_config
+    from mmeff.engine import (build_runner, check_data_paths, check_pretrained,
+                              explain_dataset_errors, prepare_config)
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
     if args.resume == 'auto':
         cfg.resume = True
@@ -58,14 +59,8 @@ def main(argv=None):
     check_data_paths(cfg)
     check_pretrained(cfg)
     runner = build_runner(cfg)
-    try:
+    with explain_dataset_errors():
         runner.train()
-    except ValueError as exc:
-        from mmeff.engine.launch import explain_empty_dataset
-        clear = explain_empty_dataset(exc)
-        if clear is None:
-            raise
-        raise clear from exc
     from mmeff.compat import shutdown_distributed
     shutdown_distributed()
     print(f'Work dir: {os.path.abspath(cfg.work_dir)}')

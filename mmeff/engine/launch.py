@@ -7,6 +7,8 @@ registries build the model, datasets and metrics; mmeff adds nothing to the loop
 import logging
 import os
 import os.path as osp
+from collections import Counter
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -222,6 +224,18 @@ def explain_empty_dataset(exc: BaseException) -> Optional[EmptyDatasetError]:
     dataset = tb.tb_frame.f_locals.get('self')
     desc = type(dataset).__name__ if dataset is not None else 'a dataset'
     ann_file = getattr(dataset, 'ann_file', None)
+    img_suffix = getattr(dataset, 'img_suffix', None)
+    img_dir = (getattr(dataset, 'data_prefix', None) or {}).get('img_path')
+    if img_suffix is not None and not ann_file and img_dir and osp.isdir(img_dir):
+        # mmseg scans img_dir for files ending with img_suffix (ADE20K: '.jpg').
+        found = Counter(osp.splitext(f)[1] or '(none)'
+                        for _, _, files in os.walk(img_dir) for f in files)
+        held = ', '.join(f'{n} {ext}' for ext, n in found.most_common(5)) or 'no file'
+        return EmptyDatasetError(
+            f'{desc} found no image: no file under {img_dir!r} ends with '
+            f'img_suffix={img_suffix!r} (the folder holds {held}). Convert the images, or set '
+            f'the suffix the files have, e.g. --cfg-options '
+            f'train_dataloader.dataset.img_suffix=.png (and the val/test datasets the same)')
     classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
     shown = ', '.join(map(str, classes[:5])) + (', ...' if classes and len(classes) > 5 else '') \
         if classes else None
@@ -232,6 +246,19 @@ def explain_empty_dataset(exc: BaseException) -> Optional[EmptyDatasetError]:
         f'images with objects of those classes when filter_cfg.filter_empty_gt=True), that '
         f'filter_cfg.min_size is below the image sizes, and that data_prefix points at the '
         f'images')
+
+
+@contextmanager
+def explain_dataset_errors():
+    """Re-raise numpy's bare empty-dataset error from inside the block as
+    ``explain_empty_dataset``'s ``EmptyDatasetError``; other errors pass unchanged."""
+    try:
+        yield
+    except ValueError as exc:
+        clear = explain_empty_dataset(exc)
+        if clear is None:
+            raise
+        raise clear from exc
 
 
 def build_runner(cfg: Config):
