@@ -32,9 +32,15 @@ def patch_checkpoint_loading() -> None:
 
 def check_pkg_resources() -> None:
     """``_base_ = 'mmdet::...'`` is resolved by ``mmengine.utils.package_utils.is_installed``,
-    which imports ``pkg_resources`` (removed in setuptools 82)."""
+    which imports ``pkg_resources`` (removed in setuptools 82). The first import of it warns
+    that it is deprecated, on every run of every tool: a fact about the pinned setuptools that
+    the user can do nothing about, so it is imported once here with that warning silenced."""
+    import warnings
     try:
-        import pkg_resources  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='pkg_resources is deprecated',
+                                    category=UserWarning)
+            import pkg_resources  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "mmengine needs 'pkg_resources' to resolve 'mmdet::'/'mmseg::' config bases; "
