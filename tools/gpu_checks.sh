@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA GPU (the default test run is CPU-only). On a GPU machine:
+#   bash tools/gpu_checks.sh [OUT_DIR]          (default OUT_DIR: benchmarks)
+# 1. `pytest -m cuda` (tests/test_cuda.py): backbone CUDA vs CPU parity for l1/l3/l7, fp16/bf16
+#    autocast, torch.compile on the GPU, a classification run with --amp through tools/train.py
+#    and tools/test.py, the benchmark's CUDA path. Log: OUT_DIR/gpu_checks_pytest.log.
+# 2. GPU latency, side by side with timm (tools/benchmark_latency.py, JSON + Markdown):
+#    classifier l1/l3/l7 at 224 (timm, eager, fused, torch.compile) and backbone l1/l3/l7 at
+#    512x512 and 800x1333 (timm, eager, fused), batch 1, fp32.
+# PYTHON overrides the interpreter (default .venv/bin/python). Exit status: non-zero if any
+# step failed; every step runs regardless.
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT_DIR=${1:-benchmarks}
+mkdir -p "$OUT_DIR"
+GPU=$("$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
+print(torch.cuda.get_device_name(0).lower().replace('nvidia ', '').replace(' ', '-'))") \
+    || { echo "gpu_checks: no CUDA device visible to $PYTHON" >&2; exit 1; }
+rc=0
+"$PYTHON" -m pytest -m cuda -s -q tests/test_cuda.py 2>&1 | tee "$OUT_DIR/gpu_checks_pytest.log"
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+"$PYTHON" tools/benchmark_latency.py --device cuda --archs l1 l3 l7 --input-sizes 224 \
+    --batch-sizes 1 --runtimes timm eager fused compile --task classifier --warmup 20 \
+    --reps 200 --out-dir "$OUT_DIR" --name "l1_l3_l7_224_cuda_${GPU}" || rc=1
+"$PYTHON" tools/benchmark_latency.py --device cuda --archs l1 l3 l7 \
+    --input-sizes 512x512 800x1333 --batch-sizes 1 --runtimes timm eager fused \
+    --task backbone --warmup 10 --reps 100 --out-dir "$OUT_DIR" \
+    --name "l1_l3_l7_dense_cuda_${GPU}" || rc=1
+echo "gpu_checks: results in $OUT_DIR (exit $rc)"
+exit $rc
