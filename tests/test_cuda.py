@@ -59,7 +59,7 @@ def test_backbone_cuda_matches_cpu(arch):
         assert err < 1e-4, (arch, i, err)
 
 
-@pytest.mark.parametrize('dtype,tol', [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize('dtype,tol', [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 def test_backbone_autocast(dtype, tol):
     """Mixed precision as in training with --amp (default init, as a run starts)."""
     torch.manual_seed(0)
