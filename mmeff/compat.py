@@ -116,6 +116,32 @@ def patch_atomic_checkpoint_save() -> None:
     ckpt_mod.save_checkpoint = save_checkpoint
 
 
+def patch_timm_posterize() -> None:
+    """DeiT's RandAugment policy ``rand-m9-mstd0.5-inc1`` (the authors' recipe) uses timm's
+    ``PosterizeIncreasing``, which keeps ``4 - int(level / 10 * 4)`` bits: at the top magnitude
+    (level 10, drawn for about 2 % of posterize ops at m9 with std 0.5) that is 0 bits. Older
+    Pillow turned 0 bits into a black image; Pillow 13 raises ``ValueError: bits must be between
+    or equal to 1 and 8`` in a dataloader worker, so an ImageNet run dies in its first epoch.
+    timm 1.0.22 passes 0 through unchanged. Keep the old meaning (0 bits: black image) by
+    replacing timm's posterize op in its op table (``AugmentOp`` looks it up there when built).
+    """
+    from timm.data import auto_augment as aa
+    original = aa.posterize
+    if getattr(original, '_mmeff_zero_bits', False):
+        return
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep <= 0:  # no bit kept: every channel value becomes 0
+            return img.point([0] * 256 * len(img.getbands()))
+        return original(img, bits_to_keep, **kwargs)
+
+    posterize._mmeff_zero_bits = True
+    for name, fn in aa.NAME_TO_OP.items():
+        if fn is original:
+            aa.NAME_TO_OP[name] = posterize
+    aa.posterize = posterize
+
+
 def apply_all() -> None:
     global _APPLIED
     if _APPLIED:
@@ -123,4 +149,5 @@ def apply_all() -> None:
     patch_checkpoint_loading()
     patch_atomic_checkpoint_save()
     check_pkg_resources()
+    patch_timm_posterize()
     _APPLIED = True

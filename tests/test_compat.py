@@ -117,3 +117,22 @@ def test_import_mmeff_is_light():
     code = ('import sys, mmeff.models; print([m for m in ("mmdet", "mmseg") if m in sys.modules])')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert out.stdout.strip() == '[]', out.stdout + out.stderr
+
+
+def test_randaugment_zero_bit_posterize_is_black_not_an_error():
+    """DeiT's rand-m9-mstd0.5-inc1 can draw PosterizeIncreasing at level 10 (0 bits kept)."""
+    import numpy as np
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp, rand_augment_transform
+
+    compat.patch_timm_posterize()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    op = AugmentOp('PosterizeIncreasing', prob=1.0, magnitude=10, hparams=dict(magnitude_std=0))
+    out = np.asarray(op(img))
+    assert out.shape == (8, 8, 3) and not out.any()  # 0 bits kept: a black image
+    op4 = AugmentOp('PosterizeIncreasing', prob=1.0, magnitude=0, hparams=dict(magnitude_std=0))
+    assert np.array_equal(np.asarray(op4(img)), np.asarray(img) & 0xF0)  # 4 bits kept
+    # The whole policy, many draws at the top magnitude: never raises.
+    policy = rand_augment_transform('rand-m10-n3-mstd0-inc1', dict(img_mean=(124, 116, 104)))
+    for _ in range(50):
+        policy(img)

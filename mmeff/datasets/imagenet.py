@@ -146,6 +146,9 @@ class TimmTransform:
 
     def __init__(self, **kwargs):
         from timm.data import create_transform
+
+        from mmeff.compat import patch_timm_posterize
+        patch_timm_posterize()  # RandAugment's 0-bit posterize fails on Pillow 13
         self.kwargs = kwargs
         try:
             self.transform = create_transform(**kwargs)
