@@ -1,15 +1,22 @@
-"""The built-in end-to-end demo: data -> train -> evaluate -> draw -> export -> report.
+"""The built-in end-to-end demo: pretrain -> detect -> segment -> export -> report.
 
     python tools/run_demo.py [--out work_dirs/demo] [--epochs 6]
 
-1. generates a small COCO-format dataset (shapes on noise, real JPEGs + instances JSON);
-2. trains Mask R-CNN + EfficientFormer-L1 (configs/demo/mask_rcnn_effformer_l1_synthetic.py,
-   i.e. the real detection config on tiny images) with tools/train.py;
-3. evaluates the last checkpoint with tools/test.py (mmdet's CocoMetric, bbox + segm);
-4. draws predictions on a validation image with tools/demo.py;
-5. exports the trained backbone, fused, to ONNX (checked with onnxruntime) and Core ML
+1. generates three small datasets: an ImageFolder (5 classes of striped images), a COCO-format
+   set (shapes on noise, real JPEGs + instances JSON) and an ADE20K-format set (coloured
+   rectangles, PNG label maps with the ADE convention);
+2. pretrains the EfficientFormer-L1 classifier with the ImageNet recipe
+   (configs/demo/effformer_l1_in1k_synthetic.py) through tools/train.py and evaluates top-1
+   with tools/test.py;
+3. trains Mask R-CNN + L1 (configs/demo/mask_rcnn_effformer_l1_synthetic.py, the real detection
+   config on tiny images) from that checkpoint (`pretrained=`, prefix `backbone.`), evaluates it
+   with tools/test.py (mmdet's CocoMetric, bbox + segm), draws predictions with tools/demo.py
+   and prints them beside the paper with tools/compare_results.py;
+4. the same for Semantic FPN + L1 (configs/demo/fpn_effformer_l1_synthetic.py; mmseg's
+   IoUMetric, a coloured overlay);
+5. exports the trained detection backbone, fused, to ONNX (checked with onnxruntime) and Core ML
    (mlprogram FP16, spec checks) with tools/export.py;
-6. writes OUT/REPORT.md with the metrics, the paper comparison and the export checks.
+6. writes OUT/REPORT.md with the metrics, the paper comparisons and the export checks.
 
 Every step runs the same command-line tool a user would run; logs go to OUT/logs/.
 """
@@ -24,6 +31,8 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 CONFIG = 'configs/demo/mask_rcnn_effformer_l1_synthetic.py'
+CLS_CONFIG = 'configs/demo/effformer_l1_in1k_synthetic.py'
+SEG_CONFIG = 'configs/demo/fpn_effformer_l1_synthetic.py'
 
 
 def run(step, args, log_dir):
@@ -42,39 +51,83 @@ def run(step, args, log_dir):
     return out
 
 
+def last_checkpoint(work_dir):
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
+def metrics_of(log):
+    lines = [ln for ln in log.splitlines() if ln.startswith('Metrics:')]
+    return lines or ['(no metrics line found, see the step\'s log)']
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='work_dirs/demo', help='where everything goes')
-    parser.add_argument('--epochs', type=int, default=6, help='training epochs (8 images each)')
+    parser.add_argument('--epochs', type=int, default=6,
+                        help='detection training epochs (8 images each)')
     args = parser.parse_args(argv)
     out = osp.abspath(args.out)
     logs = osp.join(out, 'logs')
     os.makedirs(logs, exist_ok=True)
-    data_root = osp.join(out, 'data', 'coco') + '/'
-    work_dir = osp.join(out, 'mask_rcnn_l1')
     t_start = time.time()
 
+    # 1. Data.
+    from mmeff.datasets import make_ade_dataset, make_imagefolder_dataset
     from mmeff.datasets.synthetic_coco import make_coco_dataset
+    in1k_root = osp.join(out, 'data', 'imagenet') + '/'
+    in1k = make_imagefolder_dataset(in1k_root, num_classes=5, per_class=(16, 4), size=64)
+    data_root = osp.join(out, 'data', 'coco') + '/'
     info = make_coco_dataset(data_root, num_images=(8, 4), size=(128, 160),
                              classes=('rectangle', 'ellipse', 'triangle'), seed=0)
-    print(f'[demo] data: {data_root} (8 train / 4 val images, '
-          f"{info['train2017_num_objects']} / {info['val2017_num_objects']} objects)")
+    ade_root = osp.join(out, 'data', 'ade', 'ADEChallengeData2016')
+    ade = make_ade_dataset(ade_root, num_images=(16, 4), size=(96, 128))
+    print(f'[demo] data: {in1k_root} (5 classes, 80 train / 20 val images), {data_root} '
+          f"(8 train / 4 val images, {info['train2017_num_objects']} / "
+          f"{info['val2017_num_objects']} objects), {ade_root} (16 train / 4 val images)")
 
-    opts = [f'data_root={data_root}', f'train_cfg.max_epochs={args.epochs}',
-            f'train_cfg.val_interval={args.epochs}']
+    # 2. ImageNet-recipe pretraining of the backbone.
+    cls_dir = osp.join(out, 'effformer_l1_in1k')
+    run('pretrain', ['tools/train.py', CLS_CONFIG, '--work-dir', cls_dir, '--cfg-options',
+                     f'data_root={in1k_root}'], logs)
+    cls_ckpt = last_checkpoint(cls_dir)
+    cls_metrics = metrics_of(run('pretrain_test', [
+        'tools/test.py', CLS_CONFIG, cls_ckpt, '--work-dir', osp.join(out, 'test_in1k'),
+        '--cfg-options', f'data_root={in1k_root}'], logs))
+
+    # 3. Mask R-CNN from the pretrained backbone.
+    work_dir = osp.join(out, 'mask_rcnn_l1')
+    opts = [f'data_root={data_root}', f'pretrained={cls_ckpt}',
+            f'train_cfg.max_epochs={args.epochs}', f'train_cfg.val_interval={args.epochs}']
     run('train', ['tools/train.py', CONFIG, '--work-dir', work_dir, '--cfg-options'] + opts, logs)
-    with open(osp.join(work_dir, 'last_checkpoint')) as f:
-        ckpt = f.read().strip()
+    ckpt = last_checkpoint(work_dir)
     test_dir = osp.join(out, 'test')
-    test_log = run('test', ['tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
-                            '--cfg-options', f'data_root={data_root}'], logs)
-    metrics_line = [ln for ln in test_log.splitlines() if ln.startswith('Metrics:')]
+    det_metrics = metrics_of(run('test', ['tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
+                                          '--cfg-options', f'data_root={data_root}'], logs))
     pictures = osp.join(out, 'pictures')
     run('draw', ['tools/demo.py', CONFIG, ckpt, info['val2017_images'][0], '--out-dir', pictures,
                  '--device', 'cpu', '--score-thr', '0.05', '--cfg-options',
                  f'data_root={data_root}'], logs)
     compare = run('compare', ['tools/compare_results.py', test_dir, '--arch', 'l1', '--task',
                               'detection', '--json', osp.join(out, 'compare.json')], logs)
+
+    # 4. Semantic FPN from the pretrained backbone.
+    seg_dir = osp.join(out, 'fpn_l1')
+    run('seg_train', ['tools/train.py', SEG_CONFIG, '--work-dir', seg_dir, '--cfg-options',
+                      f'data_root={ade_root}', f'pretrained={cls_ckpt}'], logs)
+    seg_ckpt = last_checkpoint(seg_dir)
+    seg_test_dir = osp.join(out, 'test_seg')
+    seg_metrics = metrics_of(run('seg_test', [
+        'tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--cfg-options',
+        f'data_root={ade_root}'], logs))
+    run('seg_draw', ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0],
+                     '--out-dir', pictures, '--device', 'cpu', '--cfg-options',
+                     f'data_root={ade_root}'], logs)
+    seg_compare = run('seg_compare', ['tools/compare_results.py', seg_test_dir, '--arch', 'l1',
+                                      '--task', 'segmentation', '--json',
+                                      osp.join(out, 'compare_seg.json')], logs)
+
+    # 5. Export of the detection backbone.
     exports = {}
     for fmt, suffix in (('onnx', 'onnx'), ('coreml', 'mlpackage')):
         path = osp.join(out, 'export', f'effformer_l1_backbone_800x1333.{suffix}')
@@ -84,21 +137,34 @@ def main(argv=None):
                                      '--report-json', report], logs)
         exports[fmt] = (path, report, text)
 
+    # 6. Report.
+    tiny = ('Tiny synthetic data and a few CPU epochs: these numbers show the pipeline works, '
+            'they are not a reproduction of the paper.')
     lines = ['# mmeff demo report', '',
              f'Generated by `python tools/run_demo.py` in {time.time() - t_start:.0f} s on CPU.',
              '', '## Data', '',
-             f'`{data_root}`: 8 train / 4 val images (160x128), '
-             f"{info['train2017_num_objects']} / {info['val2017_num_objects']} objects, 3 classes.",
-             '', '## Training', '',
-             f'Config `{CONFIG}` ({args.epochs} epochs, backbone from random weights), '
-             f'work dir `{work_dir}`, checkpoint `{ckpt}`.',
-             '', '## Evaluation (tools/test.py, mmdet CocoMetric)', '',
-             '```', *(metrics_line or ['(no metrics line found, see logs/test.log)']), '```',
-             '', '## Beside the paper (tools/compare_results.py)', '',
-             'Tiny synthetic data and 6 CPU epochs: these numbers show the pipeline works, '
-             'they are not a reproduction of the paper.', '', '```', compare.strip(), '```',
-             '', '## Predictions (tools/demo.py)', '', f'Pictures in `{pictures}`.',
-             '', '## Export of the trained backbone, fused, 800x1333 (tools/export.py)', '']
+             f'- `{in1k_root}`: ImageFolder, 5 classes, 80 train / 20 val images (64x64).',
+             f'- `{data_root}`: COCO format, 8 train / 4 val images (160x128), '
+             f"{info['train2017_num_objects']} / {info['val2017_num_objects']} objects, "
+             '3 classes.',
+             f'- `{ade_root}`: ADE20K format, 16 train / 4 val images (128x96), 150-class '
+             f"convention, {ade['classes_in_use']} classes in use.",
+             '', '## 1. Backbone pretraining (ImageNet recipe, tools/train.py + tools/test.py)',
+             '', f'Config `{CLS_CONFIG}` (backbone from random weights), checkpoint '
+             f'`{cls_ckpt}`: the `backbone.*` weights that both dense models start from.', '',
+             '```', *cls_metrics, '```',
+             '', '## 2. Detection: Mask R-CNN (mmdet CocoMetric)', '',
+             f'Config `{CONFIG}` ({args.epochs} epochs from the pretrained backbone), '
+             f'checkpoint `{ckpt}`.', '', '```', *det_metrics, '```', '', tiny, '',
+             '```', compare.strip(), '```',
+             '', '## 3. Segmentation: Semantic FPN (mmseg IoUMetric)', '',
+             f'Config `{SEG_CONFIG}` (60 iterations from the pretrained backbone), checkpoint '
+             f'`{seg_ckpt}`.', '', '```', *seg_metrics, '```', '',
+             '```', seg_compare.strip(), '```',
+             '', '## Predictions (tools/demo.py)', '',
+             f'Pictures (boxes and masks; the segmentation overlay) in `{pictures}`.',
+             '', '## 4. Export of the trained detection backbone, fused, 800x1333 '
+             '(tools/export.py)', '']
     keys = ('format', 'exporter', 'method', 'inputs', 'outputs', 'op_histogram', 'gather_ops',
             'float_dtypes', 'non_fp16_tensors', 'io_tensors', 'onnxruntime', 'fusion',
             'problems', 'file_size_bytes')

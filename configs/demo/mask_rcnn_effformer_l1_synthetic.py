@@ -1,17 +1,19 @@
-# The built-in demo of README.md: Mask R-CNN + EfficientFormer-L1 (the real detection config)
-# on the small COCO-format dataset that tools/run_demo.py generates (shapes drawn on noise,
-# 160x128 images). Only the data, image scale and number of sampled RoIs differ from
-# configs/detection/mask_rcnn_effformer_l1.py; the backbone starts from random weights on
-# purpose (no ImageNet checkpoint can be downloaded here).
+# The detection step of README.md's demo: Mask R-CNN + EfficientFormer-L1 (the real detection
+# config) on the small COCO-format dataset that tools/run_demo.py generates (shapes drawn on
+# noise, 160x128 images). Only the data, image scale, schedule and number of sampled RoIs differ
+# from configs/detection/mask_rcnn_effformer_l1.py. The backbone starts from the demo's
+# classification checkpoint (tools/run_demo.py passes `--cfg-options pretrained=...`); no
+# ImageNet checkpoint can be downloaded here.
 _base_ = '../detection/mask_rcnn_effformer_l1.py'
 
 data_root = 'work_dirs/demo/data/coco/'
 classes = ('rectangle', 'ellipse', 'triangle')
 metainfo = dict(classes=classes)
 img_scale = (160, 128)
+pretrained = 'work_dirs/demo/effformer_l1_in1k/epoch_6.pth'
 
 model = dict(
-    backbone=dict(init_cfg=None),
+    backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     roi_head=dict(bbox_head=dict(num_classes=len(classes)),
                   mask_head=dict(num_classes=len(classes))),
     train_cfg=dict(rpn=dict(sampler=dict(num=64)),
