@@ -10,9 +10,11 @@ Builds the model of each config with random weights (no checkpoint is read) and 
 * MACs: mmengine's ``FlopAnalyzer`` (fvcore's counting rules, one multiply-add = 1; the number
   mmdet's ``get_flops.py`` and most papers print as "FLOPs") of the model's ``mode='tensor'``
   forward: backbone, neck and heads without post-processing. For two-stage detectors this
-  includes the RoI heads on the RPN's test-time proposals (the count is printed: with random
-  weights the RPN keeps ``test_cfg.rpn.max_per_img`` of them, as a trained one does on a busy
-  image) and the mask head on the first 100 RoIs, as in mmdet's ``_forward``.
+  includes the RoI heads on the RPN's test-time proposals and the mask head on the first 100
+  RoIs, as in mmdet's ``_forward``. How many proposals survive the RPN's NMS depends on the
+  (here random) weights, so the count would change from run to run; the RPN's NMS is switched
+  off for the count (IoU threshold 1.0), which keeps ``test_cfg.rpn.max_per_img`` proposals, as
+  a trained RPN does on a busy image (the count is printed).
 
 Backbone and backbone+neck rows are printed too, since they do not depend on the proposals.
 """
@@ -58,6 +60,9 @@ def analyze(config: str, shape=(800, 1333), cfg_options=None) -> dict:
     if height < 32 or width < 32:
         raise ValueError(f'--shape {height} {width}: both sides must be at least 32 pixels')
     cfg = prepare_config(config, cfg_options=cfg_options)
+    rpn_test = (cfg.model.get('test_cfg') or {}).get('rpn')
+    if rpn_test and rpn_test.get('nms'):
+        rpn_test.nms.iou_threshold = 1.0  # keep max_per_img proposals (see the module doc)
     scope = cfg.get('default_scope')
     if scope not in ('mmdet', 'mmseg'):
         raise ValueError(f'{config}: analyze_dense.py handles mmdet and mmseg configs; this one '
