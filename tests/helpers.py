@@ -1,9 +1,15 @@
-"""Shared test helpers: randomised reference models, tool loading."""
+"""Shared test helpers: randomised reference models, relative error, tool loading."""
 import importlib.util
 import os
 
 import timm
 import torch
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||``, in float64 on the CPU (any device or dtype in)."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 @torch.no_grad()

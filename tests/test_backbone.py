@@ -7,7 +7,7 @@ from mmeff.converters import convert_timm
 from mmeff.models import EfficientFormer
 from mmeff.models.backbones.efficientformer import load_backbone_state_dict
 
-from helpers import randomise_, timm_efficientformer
+from helpers import randomise_, rel_err, timm_efficientformer
 
 ARCHS = ['l1', 'l3', 'l7']
 
@@ -19,10 +19,6 @@ def backbone_from_timm(arch, seed=0, **kwargs):
     bb = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
     missing, unexpected = model.load_state_dict(bb, strict=True), None
     return ref, model
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 @pytest.mark.parametrize('arch', ARCHS)

@@ -27,27 +27,13 @@ from mmeff.evaluation import Accuracy
 from mmeff.models.classifiers import (EfficientFormerClassifier, TeacherRef, build_teacher,
                                       distillation_loss)
 
-from helpers import timm_efficientformer
+from helpers import load_tool, rel_err, timm_efficientformer
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = {arch: osp.join(ROOT, 'configs', 'classification', f'effformer_{arch}_in1k.py')
            for arch in ('l1', 'l3', 'l7')}
 NUM_CLASSES = 5
 IMG = 32  # train crop / eval crop of the tiny runs (resize to 36 = 32 / 0.875 first)
-
-
-def load_tool(name):
-    """Import tools/<name>.py in-process (``test`` would clash with the stdlib package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f'mmeff_tools_{name}',
-                                                  osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -140,7 +126,7 @@ def test_convert_tool_output_loads_with_no_missing_keys(tmp_path):
     ref = timm_efficientformer('l1', seed=3)
     src, dst = str(tmp_path / 'timm_l1.pth'), str(tmp_path / 'l1_mmeff.pth')
     torch.save(ref.state_dict(), src)
-    load_tool('convert_checkpoint').main([src, dst])
+    load_tool(ROOT, 'convert_checkpoint').main([src, dst])
     model = EfficientFormerClassifier(backbone=dict(arch='l1'))
     result = model.load_state_dict(load_checkpoint_file(dst), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -380,7 +366,7 @@ def test_train_full_recipe_through_tools(trained):
 
 
 def test_tools_test_evaluates_the_checkpoint(trained):
-    metrics = load_tool('test').main([trained['cfg_path'], trained['ckpt'], '--work-dir',
+    metrics = load_tool(ROOT, 'test').main([trained['cfg_path'], trained['ckpt'], '--work-dir',
                               osp.join(trained['work_dir'], 'test')])
     assert set(metrics) == {'accuracy/top1', 'accuracy/top5'}
     assert 0 <= metrics['accuracy/top1'] <= 100
@@ -394,13 +380,13 @@ def test_tools_test_on_converted_timm_weights_matches_timm(imagefolder, teacher_
     ref = timm_efficientformer('l1', seed=5, num_classes=NUM_CLASSES)
     src, dst = str(tmp_path / 'timm.pth'), str(tmp_path / 'mmeff.pth')
     torch.save({'model': ref.state_dict()}, src)
-    load_tool('convert_checkpoint').main([src, dst])
+    load_tool(ROOT, 'convert_checkpoint').main([src, dst])
     cfg = tiny_config(imagefolder['data_root'], teacher_ckpt, str(tmp_path / 'work'))
     cfg.test_dataloader.dataset.pipeline[1].input_size = 224  # timm's model needs 224
     cfg_path = str(tmp_path / 'cfg.py')
     cfg.dump(cfg_path)
     out = str(tmp_path / 'preds.pkl')
-    metrics = load_tool('test').main([cfg_path, dst, '--work-dir', str(tmp_path / 'work'),
+    metrics = load_tool(ROOT, 'test').main([cfg_path, dst, '--work-dir', str(tmp_path / 'work'),
                                       '--out', out])
     with open(out, 'rb') as f:
         preds = pickle.load(f)
@@ -464,7 +450,7 @@ def test_class_count_mismatch_is_a_clear_error(trained):
         load_checkpoint(model, trained['ckpt'])  # what load_from / tools/test.py use
     # Through tools/test.py with a config whose num_classes disagrees.
     with pytest.raises(ValueError, match='Class-count mismatch'):
-        load_tool('test').main([trained['cfg_path'], trained['ckpt'], '--work-dir',
+        load_tool(ROOT, 'test').main([trained['cfg_path'], trained['ckpt'], '--work-dir',
                         osp.join(trained['work_dir'], 'test_bad'),
                         '--cfg-options', 'model.num_classes=7'])
     # Another arch: also an error instead of mmengine's warning + random weights.
@@ -514,7 +500,7 @@ def test_missing_teacher_is_a_clear_error(tmp_path, teacher_ckpt, imagefolder):
     cfg.dump(cfg_path)
     with pytest.raises(FileNotFoundError, match=r'teacher checkpoint .*regnety_160\.pth.* does '
                                                 r'not exist.*model\.distillation=None'):
-        load_tool('train').main([cfg_path])
+        load_tool(ROOT, 'train').main([cfg_path])
     assert not any(f.endswith('.pth') for f in os.listdir(tmp_path / 'work'))
     model = EfficientFormerClassifier(
         num_classes=NUM_CLASSES,

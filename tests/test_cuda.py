@@ -18,17 +18,12 @@ import torch
 
 from mmeff.models import EfficientFormer
 
-from helpers import load_tool, randomise_
+from helpers import load_tool, randomise_, rel_err
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')]
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def rel_err(a, b):
-    a, b = a.float().cpu(), b.float().cpu()
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 @pytest.fixture(autouse=True)

@@ -19,16 +19,12 @@ from mmeff.models import EfficientFormer
 from mmeff.models.classifiers import EfficientFormerClassifier
 from mmeff.models.layers import Attention, LayerScale, Meta4D
 
-from helpers import load_tool, randomise_, timm_efficientformer
+from helpers import load_tool, randomise_, rel_err, timm_efficientformer
 
 # (arch, input size) per case: l1 at the paper's 224, l3/l7 at a small non-square size whose
 # 4x3 token grid needs the resized bias (keeps the test fast on 2 cores).
 FUSE_CASES = [('l1', (224, 224)), ('l3', (128, 96)), ('l7', (128, 96))]
 N_MB4D = {'l1': 14, 'l3': 22, 'l7': 30}
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
 
 
 def randomised_backbone(arch, seed=0, **kwargs):

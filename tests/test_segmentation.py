@@ -6,7 +6,6 @@ scale, iterations, workers) with ``tiny_config`` and use an ADE20K-layout datase
 tools/test.py, evaluation through mmseg's IoUMetric.
 """
 import glob
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -20,6 +19,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from helpers import load_tool
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_CONFIGS = osp.join(ROOT, 'configs', 'segmentation')
 ARCHS = ('l1', 'l3', 'l7')
@@ -31,14 +32,6 @@ def fpn_config(arch: str) -> str:
 
 
 UPERNET_CONFIG = osp.join(SEG_CONFIGS, 'upernet_effformer_l1_ade20k_160k.py')
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'mmeff_tool_{name}',
-                                                  osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run_tool(*args, timeout=300):
@@ -228,7 +221,7 @@ def test_train_eval_checkpoint_and_test_reproduce_miou(ade, pretrained_l1, tmp_p
     assert "'mIoU'" in proc.stdout
 
     # tools/compare_results.py reads both runs, beside the paper's L1 number.
-    compare = _load_tool('compare_results').compare
+    compare = load_tool(ROOT, 'compare_results').compare
     for run_dir, expected in ((work, evals[-1]), (str(tmp_path / 'test'), test_metrics)):
         result = compare(run_dir)
         assert (result['arch'], result['task']) == ('l1', 'segmentation')
@@ -238,7 +231,7 @@ def test_train_eval_checkpoint_and_test_reproduce_miou(ade, pretrained_l1, tmp_p
 
     # tools/demo.py (mmseg's MMSegInferencer): a coloured overlay and the label map, per image
     # (a PNG input, so that the overlay is written losslessly and can be checked pixel-wise).
-    demo = _load_tool('demo')
+    demo = load_tool(ROOT, 'demo')
     image = cv2.imread(ade['validation_images'][1])
     img_path = str(tmp_path / 'street.png')
     cv2.imwrite(img_path, image)
@@ -323,7 +316,7 @@ def test_outputs_have_the_input_size(ade, tmp_path, test_cfg):
 # ---------------------------------------------------------------------------- bad input
 @pytest.fixture(scope='module')
 def train_tool():
-    return _load_tool('train')
+    return load_tool(ROOT, 'train')
 
 
 def _train_in_process(train_tool, cfg_path, work_dir, *extra):
