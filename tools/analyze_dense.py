@@ -142,4 +142,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from mmeff.cli import run
+    sys.exit(run(main))

@@ -41,4 +41,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from mmeff.cli import run
+    sys.exit(run(main))
