@@ -10,6 +10,14 @@
 # PYTHON overrides the interpreter (default .venv/bin/python). Exit status: non-zero if any
 # step failed; every step runs regardless.
 set -u
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -u/p' "$0" | sed -e '/^set -u/d' -e 's/^# \{0,1\}//'; exit 0 ;;
+esac
+if [ "$#" -gt 1 ]; then
+  echo "gpu_checks.sh: error: expected at most one argument (OUT_DIR), got $#" >&2
+  echo "Usage: bash tools/gpu_checks.sh [OUT_DIR]   (--help for details)" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT_DIR=${1:-benchmarks}
