@@ -1,6 +1,11 @@
 """Convert an EfficientFormer checkpoint (authors', timm's, mmpretrain's) to mmeff's layout.
 
     python tools/convert_checkpoint.py SRC DST [--layout auto|authors|timm|mmpretrain]
+    python tools/convert_checkpoint.py --timm NAME [--timm-file FILE] DST
+
+The second form takes timm's published ImageNet weights by name
+(``efficientformer_l1.snap_dist_in1k``, ``..._l3...``, ``..._l7...``): timm downloads them from
+the Hugging Face hub (and caches them), or reads them from FILE when the machine is offline.
 
 DST is an mmengine checkpoint (``{'state_dict': ..., 'meta': ...}``) with ``backbone.*`` keys
 (and ``head.*`` when SRC has a classifier head). Use it in detection/segmentation configs with
@@ -18,28 +23,54 @@ def main(argv=None):
     from mmeff.converters import (CONVERTERS, LAYOUTS, arch_name, convert_state_dict,
                                   detect_layout, load_checkpoint_file, save_checkpoint_atomic)
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='source checkpoint (.pth/.pth.tar/.bin)')
+    parser.add_argument('src', nargs='?',
+                        help='source checkpoint (.pth/.pth.tar/.bin); omit with --timm')
     parser.add_argument('dst', help='where to write the mmeff checkpoint')
     parser.add_argument('--layout', default='auto', choices=('auto',) + LAYOUTS,
                         help='source layout (default: detect)')
+    parser.add_argument('--timm', metavar='NAME',
+                        help="timm's pretrained weights instead of SRC, e.g. "
+                             'efficientformer_l1.snap_dist_in1k (downloaded by timm)')
+    parser.add_argument('--timm-file', metavar='FILE',
+                        help='with --timm: read the weights from this local file (the hub '
+                             "repo's model.safetensors) instead of downloading them")
     args = parser.parse_args(argv)
+    if (args.src is None) == (args.timm is None):
+        parser.error('give either SRC or --timm NAME (not both)')
+    if args.timm_file is not None and args.timm is None:
+        parser.error('--timm-file needs --timm NAME (to convert a local file, pass it as SRC)')
+    if args.timm is not None and args.layout not in ('auto', 'timm'):
+        parser.error(f'--timm weights have the timm layout, not {args.layout!r}')
 
-    sd = load_checkpoint_file(args.src)
-    if args.layout == 'auto':
+    if args.timm is not None:
+        from mmeff.converters.timm_hub import WeightsDownloadError, load_timm_pretrained
+        try:
+            sd = load_timm_pretrained(args.timm, args.timm_file)
+        except WeightsDownloadError as exc:  # say how to pass the file with this tool
+            raise WeightsDownloadError(exc.name, exc.page, exc.reason,
+                                       how='pass it with --timm-file PATH') from None
+        source = f'timm:{args.timm}' + (f' ({args.timm_file})' if args.timm_file else '')
+        converted_from = (f'timm:{args.timm}' if args.timm_file is None
+                          else f'timm:{args.timm}:{os.path.abspath(args.timm_file)}')
+    else:
+        sd = load_checkpoint_file(args.src)
+        source = converted_from = None
+    if args.timm is not None or args.layout == 'auto':
         out, layout = convert_state_dict(sd)
     else:
         detected = detect_layout(sd)
         if detected != args.layout:
             raise SystemExit(f'error: {args.src} looks like a {detected!r} checkpoint, not '
                              f'{args.layout!r}; drop --layout to auto-detect')
-        out, layout = CONVERTERS[layout](sd), args.layout
+        out, layout = CONVERTERS[args.layout](sd), args.layout
     arch = arch_name(out)
     heads = sorted({k.split('.')[1] for k in out if k.startswith('head.')})
-    meta = dict(converted_from=os.path.abspath(args.src), source_layout=layout, arch=arch,
-                has_head=bool(heads))
+    meta = dict(converted_from=converted_from or os.path.abspath(args.src),
+                source_layout=layout, arch=arch, has_head=bool(heads))
     save_checkpoint_atomic({'state_dict': out, 'meta': meta}, args.dst)
     n_bb = sum(k.startswith('backbone.') for k in out)
-    print(f'{args.src} ({layout} layout, arch {arch}) -> {args.dst}: {n_bb} backbone tensors'
+    print(f'{source or args.src} ({layout} layout, arch {arch}) -> {args.dst}: '
+          f'{n_bb} backbone tensors'
           + (f', head parts {heads}' if heads else ', no classifier head'))
     return out
 
