@@ -20,6 +20,7 @@ if [ "$#" -lt 3 ]; then
 fi
 if ! [[ "$3" =~ ^[1-9][0-9]*$ ]]; then
   echo "dist_test.sh: error: NUM_PROCS must be a positive integer (processes on this machine), got '$3'" >&2
+  usage | head -n 1 >&2
   exit 2
 fi
 CONFIG=$1

@@ -21,6 +21,7 @@ if [ "$#" -lt 2 ]; then
 fi
 if ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
   echo "dist_train.sh: error: NUM_PROCS must be a positive integer (processes on this machine), got '$2'" >&2
+  usage | head -n 1 >&2
   exit 2
 fi
 CONFIG=$1

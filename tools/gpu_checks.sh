@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU (the default test run is CPU-only). On a GPU machine:
-#   bash tools/gpu_checks.sh [OUT_DIR]          (default OUT_DIR: benchmarks)
+# Usage: bash tools/gpu_checks.sh [OUT_DIR]          (default OUT_DIR: benchmarks)
 # 1. `pytest -m cuda` (tests/test_cuda.py): backbone CUDA vs CPU parity for l1/l3/l7, fp16/bf16
 #    autocast, torch.compile on the GPU, a classification run with --amp through tools/train.py
 #    and tools/test.py, the benchmark's CUDA path. Log: OUT_DIR/gpu_checks_pytest.log.

@@ -11,6 +11,14 @@
 #                         tensors); 1: always (needs nvcc; set TORCH_CUDA_ARCH_LIST when the
 #                         build machine has no GPU, e.g. "8.0;9.0"); 0: CPU ops only.
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
+esac
+if [ "$#" -gt 0 ]; then
+  echo "setup_env.sh: error: takes no arguments (got: $*); settings are environment variables" >&2
+  echo "Usage: bash tools/setup_env.sh   (--help for details)" >&2
+  exit 2
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

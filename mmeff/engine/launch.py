@@ -15,12 +15,16 @@ import torch
 from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported)
 from mmengine.logging import print_log
 
+from .diagnostics import (check_label_maps, check_launcher_env, check_resume,
+                          explain_json_error)
+
 
 def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                    amp: bool = False, launcher: str = 'none') -> Config:
     """Load a config and apply the command-line options of the train/test tools."""
     if not osp.isfile(config):
         raise FileNotFoundError(f'Config file {config!r} does not exist')
+    check_launcher_env(launcher, config)  # before torch.distributed waits for a rendezvous
     import mmeff.models  # noqa: F401  (compat fixes; registers mmeff models)
     cfg = Config.fromfile(config)
     if cfg_options:
@@ -167,6 +171,8 @@ def check_data_paths(cfg: Config, which=('train_dataloader', 'val_dataloader',
                 if key in ('img', 'img_path', 'seg_map_path', 'seg') and not osp.isdir(path):
                     raise FileNotFoundError(f'{name}: data_prefix.{key} folder {path!r} does '
                                             f'not exist (data_root={data_root!r})')
+                if key in ('seg_map_path', 'seg'):
+                    check_label_maps(path, ds.get('seg_map_suffix') or '.png', name)
                 if key in ('img', 'img_path'):
                     # An empty image folder otherwise fails inside mmengine's dataset
                     # serialisation ("need at least one array to concatenate").
@@ -251,11 +257,13 @@ def explain_empty_dataset(exc: BaseException) -> Optional[EmptyDatasetError]:
 @contextmanager
 def explain_dataset_errors():
     """Re-raise numpy's bare empty-dataset error from inside the block as
-    ``explain_empty_dataset``'s ``EmptyDatasetError``; other errors pass unchanged."""
+    ``explain_empty_dataset``'s ``EmptyDatasetError``, and an annotation file that does not
+    parse as JSON as ``explain_json_error``'s ``DataFileError`` (naming the file); other errors
+    pass unchanged."""
     try:
         yield
     except ValueError as exc:
-        clear = explain_empty_dataset(exc)
+        clear = explain_empty_dataset(exc) or explain_json_error(exc)
         if clear is None:
             raise
         raise clear from exc
@@ -265,6 +273,7 @@ def build_runner(cfg: Config):
     """Build the scope's runner (``runner_type`` if set, else mmengine's ``Runner``)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    check_resume(cfg)
     os.makedirs(cfg.work_dir, exist_ok=True)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)

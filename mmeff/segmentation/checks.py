@@ -86,16 +86,27 @@ def _check_files(dataset, split: str) -> None:
                 f' under data_prefix.seg_map_path={prefix.get("seg_map_path")!r}.')
 
 
+def _raise_not_index_map(path: str, seg: torch.Tensor) -> None:
+    from mmeff.engine.diagnostics import DataFileError, label_map_problem
+    problem = label_map_problem(path) if osp.isfile(path) else None
+    raise DataFileError(f'Label map {path!r} ' + (problem or (
+        f'gives a ground truth of shape {tuple(seg.shape)}: a label map holds one class index '
+        f'per pixel (a single-channel or palette PNG)')))
+
+
 def check_label_range(data_samples: Sequence, num_classes: int,
                       ignore_index: Optional[int] = 255) -> None:
     """Raise ``ValueError`` if a ground-truth map holds a value outside ``[0, num_classes)``
-    that is not ``ignore_index``; the message names the file and the values before and after
-    ``reduce_zero_label``."""
+    that is not ``ignore_index``, or has several channels (a colour PNG); the message names the
+    file and the values before and after ``reduce_zero_label``."""
     for sample in data_samples:
         gt = getattr(sample, 'gt_sem_seg', None)
         if gt is None:
             continue
         seg = gt.data
+        if seg.dim() == 3 and seg.shape[0] != 1:
+            # mmseg packs an (H, W, 3) map from a colour PNG as if it had H channels.
+            _raise_not_index_map(sample.metainfo.get('seg_map_path', '<unknown file>'), seg)
         bad = (seg < 0) | (seg >= num_classes)
         if ignore_index is not None:
             bad &= seg != ignore_index

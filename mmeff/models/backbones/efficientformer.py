@@ -272,9 +272,21 @@ class EfficientFormer(BaseModule):
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f'EfficientFormer expects a torch.Tensor, got {type(x).__name__}')
-        if x.dim() != 4:
+        if x.dim() == 3:
             raise ValueError(f'EfficientFormer expects a 4D (B, C, H, W) input, got shape '
                              f'{tuple(x.shape)}; add a batch dimension with x[None]')
+        if x.dim() == 5:
+            raise ValueError(f'EfficientFormer expects a 4D (B, C, H, W) input, got the 5D '
+                             f'shape {tuple(x.shape)} (clips or groups of images?): fold the '
+                             f'second dimension into the batch with x.flatten(0, 1) and '
+                             f'reshape the outputs back, or take one image per sample')
+        if x.dim() != 4:
+            raise ValueError(f'EfficientFormer expects a 4D (B, C, H, W) input, got shape '
+                             f'{tuple(x.shape)}')
+        if x.shape[0] == 0:
+            raise ValueError(f'EfficientFormer got an empty batch (shape {tuple(x.shape)}): '
+                             f'at least one image is needed; check that the data loader or '
+                             f'the caller does not filter every image out')
         if x.shape[1] != self.in_channels:
             raise ValueError(f'Input has {x.shape[1]} channels but the backbone was built with '
                              f'in_channels={self.in_channels}; build it with '
