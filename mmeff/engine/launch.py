@@ -171,7 +171,7 @@ def check_data_paths(cfg: Config, which=('train_dataloader', 'val_dataloader',
                 if key in ('img', 'img_path', 'seg_map_path', 'seg') and not osp.isdir(path):
                     raise FileNotFoundError(f'{name}: data_prefix.{key} folder {path!r} does '
                                             f'not exist (data_root={data_root!r})')
-                if key in ('seg_map_path', 'seg'):
+                if key == 'seg_map_path':  # mmseg's; mmdet's panoptic 'seg' maps are RGB
                     check_label_maps(path, ds.get('seg_map_suffix') or '.png', name)
                 if key in ('img', 'img_path'):
                     # An empty image folder otherwise fails inside mmengine's dataset
