@@ -295,3 +295,15 @@ def test_doc_timings_state_their_conditions(path):
         assert MACHINE.search(p) and LOAD.search(p), f'{osp.relpath(path, ROOT)}: {p[:300]}'
     if paragraphs:
         assert re.search(r'several[^.]{0,80}under load|under load[^.]{0,80}several', text), path
+
+
+def test_rgb_label_maps_left_to_a_custom_loader(tmp_path):
+    """Only mmseg's LoadAnnotations needs index maps; a pipeline with its own loader may decode
+    colour maps itself."""
+    from mmeff.engine.diagnostics import check_label_maps
+    ade = _rgb_label_maps(tmp_path / 'ade')
+    folder = osp.dirname(ade['training_labels'][0])
+    check_label_maps(folder, pipeline=[dict(type='LoadImageFromFile'),
+                                       dict(type='MyColourMapLoader')])
+    with pytest.raises(ValueError, match='3 channels'):
+        check_label_maps(folder, pipeline=[dict(type='LoadAnnotations')])

@@ -132,10 +132,19 @@ def label_map_problem(path: str) -> Optional[str]:
             f'maps (ADE20K: ADEChallengeData2016/annotations)')
 
 
-def check_label_maps(folder: str, suffix: str = '.png', where: str = 'dataset') -> None:
+def check_label_maps(folder: str, suffix: str = '.png', where: str = 'dataset',
+                     pipeline: Optional[list] = None) -> None:
     """Open the first label map of ``folder`` (by name) and raise ``DataFileError`` naming it
     when it is not a single-channel map of class indices. One header read: a wrongly converted
-    dataset is wrong in every file."""
+    dataset is wrong in every file.
+
+    With a ``pipeline`` (the dataset's transforms), only when it reads the maps with
+    mmseg's ``LoadAnnotations``: a pipeline with its own loader may decode colour maps itself.
+    """
+    if pipeline is not None and not any(
+            isinstance(t, dict) and str(t.get('type', '')).split('.')[-1] == 'LoadAnnotations'
+            for t in pipeline):
+        return
     first = None
     for root, dirs, files in os.walk(folder):
         dirs.sort()

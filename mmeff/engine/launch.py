@@ -172,7 +172,8 @@ def check_data_paths(cfg: Config, which=('train_dataloader', 'val_dataloader',
                     raise FileNotFoundError(f'{name}: data_prefix.{key} folder {path!r} does '
                                             f'not exist (data_root={data_root!r})')
                 if key == 'seg_map_path':  # mmseg's; mmdet's panoptic 'seg' maps are RGB
-                    check_label_maps(path, ds.get('seg_map_suffix') or '.png', name)
+                    check_label_maps(path, ds.get('seg_map_suffix') or '.png', name,
+                                     pipeline=ds.get('pipeline'))
                 if key in ('img', 'img_path'):
                     # An empty image folder otherwise fails inside mmengine's dataset
                     # serialisation ("need at least one array to concatenate").
