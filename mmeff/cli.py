@@ -11,9 +11,10 @@ Every ``tools/*.py`` ends with::
 * ``main`` returns: its return value if it is an ``int``, else 0;
 * a user's mistake (the exceptions of ``USER_ERRORS``: a missing or unreadable file, a bad value
   or type in the arguments or the config, a name no registry knows, a config that does not
-  parse, a module that is not installed, a checkpoint that cannot be read): one line
-  ``<tool>: error: <message>`` on stderr, exit status 1. The libraries' messages name the file,
-  the value and the fix (STYLE rule 12), so the traceback would only bury them;
+  parse, a module that is not installed; and every exception class mmeff defines, such as a
+  checkpoint that cannot be read): one line ``<tool>: error: <message>`` on stderr, exit
+  status 1. The libraries' messages name the file, the value and the fix (STYLE rule 12), so
+  the traceback would only bury them;
 * any other exception (``RuntimeError`` from torch, ``AttributeError``, ``AssertionError``...):
   most likely a bug in mmeff or in the stack, not something the user typed. Its traceback is
   printed, then one line saying so; exit status 1;
@@ -40,14 +41,13 @@ TRACEBACK_ENV = 'MMEFF_TRACEBACK'
 USER_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError, ImportError)
 
 
-def _user_error_types() -> tuple:
-    """``USER_ERRORS`` plus mmeff's own error classes that do not derive from them, taken only
-    from modules the tool has already imported (keeps this module light)."""
-    types = list(USER_ERRORS)
-    converters = sys.modules.get('mmeff.converters')
-    if converters is not None:
-        types.append(converters.CheckpointError)  # a RuntimeError: unreadable checkpoint file
-    return tuple(types)
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a user's mistake: one of ``USER_ERRORS``, or an exception class that
+    mmeff defines (``CheckpointError``, ``EmptyDatasetError``...). mmeff raises its own classes
+    only on purpose, with a message that says what to fix, whatever builtin they derive from
+    (``CheckpointError`` is a ``RuntimeError``)."""
+    return isinstance(exc, USER_ERRORS) or any(
+        cls.__module__.split('.')[0] == 'mmeff' for cls in type(exc).__mro__)
 
 
 def traceback_wanted() -> bool:
@@ -102,7 +102,7 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, prog: Optional[str
     except Exception as exc:  # noqa: BLE001  (sorted into user mistakes and bugs below)
         if traceback_wanted():
             raise
-        if isinstance(exc, _user_error_types()):
+        if is_user_error(exc):
             print(f'{prog}: error: {one_line(exc)} (set {TRACEBACK_ENV}=1 for the traceback)',
                   file=sys.stderr)
         else:

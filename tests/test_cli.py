@@ -79,6 +79,16 @@ def test_checkpoint_error_is_a_user_error(capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("t.py: error: 'a.pth' is empty")
 
 
+def test_mmeff_error_classes_are_user_errors(capsys, monkeypatch):
+    """mmeff raises its own classes on purpose, whatever builtin they derive from."""
+    class RefusedError(RuntimeError):
+        pass
+    RefusedError.__module__ = 'mmeff.checkpoint'
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    assert run(_raise(RefusedError("'a.pth' was refused")), prog='t.py') == 1
+    assert capsys.readouterr().err.startswith("t.py: error: 'a.pth' was refused")
+
+
 def test_unexpected_error_keeps_its_traceback(capsys, monkeypatch):
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)
     assert run(_raise(RuntimeError('shape mismatch')), prog='t.py') == 1
