@@ -84,7 +84,7 @@ sys.exit(mmcv.__version__ != '$MMCV_VERSION' or cuda != ($MMCV_CUDA == 1))" 2>/d
     if [ "$MMCV_CUDA" = 1 ]; then
       log "building mmcv $MMCV_VERSION with C++ and CUDA ($OPS_TAG) ops from its sdist (much longer than the CPU build; MAX_JOBS=${MAX_JOBS:-$(nproc)}) in $BUILD"
     else
-      log "building mmcv $MMCV_VERSION with C++ ops from its sdist (about 6 to 10 min on 2 cores) in $BUILD"
+      log "building mmcv $MMCV_VERSION with C++ ops from its sdist (about 6 to 10 min on 2 idle cores, several times longer under load) in $BUILD"
     fi
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
       "mmcv==$MMCV_VERSION" -d "$BUILD"
