@@ -98,9 +98,19 @@ def sync_bn_to_bn(cfg) -> None:
 def patch_atomic_checkpoint_save() -> None:
     """mmengine's ``save_checkpoint`` writes the file in place: a crash or a full disk mid-write
     leaves a truncated ``epoch_N.pth`` that ``--resume`` then picks up. Local files are written
-    to a temporary file and renamed instead (``os.replace`` is atomic on POSIX)."""
+    to a temporary file and renamed instead (``os.replace`` is atomic on POSIX), with the
+    umask's mode, a clear error on a full disk, and no temporary file left behind
+    (``mmeff.engine.checkpointing.save_checkpoint_atomic``).
+
+    mmengine's ``CheckpointHook`` also deleted the checkpoint that ``max_keep_ckpts`` drops
+    before the new one existed: a kill or a full disk during the save left none, with
+    ``last_checkpoint`` naming a deleted file. It now deletes it only after the new one is
+    complete and named by ``last_checkpoint``, and removes the temporary files of killed saves
+    when training starts (``mmeff.engine.checkpointing.patch_checkpoint_hook``)."""
     import mmengine.runner.checkpoint as ckpt_mod
     import mmengine.runner.runner as runner_mod
+    from mmeff.engine.checkpointing import patch_checkpoint_hook
+    patch_checkpoint_hook()
     if getattr(runner_mod.save_checkpoint, '_mmeff_atomic', False):
         return
     original = ckpt_mod.save_checkpoint
@@ -108,7 +118,7 @@ def patch_atomic_checkpoint_save() -> None:
     def save_checkpoint(checkpoint, filename, file_client_args=None, backend_args=None):
         if '://' in str(filename) or file_client_args is not None or backend_args is not None:
             return original(checkpoint, filename, file_client_args, backend_args)
-        from mmeff.converters import save_checkpoint_atomic
+        from mmeff.engine.checkpointing import save_checkpoint_atomic
         save_checkpoint_atomic(checkpoint, filename)
 
     save_checkpoint._mmeff_atomic = True

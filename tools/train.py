@@ -58,9 +58,13 @@ def main(argv=None):
         cfg.auto_scale_lr.enable = True
     check_data_paths(cfg)
     check_pretrained(cfg)
-    runner = build_runner(cfg)
-    with explain_dataset_errors():
-        runner.train()
+    from mmeff.engine.workdir_lock import lock_work_dir
+    # One run per work dir (a second one would share the log and overwrite the checkpoints);
+    # under DDP only rank 0 locks.
+    with lock_work_dir(cfg.work_dir, args.launcher):
+        runner = build_runner(cfg)
+        with explain_dataset_errors():
+            runner.train()
     from mmeff.compat import shutdown_distributed
     shutdown_distributed()
     print(f'Work dir: {os.path.abspath(cfg.work_dir)}')

@@ -15,10 +15,8 @@ Sources: the authors' (snap-research/EfficientFormer: ``patch_embed``, ``network
 ``layer_scale_1``, ``dist_head``), timm's (``stem``, ``stages``, ``ls1.gamma``, ``head_dist``)
 and mmpretrain's (``backbone.patch_embed.N.{conv,bn}``, ``backbone.network``, ``ls1.weight``).
 """
-import os
 import os.path as osp
 import re
-import tempfile
 import zipfile
 from collections import OrderedDict
 from typing import Dict, Tuple
@@ -77,19 +75,11 @@ def load_checkpoint_file(path: str, map_location='cpu') -> Dict[str, torch.Tenso
 
 
 def save_checkpoint_atomic(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never
-    leaves a half-written checkpoint under ``path``."""
-    path = osp.abspath(osp.expanduser(path))
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path), prefix='.' + osp.basename(path) + '.')
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save(obj, path)`` through a temporary file and a rename: a kill or a full disk
+    never leaves a half-written checkpoint under ``path``
+    (``mmeff.engine.checkpointing.save_checkpoint_atomic``, imported on first use)."""
+    from mmeff.engine.checkpointing import save_checkpoint_atomic as save
+    save(obj, path)
 
 
 def detect_layout(sd: Dict[str, torch.Tensor]) -> str:
