@@ -271,12 +271,14 @@ def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
         '.epoch_6.pth.tmp.1.0123abcd.other-host.example': True,   # other host, idle for hours
         '.epoch_7.pth.k2x_9abc': True,                            # mmeff 0.1.0 (mkstemp), old
         '.epoch_8.pth.k2x_9abd': False,                           # mmeff 0.1.0, recent
+        '.epoch_9.pth.original': False,  # a user's complete hidden copy, old
         '.gitignore': False, 'epoch_2.pth': False, '.notes.txt.abcdefgh': False,
     }
     for name in names:
         (tmp_path / name).write_bytes(b'x' * 10)
+    torch.save({'w': 1}, tmp_path / '.epoch_9.pth.original')
     for name in ('.epoch_6.pth.tmp.1.0123abcd.other-host.example', '.epoch_7.pth.k2x_9abc',
-                 '.notes.txt.abcdefgh'):
+                 '.notes.txt.abcdefgh', '.epoch_9.pth.original'):
         os.utime(tmp_path / name, (old, old))
     removed = remove_stale_temp_files(str(tmp_path))
     assert sorted(osp.basename(p) for p, _ in removed) == sorted(n for n, r in names.items() if r)

@@ -21,6 +21,7 @@ import shutil
 import socket
 import time
 import traceback
+import zipfile
 from typing import List, Optional
 
 # ``.<name>.tmp.<pid>.<8 hex>.<host>``: hidden, never matched by mmengine's ``*.pth`` globbing,
@@ -223,19 +224,23 @@ def is_stale_temp_file(folder: str, name: str, now: Optional[float] = None) -> b
     """Whether ``name`` in ``folder`` is the temporary file of a save that will never finish.
 
     Temporary files of this host are stale when their writer (pid) no longer runs; those of
-    other hosts and of mmeff 0.1.0 (which recorded no writer) when they have not been written
-    for ``STALE_AFTER_S``.
+    other hosts and of mmeff 0.1.0 (which recorded no writer; only incomplete ones) when they
+    have not been written for ``STALE_AFTER_S``.
     """
     m = _TEMP_RE.match(name)
     if m and m.group('host') == _host():
         return not _pid_running(int(m.group('pid')))
-    if m or _LEGACY_TEMP_RE.match(name):
-        try:
-            age = (time.time() if now is None else now) - os.stat(osp.join(folder, name)).st_mtime
-        except OSError:
-            return False
-        return age > STALE_AFTER_S
-    return False
+    legacy = not m and _LEGACY_TEMP_RE.match(name)
+    if not (m or legacy):
+        return False
+    path = osp.join(folder, name)
+    try:
+        age = (time.time() if now is None else now) - os.stat(path).st_mtime
+    except OSError:
+        return False
+    # An old-style name could also be a user's hidden copy (``.epoch_3.pth.original``): only
+    # an incomplete file (no zip directory at its end, as a killed torch.save leaves) goes.
+    return age > STALE_AFTER_S and not (legacy and zipfile.is_zipfile(path))
 
 
 def remove_stale_temp_files(folder: str) -> List[tuple]:
