@@ -2,16 +2,21 @@
 
     python tools/demo.py CONFIG CHECKPOINT IMAGE|FOLDER [IMAGE|FOLDER ...]
                          [--out-dir outputs/demo] [--device cpu|cuda:0] [--score-thr 0.3]
-                         [--opacity 0.5] [--cfg-options k=v ...]
+                         [--max-dets 20] [--opacity 0.5] [--no-labels] [--cfg-options k=v ...]
 
 The config's ``default_scope`` picks the library's own inferencer:
 
-* ``mmdet`` (detection / instance segmentation): mmdet's ``DetInferencer``; boxes, labels,
-  scores and masks above ``--score-thr`` are drawn into ``OUT_DIR/vis/<image>``, and the
-  predictions are written to ``OUT_DIR/preds/<image>.json``.
+* ``mmdet`` (detection / instance segmentation): mmdet's ``DetInferencer``; each image keeps
+  its ``--max-dets`` best detections, of which boxes, labels, scores and masks above
+  ``--score-thr`` are drawn into ``OUT_DIR/vis/<image>`` (lines and labels sized to the
+  picture), and the kept predictions are written to ``OUT_DIR/preds/<image>.json``.
 * ``mmseg`` (semantic segmentation): mmseg's ``MMSegInferencer``; the class map is overlaid in
-  the dataset's palette (``--opacity``) into ``OUT_DIR/vis/<image>``, and the raw label map is
-  written to ``OUT_DIR/pred/<image>.png``.
+  the dataset's palette (``--opacity``) into ``OUT_DIR/vis/<image>``, each class's name
+  written on its largest region at a size that follows the picture (``--no-labels``: none),
+  and the raw label map is written to ``OUT_DIR/pred/<image>.png``.
+
+The pictures are drawn by ``mmeff.visualization`` (mmdet's / mmseg's visualizers with sizes
+that follow the picture instead of fixed ones).
 
 The class names and palette come from the checkpoint's ``dataset_meta`` (saved by
 tools/train.py), else from the config's dataset.
@@ -60,8 +65,11 @@ def _output_paths(out_dir: str, subdir: str, images: List[str], ext: str = None)
 
 def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'outputs/demo',
              device: str = None, score_thr: float = 0.3, opacity: float = 0.5,
-             cfg_options: dict = None) -> dict:
+             cfg_options: dict = None, max_dets: int = 20, with_labels: bool = True) -> dict:
     """Run the scope's inferencer on ``inputs``; returns the written picture/prediction paths.
+
+    ``max_dets`` (detection): detections kept per image, best first (None: all);
+    ``with_labels`` (segmentation): write the class names on the overlay.
 
     Returns:
         dict: ``task`` ('detection' or 'segmentation'), ``vis`` (list of pictures),
@@ -77,6 +85,8 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
     images = collect_images(inputs)
     if not 0 <= score_thr <= 1:
         raise ValueError(f'--score-thr must be in [0, 1], got {score_thr}')
+    if max_dets is not None and max_dets < 1:
+        raise ValueError(f'--max-dets must be at least 1, got {max_dets}')
     device = device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
     scope = cfg.get('default_scope')
     # The backbone's ImageNet init_cfg is irrelevant here (the checkpoint has every weight),
@@ -84,19 +94,19 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
     if cfg.get('model', {}).get('backbone', {}).get('init_cfg') is not None:
         cfg.model.backbone.init_cfg = None
     if scope == 'mmdet':
-        from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(model=cfg, weights=checkpoint, device=device,
-                                   show_progress=False)
+        from mmeff.visualization.det import DemoDetInferencer
+        inferencer = DemoDetInferencer(model=cfg, weights=checkpoint, device=device,
+                                       show_progress=False, max_dets=max_dets)
         results = inferencer(images, out_dir=out_dir, pred_score_thr=score_thr,
                              no_save_pred=False)
         vis = _output_paths(out_dir, 'vis', images)
         preds = _output_paths(out_dir, 'preds', images, '.json')
         task = 'detection'
     elif scope == 'mmseg':
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(model=cfg, weights=checkpoint, device=device)
+        from mmeff.visualization.seg import DemoSegInferencer
+        inferencer = DemoSegInferencer(model=cfg, weights=checkpoint, device=device)
         results = inferencer(images, out_dir=out_dir, img_out_dir='vis', pred_out_dir='pred',
-                             opacity=opacity)
+                             opacity=opacity, with_labels=with_labels)
         vis = _output_paths(out_dir, 'vis', images)
         preds = _output_paths(out_dir, 'pred', images, '.png')
         # MMSegInferencer numbers the label maps it writes (00000000_pred.png, ... in input
@@ -122,13 +132,19 @@ def main(argv=None):
     parser.add_argument('--device', help='cpu, cuda:0, ... (default: cuda:0 if available)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: lowest score drawn (default 0.3)')
+    parser.add_argument('--max-dets', type=int, default=20,
+                        help='detection: most detections kept and drawn per image, best '
+                             'scores first (default 20)')
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='segmentation: opacity of the class overlay (default 0.5)')
+    parser.add_argument('--no-labels', dest='with_labels', action='store_false',
+                        help='segmentation: do not write the class names on the overlay')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries')
     args = parser.parse_args(argv)
     out = run_demo(args.config, args.checkpoint, args.inputs, args.out_dir, args.device,
-                   args.score_thr, args.opacity, args.cfg_options)
+                   args.score_thr, args.opacity, args.cfg_options, args.max_dets,
+                   args.with_labels)
     for path in out['vis']:
         print(f'Wrote {path}')
     pred_dir = 'preds' if out['task'] == 'detection' else 'pred'

@@ -49,6 +49,8 @@ def main(argv=None):
         metrics = runner.test()
     from mmeff.compat import shutdown_distributed
     shutdown_distributed()
+    from mmeff.utils import to_builtin
+    metrics = to_builtin(metrics)  # mmseg's numpy scalars would print as np.float64(58.64)
     print(f'Metrics: {metrics}')
     return metrics
 

@@ -1,0 +1,31 @@
+"""Small helpers shared by the tools; nothing heavy is imported here."""
+from typing import Any
+
+import numpy as np
+
+
+def to_builtin(obj: Any) -> Any:
+    """``obj`` with numpy and torch numbers turned into Python ones, recursively.
+
+    The metrics mmseg and mmpretrain return are numpy scalars, which numpy 2 prints as
+    ``np.float64(58.64)``; after this they print as ``58.64`` and dump to JSON. Dicts become
+    plain dicts in the same key order, tuples stay tuples, arrays and tensors become (nested)
+    lists, anything else is returned unchanged.
+
+    Example:
+        >>> to_builtin({'mIoU': np.float64(58.64), 'per_class': np.array([1, 2])})
+        {'mIoU': 58.64, 'per_class': [1, 2]}
+    """
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()  # a numpy scalar gives the Python scalar, an array nested lists
+    if type(obj).__module__.split('.')[0] == 'torch' and hasattr(obj, 'tolist'):
+        return obj.tolist()  # tensors, without importing torch here
+    if isinstance(obj, dict):  # OrderedDict & co. too: they would print as OrderedDict([...])
+        return {k: to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [to_builtin(v) for v in obj]
+        return items if isinstance(obj, list) else tuple(items)
+    return obj
+
+
+__all__ = ['to_builtin']
