@@ -169,16 +169,58 @@ def file_size(path: str) -> int:
     return osp.getsize(path)
 
 
+def nonfinite(named_arrays) -> List[str]:
+    """``'<name>: N NaN, M Inf of K values'`` for each floating array (numpy or torch) of the
+    ``(name, array)`` pairs that holds NaN or Inf; an empty list when all are finite."""
+    found = []
+    for name, a in named_arrays:
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().float().numpy() if a.is_floating_point() else None
+        a = np.asarray(a) if a is not None else None
+        if a is None or not np.issubdtype(a.dtype, np.floating):
+            continue
+        n_nan = int(np.isnan(a).sum())
+        n_inf = int(np.isinf(a).sum())
+        if n_nan or n_inf:
+            found.append(f'{name}: {n_nan} NaN, {n_inf} Inf of {a.size} values')
+    return found
+
+
+def _shown(items: List[str], limit: int = 5) -> str:
+    more = f'; and {len(items) - limit} more' if len(items) > limit else ''
+    return '; '.join(items[:limit]) + more
+
+
 def _errors(outs: Sequence[np.ndarray], refs: Sequence[torch.Tensor]) -> Dict[str, float]:
-    max_abs, max_rel = 0., 0.
+    # numpy's max, not Python's: ``max(0., nan)`` is 0., which once let all-NaN outputs pass.
+    abs_errs, rel_errs = [], []
     for o, r in zip(outs, refs):
         r = r.detach().double().numpy()
         o = np.asarray(o, dtype=np.float64)
         if o.shape != r.shape:
             raise RuntimeError(f'output shape {o.shape} differs from torch {r.shape}')
-        max_abs = max(max_abs, float(np.abs(o - r).max()))
-        max_rel = max(max_rel, float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12)))
-    return dict(max_abs_err=max_abs, rel_err=max_rel)
+        abs_errs.append(np.abs(o - r).max())
+        rel_errs.append(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12))
+    return dict(max_abs_err=float(np.max(abs_errs)), rel_err=float(np.max(rel_errs)))
+
+
+def _nonfinite_weights_error(what: str, bad: List[str], model: nn.Module) -> Exception:
+    """The error for exported weights that hold NaN/Inf: the user's checkpoint when the model's
+    own weights hold them too (``ValueError``), else the export's doing (``RuntimeError``)."""
+    source = nonfinite(model.state_dict().items())
+    if source:
+        return ValueError(f'{what} hold NaN or Inf ({_shown(bad)}), because the model\'s own '
+                          f'weights do ({_shown(source)}): the checkpoint is broken, e.g. saved '
+                          f'after the training diverged; export a checkpoint from before that')
+    return RuntimeError(f'{what} hold NaN or Inf ({_shown(bad)}) although the model\'s weights '
+                        f'are finite: fusion or the converter produced them')
+
+
+def _nonfinite_torch_outputs_error(bad: List[str], path: str) -> ValueError:
+    return ValueError(f'the torch model itself gives NaN or Inf on the export check\'s input '
+                      f'(uniform random values in [0, 1)), so the export cannot be checked '
+                      f'({path}): {_shown(bad)}. Check the checkpoint (weights that overflow?) '
+                      f'or the model before exporting it')
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -199,8 +241,12 @@ def export_onnx(model: nn.Module,
         fuse (bool): Fold BN and layer scales first (:func:`fuse_model`). Defaults to True.
         opset (int): ONNX opset. Defaults to 18.
         dynamic_batch (bool): Make the batch dimension dynamic. Defaults to False.
-        check (bool): Run ONNX Runtime on a random input and compare with torch; raise if the
-            relative error exceeds ``rtol``. Defaults to True.
+        check (bool): Check that every ONNX weight (initialisers, ``Constant`` nodes) is finite,
+            run torch and ONNX Runtime on a random input, check that both outputs are finite
+            and compare them; raise, naming the tensors and how many NaN/Inf values they hold,
+            or if the relative error exceeds ``rtol``: ``ValueError`` when the model given is
+            at fault (its weights or outputs), ``RuntimeError`` when the export is.
+            Defaults to True.
         rtol (float): Allowed relative error (L2 norm ratio). Defaults to 1e-4.
 
     Returns:
@@ -249,14 +295,30 @@ def export_onnx(model: nn.Module,
                       file_size(osp.join(osp.dirname(path), f)) for f in external_files),
                   export_s=round(export_s, 2), fused=fuse, fusion=fusion_report(wrapper))
     if check:
+        from onnx import numpy_helper
+        weights = [(f'initialiser {init.name!r}', numpy_helper.to_array(init))
+                   for init in proto.graph.initializer]
+        weights += [(f'Constant {node.output[0]!r}', numpy_helper.to_array(attr.t))
+                    for node in proto.graph.node if node.op_type == 'Constant'
+                    for attr in node.attribute if attr.name == 'value']
+        bad = nonfinite(weights)
+        if bad:
+            raise _nonfinite_weights_error(f'{path}: {len(bad)} ONNX weight tensor(s)', bad, model)
+        with torch.no_grad():
+            refs = _as_tuple(wrapper(x))
+        bad = nonfinite((f'output {n!r}', r) for n, r in zip(out_names, refs))
+        if bad:
+            raise _nonfinite_torch_outputs_error(bad, path)
         ort = require('onnxruntime')
         sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
         outs = sess.run(None, {'image': x.numpy()})
-        with torch.no_grad():
-            refs = _as_tuple(wrapper(x))
+        bad = nonfinite((f'output {n!r}', o) for n, o in zip(out_names, outs))
+        if bad:
+            raise RuntimeError(f'ONNX Runtime outputs hold NaN or Inf where torch gives finite '
+                               f'values on the same input ({path}): {_shown(bad)}')
         errs = _errors(outs, refs)
         report['onnxruntime'] = errs
-        if errs['rel_err'] > rtol:
+        if not errs['rel_err'] <= rtol:  # also catches a NaN error
             raise RuntimeError(f'ONNX Runtime output differs from torch: relative error '
                                f'{errs["rel_err"]:.2e} > {rtol:.0e} ({path})')
     return report
@@ -361,8 +423,12 @@ def export_coreml(model: nn.Module,
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     mlmodel.save(path)
     report = inspect_coreml(path)
+    with torch.no_grad():  # Core ML cannot run here (Linux); torch's outputs can be checked
+        refs = _as_tuple(wrapper(x))
     report.update(method=used, fallback_reason=reason, convert_s=round(convert_s, 2),
-                  fused=fuse, fusion=fusion_report(wrapper))
+                  fused=fuse, fusion=fusion_report(wrapper),
+                  torch_nonfinite_outputs=nonfinite(
+                      (f'output {n!r}', r) for n, r in zip(out_names, refs)))
     report['problems'] = coreml_problems(report, expect_fp16=precision == 'fp16')
     return report
 
@@ -387,8 +453,9 @@ def inspect_coreml(path: str) -> dict:
         ``float_dtypes`` (dtype -> count over all float tensors produced by ops),
         ``non_fp16_tensors`` (float tensors that are not FP16 and not at the I/O ends),
         ``io_tensors`` (the float tensors of the I/O ends: input preprocessing such as an
-        ImageType's scale, the input cast to FP16 and the output casts to FP32), ``metadata``
-        and ``file_size_bytes``.
+        ImageType's scale, the input cast to FP16 and the output casts to FP32),
+        ``nonfinite_constants`` (``const`` tensors holding NaN or Inf, with the counts: read
+        from the MIL program, weight file included), ``metadata`` and ``file_size_bytes``.
     """
     ct = require('coremltools')
     if not osp.exists(path):
@@ -417,7 +484,7 @@ def inspect_coreml(path: str) -> dict:
                   file_size_bytes=file_size(path))
     if report['model_type'] != 'mlProgram':
         report.update(op_histogram={}, gather_ops=0, float_dtypes={}, non_fp16_tensors=[],
-                      io_tensors=[])
+                      io_tensors=[], nonfinite_constants=[])
         return report
     func = spec.mlProgram.functions['main']
     main = func.block_specializations[func.opset]
@@ -465,8 +532,27 @@ def inspect_coreml(path: str) -> dict:
     report.update(op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
                   gather_ops=sum(n for op, n in hist.items() if 'gather' in op),
                   float_dtypes=dict(dtypes), non_fp16_tensors=non_fp16, io_tensors=io_tensors_found,
-                  opset=func.opset)
+                  opset=func.opset, nonfinite_constants=_coreml_nonfinite_constants(path, spec))
     return report
+
+
+def _coreml_nonfinite_constants(path: str, spec) -> List[str]:
+    """The :func:`nonfinite` entries of an mlprogram's ``const`` ops. The spec keeps large
+    constants in the package's weight file; coremltools' MIL loader reads them back."""
+    ct = require('coremltools')
+    from coremltools.converters.mil.frontend.milproto.load import load as load_mil
+    weights_dir = ct.models.MLModel(path, skip_model_load=True).weights_dir
+    program = load_mil(spec, spec.specificationVersion, weights_dir)
+
+    def ops(block):
+        for op in block.operations:
+            yield op
+            for inner in op.blocks:
+                yield from ops(inner)
+
+    consts = [(f'const {out.name!r}', out.val) for func in program.functions.values()
+              for op in ops(func) if op.op_type == 'const' for out in op.outputs]
+    return nonfinite((name, np.asarray(val)) for name, val in consts if val is not None)
 
 
 def coreml_problems(report: dict, expect_fp16: bool = True) -> List[str]:
@@ -479,6 +565,14 @@ def coreml_problems(report: dict, expect_fp16: bool = True) -> List[str]:
     if report['gather_ops']:
         problems.append(f"{report['gather_ops']} gather op(s) remain (attention bias not "
                         f'cached for the export size?)')
+    bad = report.get('nonfinite_constants')
+    if bad:
+        problems.append(f'{len(bad)} constant(s) hold NaN or Inf (broken weights, or values '
+                        f'that overflow FP16): {_shown(bad)}')
+    bad = report.get('torch_nonfinite_outputs')
+    if bad:
+        problems.append(f'the torch model itself gives NaN or Inf on the export input (uniform '
+                        f'random values in [0, 1)): {_shown(bad)}')
     if expect_fp16:
         if report['non_fp16_tensors']:
             problems.append(f"{len(report['non_fp16_tensors'])} float tensors are not FP16, "
