@@ -1,16 +1,30 @@
-"""Nothing lost, nothing silently wrong: NaN/Inf in exports (ONNX, Core ML)."""
+"""Nothing lost, nothing silently wrong: NaN/Inf in exports (ONNX, Core ML), --cfg-options on
+top-level config variables that would change nothing, and neck/head channels that do not fit the
+backbone."""
+import glob
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config, DictAction
 
 from mmeff.deploy import export_coreml, export_onnx
 from mmeff.deploy.export import _errors
+from mmeff.engine import check_model_channels, prepare_config
 from mmeff.models import EfficientFormer
 
+from helpers import load_tool
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*', '*.py')))
 TINY_ARCH = dict(depths=[1, 1, 1, 1], widths=[8, 16, 24, 32], num_vit=1)
+WIDTHS = {arch: EfficientFormer.arch_settings[arch]['widths'] for arch in ('l1', 'l3', 'l7')}
+
+
+def config(*parts):
+    return osp.join(ROOT, 'configs', *parts)
 
 
 def tiny_backbone(nan=False):
@@ -82,3 +96,109 @@ def test_coreml_export_checks_nan_constants_and_outputs(tmp_path):
     clean = export_coreml(tiny_backbone(), str(tmp_path / 'ok.mlpackage'), 64)
     assert clean['nonfinite_constants'] == [] and clean['torch_nonfinite_outputs'] == []
     assert clean['problems'] == []
+
+
+# ---------------------------------------------------------------------------- --cfg-options
+def cli_options(text):
+    """What tools/train.py's ``--cfg-options`` makes of ``text`` (a suggestion in a message)."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(['--cfg-options'] + text.split()).cfg_options
+
+
+def test_top_level_variable_override_is_refused_with_the_entries_to_set():
+    l3 = config('detection', 'mask_rcnn_effformer_l3.py')
+    with pytest.raises(ValueError) as info:
+        prepare_config(l3, cfg_options={'arch': 'l1'})
+    msg = str(info.value)
+    assert msg == (
+        "--cfg-options arch=l1 would change only the top-level variable 'arch': the config was "
+        "read before the override, and the entries that hold its old value 'l3' keep it "
+        '(model.backbone.arch). Set the entries instead: --cfg-options model.backbone.arch=l1 '
+        'model.neck.in_channels=[48,96,224,448]')
+    # The suggestion, as typed, gives an L1 model that fits; with or without the variable.
+    fix = cli_options(msg.split('--cfg-options ')[-1])
+    for options in (fix, dict(fix, arch='l1')):
+        cfg = prepare_config(l3, cfg_options=options)
+        check_model_channels(cfg)
+        assert cfg.model.backbone.arch == 'l1' and cfg.model.neck.in_channels == WIDTHS['l1']
+
+
+def test_override_of_a_tuple_variable_names_every_entry_built_from_it():
+    demo = config('demo', 'mask_rcnn_effformer_l1_synthetic.py')
+    with pytest.raises(ValueError) as info:
+        prepare_config(demo, cfg_options={'img_scale': (320, 256)})
+    msg = str(info.value)
+    entries = ['train_dataloader.dataset.pipeline.2.scale',
+               'val_dataloader.dataset.pipeline.1.scale',
+               'test_dataloader.dataset.pipeline.1.scale']
+    assert f"its old value (160, 128) keep it ({', '.join(entries)})" in msg
+    fix = cli_options(msg.split('--cfg-options ')[-1])
+    assert fix == {e: (320, 256) for e in entries}
+    cfg = prepare_config(demo, cfg_options=fix)
+    assert cfg.train_dataloader.dataset.pipeline[2].scale == (320, 256)
+    assert cfg.test_dataloader.dataset.pipeline[1].scale == (320, 256)
+
+
+def test_override_of_a_number_variable_warns_of_chance_matches():
+    with pytest.raises(ValueError, match=re.escape(
+            "variable 'num_classes': the config was read before the override, and the entries "
+            'that hold its old value 1000 keep it (model.num_classes); some of them may equal '
+            '1000 by chance. Set those that should change instead, e.g. --cfg-options '
+            'model.num_classes=10')):
+        prepare_config(config('classification', 'effformer_l1_in1k.py'),
+                       cfg_options={'num_classes': 10})
+
+
+def test_variables_the_runner_reads_and_new_ones_stay_settable():
+    l3 = config('detection', 'mask_rcnn_effformer_l3.py')
+    cfg = prepare_config(l3, cfg_options={
+        'load_from': 'x.pth', 'resume': True, 'default_scope': 'mmdet', 'log_level': 'DEBUG',
+        'my_note': 3, 'arch': 'l3', 'data_root': '/data/coco/', 'pretrained': '/w/l3.pth'})
+    assert (cfg.load_from, cfg.resume, cfg.log_level, cfg.my_note) == ('x.pth', True, 'DEBUG', 3)
+    assert cfg.train_dataloader.dataset.data_root == '/data/coco/'  # still carried
+    assert cfg.model.backbone.init_cfg.checkpoint == '/w/l3.pth'
+
+
+# ---------------------------------------------------------------------------- channels
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.basename(p))
+def test_shipped_configs_have_fitting_channels(path):
+    check_model_channels(Config.fromfile(path))
+
+
+@pytest.mark.parametrize('parts, options, expected', [
+    (('detection', 'mask_rcnn_effformer_l3.py'), {'model.backbone.arch': 'l1'},
+     "model.backbone (EfficientFormer arch='l1', out_indices=(0,1,2,3)) returns maps of "
+     '[48, 96, 224, 448] channels, which the modules after it do not take: '
+     'model.neck.in_channels is [64,128,320,512], the backbone needs [48,96,224,448]. Set '
+     '--cfg-options model.neck.in_channels=[48,96,224,448] (or change the backbone back)'),
+    (('detection', 'retinanet_effformer_l1.py'), {'model.backbone.out_indices': (1, 2, 3)},
+     'model.neck.in_channels is [48,96,224,448], the backbone needs [96,224,448]'),
+    (('segmentation', 'fpn_effformer_l1_ade20k_40k.py'), {'model.backbone.arch': 'l7'},
+     '--cfg-options model.neck.in_channels=[96,192,384,768]'),
+    (('segmentation', 'upernet_effformer_l1_ade20k_160k.py'), {'model.backbone.arch': 'l3'},
+     'model.decode_head.in_channels is [48,96,224,448], the backbone needs [64,128,320,512]; '
+     'model.auxiliary_head.in_channels is 224, the backbone needs 320. Set --cfg-options '
+     'model.decode_head.in_channels=[64,128,320,512] model.auxiliary_head.in_channels=320'),
+    (('segmentation', 'upernet_effformer_l1_ade20k_160k.py'), {'model.backbone.out_indices': 3},
+     'model.decode_head.in_index is [0,1,2,3], past the 1 maps the backbone returns; '
+     'model.auxiliary_head.in_index is 2, past the 1 maps the backbone returns. Set the '
+     'in_index entries'),
+])
+def test_channels_that_do_not_fit_the_backbone_are_named(parts, options, expected):
+    cfg = prepare_config(config(*parts), cfg_options=options)
+    with pytest.raises(ValueError) as info:
+        check_model_channels(cfg)
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize('tool', ['train', 'test'])
+def test_tools_check_channels_before_data_and_checkpoint(tool, repo_root, tmp_path):
+    """Neither data/coco/ nor the checkpoint exist: the channel error comes first."""
+    args = [config('detection', 'mask_rcnn_effformer_l3.py')]
+    args += [str(tmp_path / 'missing.pth')] if tool == 'test' else []
+    args += ['--work-dir', str(tmp_path / 'work'), '--cfg-options', 'model.backbone.arch=l1']
+    with pytest.raises(ValueError, match=re.escape(
+            'Set --cfg-options model.neck.in_channels=[48,96,224,448]')):
+        load_tool(repo_root, tool).main(args)

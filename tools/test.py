@@ -34,9 +34,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from mmeff.converters import load_checkpoint_file
-    from mmeff.engine import (build_runner, check_data_paths, explain_dataset_errors,
-                              prepare_config)
+    from mmeff.engine import (build_runner, check_data_paths, check_model_channels,
+                              explain_dataset_errors, prepare_config)
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
+    check_model_channels(cfg)  # neck/head in_channels vs the backbone, before data is loaded
     load_checkpoint_file(args.checkpoint)  # clear error for a missing/corrupt file
     cfg.load_from = args.checkpoint
     cfg.resume = False

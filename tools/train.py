@@ -41,9 +41,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmeff.engine import (build_runner, check_data_paths, check_pretrained,
-                              explain_dataset_errors, prepare_config)
+    from mmeff.engine import (build_runner, check_data_paths, check_model_channels,
+                              check_pretrained, explain_dataset_errors, prepare_config)
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
+    check_model_channels(cfg)  # neck/head in_channels vs the backbone, before data is loaded
     if args.resume == 'auto':
         cfg.resume = True
         cfg.load_from = None

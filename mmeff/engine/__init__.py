@@ -1,6 +1,6 @@
 from .hooks import RNGStateHook
-from .launch import (build_runner, check_data_paths, check_pretrained, explain_dataset_errors,
-                     prepare_config)
+from .launch import (build_runner, check_data_paths, check_model_channels, check_pretrained,
+                     explain_dataset_errors, prepare_config)
 
-__all__ = ['RNGStateHook', 'build_runner', 'check_data_paths', 'check_pretrained',
-           'explain_dataset_errors', 'prepare_config']
+__all__ = ['RNGStateHook', 'build_runner', 'check_data_paths', 'check_model_channels',
+           'check_pretrained', 'explain_dataset_errors', 'prepare_config']

@@ -4,12 +4,13 @@ checks, CPU-distributed set-up and building mmengine's Runner (or the scope's ow
 The config's ``default_scope`` (``mmdet``, ``mmseg``, ``mmeff``) decides which library's
 registries build the model, datasets and metrics; mmeff adds nothing to the loop itself.
 """
+import copy
 import logging
 import os
 import os.path as osp
 from collections import Counter
 from contextlib import contextmanager
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported)
@@ -28,6 +29,7 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
     import mmeff.models  # noqa: F401  (compat fixes; registers mmeff models)
     cfg = Config.fromfile(config)
     if cfg_options:
+        check_variable_overrides(cfg, cfg_options)
         before = {name: cfg.get(name) for name in PROPAGATED_VARIABLES}
         cfg.merge_from_dict(cfg_options)
         propagate_variables(cfg, before, cfg_options)
@@ -122,6 +124,226 @@ def propagate_variables(cfg: Config, before: dict, cfg_options: dict) -> None:
         for key in list(cfg.keys()):
             if key != name and isinstance(cfg[key], (dict, list)):
                 _replace(cfg[key], key)
+
+
+# Top-level entries that mmengine's Runner (``Runner.from_cfg``, ``Runner.__init__``) or the
+# tools read themselves: ``--cfg-options NAME=VALUE`` on them takes effect as such.
+RUNNER_VARIABLES = (
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
+    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler', 'val_evaluator',
+    'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor', 'load_from',
+    'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer', 'default_scope',
+    'randomness', 'experiment_name', 'model_wrapper_cfg', 'compile', 'runner_type', 'strategy',
+    'sync_bn', 'find_unused_parameters', 'activation_checkpointing', 'efficient_conv_bn_eval',
+    'custom_imports')
+
+
+def _same_value(a, b) -> bool:
+    """Equality that keeps ``True`` apart from ``1``, takes a tuple equal to a list, and
+    ignores the ``_scope_`` key mmengine adds to some dicts of ``mmdet::``/``mmseg::`` bases."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) - {'_scope_'}
+        return keys == set(b) - {'_scope_'} and all(_same_value(a[k], b[k]) for k in keys)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, (dict, list, tuple)) or isinstance(b, (dict, list, tuple)):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001  (objects whose == does not give a bool)
+        return False
+
+
+def _without_scope(value):
+    if isinstance(value, dict):
+        return {k: _without_scope(v) for k, v in value.items() if k != '_scope_'}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without_scope(v) for v in value)
+    return value
+
+
+def _entries(node, path: str):
+    """``(dotted path, value)`` of every entry below ``node``, list items by index (the paths
+    ``--cfg-options`` accepts)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, value in items:
+        here = f'{path}.{key}' if path else str(key)
+        yield here, value
+        if isinstance(value, (dict, list, tuple)):
+            yield from _entries(value, here)
+
+
+def cli_value(value) -> str:
+    """``value`` as ``--cfg-options`` (mmengine's ``DictAction``) parses it back."""
+    if isinstance(value, (list, tuple)):
+        inner = ','.join(cli_value(v) for v in value)
+        return f'[{inner}]' if isinstance(value, list) else f'({inner}{"," * (len(value) == 1)})'
+    if isinstance(value, str) and value and not any(c in value for c in ' ,[]()\'"'):
+        return value
+    return repr(value)
+
+
+def _cli_assignments(path: str, value) -> list:
+    if isinstance(value, dict):  # DictAction cannot parse a dict: one assignment per leaf
+        return [a for k, v in value.items() if k != '_scope_'
+                for a in _cli_assignments(f'{path}.{k}', v)]
+    return [f'{path}={cli_value(value)}']
+
+
+def check_variable_overrides(cfg: Config, cfg_options: dict) -> None:
+    """Refuse ``--cfg-options NAME=VALUE`` on a top-level variable that would change nothing.
+
+    A config file is Python, evaluated once: entries written as ``arch=arch`` or
+    ``scale=img_scale`` hold the variable's value from then on, so overriding the variable
+    afterwards changes only the variable itself. ``PROPAGATED_VARIABLES`` are carried into the
+    entries by :func:`propagate_variables`, and the variables the Runner reads itself
+    (``RUNNER_VARIABLES``: ``load_from``, ``work_dir``, ``default_scope``...) take effect as they
+    are. For any other top-level variable, this raises ``ValueError`` naming the entries that
+    hold its old value and the ``--cfg-options`` to set instead, unless each of those entries is
+    set in the same ``cfg_options``. Matching is by value: for a number the list may include
+    entries equal to it by chance; for ``None``, booleans and ``''`` only entries of the same
+    name are taken. A variable that no entry holds may be set (nothing was built from it).
+
+    Must be called before ``cfg_options`` are merged into ``cfg``.
+    """
+    explicit = [k for k in cfg_options if '.' in k]
+
+    def covered(path):
+        return any(path == k or path.startswith(k + '.') or k.startswith(path + '.')
+                   for k in explicit)
+
+    for name, new in cfg_options.items():
+        if ('.' in name or name in PROPAGATED_VARIABLES or name in RUNNER_VARIABLES
+                or name not in cfg or _same_value(cfg[name], new)):
+            continue
+        old = cfg[name]
+        by_name_only = old is None or isinstance(old, bool) or old == ''
+        holders = [path for path, value in _entries(cfg.to_dict(), '')
+                   if path.split('.')[0] != name and _same_value(value, old)
+                   and (not by_name_only or path.rsplit('.', 1)[-1] == name)]
+        # an entry inside a matched one (a pipeline step inside a matched pipeline) goes with it
+        holders = [p for p in holders if not any(p.startswith(q + '.') for q in holders)]
+        # entries of other top-level variables (train_pipeline holding img_scale) only matter
+        # through the entries built from those in turn, which are listed too
+        used = [p for p in holders if p.split('.')[0] in RUNNER_VARIABLES]
+        holders = used or holders
+        if not holders or all(covered(p) for p in holders):
+            continue
+        shown = ', '.join(holders[:8]) + (f' and {len(holders) - 8} more'
+                                          if len(holders) > 8 else '')
+        message = (f'--cfg-options {name}={cli_value(new)} would change only the top-level '
+                   f'variable {name!r}: the config was read before the override, and the '
+                   f'entries that hold its old value {_without_scope(old)!r} keep it '
+                   f'({shown})')
+        if isinstance(old, (int, float)) and not isinstance(old, bool):
+            raise ValueError(f'{message}; some of them may equal {old!r} by chance. Set those '
+                             f'that should change instead, e.g. --cfg-options '
+                             f'{holders[0]}={cli_value(new)}')
+        fixes = {p: new for p in holders}
+        probe = Config(copy.deepcopy(cfg.to_dict()))
+        probe.merge_from_dict(fixes)
+        fixes.update({path: want for path, _, want in model_channel_mismatches(probe)
+                      if want is not None})
+        assignments = ' '.join(a for p, v in fixes.items() for a in _cli_assignments(p, v))
+        raise ValueError(f'{message}. Set the entries instead: --cfg-options {assignments}')
+
+
+def _efficientformer_out_channels(backbone: dict) -> Optional[List[int]]:
+    """Channels of the maps an ``EfficientFormer`` config returns, from its ``arch`` and
+    ``out_indices`` (without building it); None for another backbone or an out_indices the
+    backbone itself will reject."""
+    if str(backbone.get('type', '')).split('.')[-1] != 'EfficientFormer':
+        return None
+    from mmeff.models import EfficientFormer
+    widths = EfficientFormer._parse_arch(backbone.get('arch', 'l1'))['widths']  # clear errors
+    indices = backbone.get('out_indices', (0, 1, 2, 3))
+    indices = [indices] if isinstance(indices, int) else indices
+    stages = len(widths)
+    if (not isinstance(indices, (list, tuple)) or not indices
+            or not all(isinstance(i, int) and -stages <= i < stages for i in indices)):
+        return None
+    return [widths[i] for i in sorted(i % stages for i in indices)]
+
+
+def model_channel_mismatches(cfg: Config) -> List[Tuple[str, object, object]]:
+    """``(entry, value, value it needs)`` for every ``in_channels`` (or ``in_index``, with
+    ``None`` as the value it needs when it points past the backbone's maps) of the
+    modules that take an EfficientFormer backbone's maps and do not match them: the neck (mmdet
+    FPN and others); without a neck mmseg's ``decode_head``/``auxiliary_head`` (through their
+    ``in_index``) and mmpretrain-style ``head`` (the last map). mmeff's classifier sizes its head
+    from the backbone itself."""
+    model = cfg.get('model')
+    if not isinstance(model, dict) or not isinstance(model.get('backbone'), dict):
+        return []
+    out = _efficientformer_out_channels(model['backbone'])
+    if out is None:
+        return []
+    found = []
+    neck = model.get('neck')
+    first, neck_path = (neck[0], 'model.neck.0') if isinstance(neck, list) and neck \
+        else (neck, 'model.neck')
+    if isinstance(first, dict) and 'in_channels' in first:
+        have = first['in_channels']
+        want = out if isinstance(have, (list, tuple)) or len(out) > 1 else out[0]
+        if not _same_value(have, want):
+            found.append((f'{neck_path}.in_channels', have, want))
+        return found  # the heads take the neck's outputs
+    if neck and not isinstance(first, dict):
+        return found
+    heads = []
+    for key in ('decode_head', 'auxiliary_head'):
+        head = model.get(key)
+        if isinstance(head, list):
+            heads += [(f'model.{key}.{i}', h) for i, h in enumerate(head)]
+        elif head is not None:
+            heads.append((f'model.{key}', head))
+    for path, head in heads:
+        if not isinstance(head, dict) or 'in_channels' not in head:
+            continue
+        have, index = head['in_channels'], head.get('in_index', -1)
+        indices = index if isinstance(index, (list, tuple)) else [index]
+        if not all(isinstance(i, int) for i in indices):
+            continue
+        if any(not -len(out) <= i < len(out) for i in indices):
+            found.append((f'{path}.in_index', index, None))  # no value to propose
+            continue
+        want = [out[i] for i in indices]
+        want = want if isinstance(index, (list, tuple)) else want[0]
+        if not _same_value(have, want):
+            found.append((f'{path}.in_channels', have, want))
+    head = model.get('head')
+    if not heads and isinstance(head, dict) and isinstance(head.get('in_channels'), int) \
+            and head['in_channels'] != out[-1]:
+        found.append(('model.head.in_channels', head['in_channels'], out[-1]))
+    return found
+
+
+def check_model_channels(cfg: Config) -> None:
+    """Raise ``ValueError`` before anything is built when the neck/head ``in_channels`` of the
+    config do not match what its EfficientFormer backbone returns (e.g. after
+    ``--cfg-options model.backbone.arch=l1`` on an L3 config), naming the entries and the values
+    to set; otherwise the first forward pass fails, after the datasets are loaded, with a bare
+    convolution shape error."""
+    found = model_channel_mismatches(cfg)
+    if not found:
+        return
+    bb = cfg.model.backbone
+    arch = bb.get('arch', 'l1')
+    out = _efficientformer_out_channels(bb)
+    details = '; '.join(
+        f'{path} is {cli_value(have)}, the backbone needs {cli_value(want)}' if want is not None
+        else f'{path} is {cli_value(have)}, past the {len(out)} maps the backbone returns'
+        for path, have, want in found)
+    assignments = ' '.join(f'{path}={cli_value(want)}' for path, _, want in found
+                           if want is not None)
+    fix = f'Set --cfg-options {assignments}' if assignments else 'Set the in_index entries'
+    indices = bb.get('out_indices', (0, 1, 2, 3))
+    raise ValueError(
+        f'model.backbone (EfficientFormer arch={arch!r}, out_indices={cli_value(indices)}) '
+        f'returns maps of {out} channels, which the modules after it do not take: {details}. '
+        f'{fix} (or change the backbone back)')
 
 
 def _iter_datasets(cfg: Config):
