@@ -1,18 +1,25 @@
 """Nothing lost, nothing silently wrong: NaN/Inf in exports (ONNX, Core ML), --cfg-options on
-top-level config variables that would change nothing, and neck/head channels that do not fit the
-backbone."""
+top-level config variables that would change nothing, neck/head channels that do not fit the
+backbone, and training that stops on a non-finite loss."""
 import glob
+import os
 import os.path as osp
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.registry import HOOKS, DefaultScope
 
+from mmeff.datasets import make_imagefolder_dataset
 from mmeff.deploy import export_coreml, export_onnx
 from mmeff.deploy.export import _errors
-from mmeff.engine import check_model_channels, prepare_config
+from mmeff.engine import (CheckFiniteLossHook, NonFiniteLossError, check_model_channels,
+                          prepare_config)
 from mmeff.models import EfficientFormer
 
 from helpers import load_tool
@@ -202,3 +209,86 @@ def test_tools_check_channels_before_data_and_checkpoint(tool, repo_root, tmp_pa
     with pytest.raises(ValueError, match=re.escape(
             'Set --cfg-options model.neck.in_channels=[48,96,224,448]')):
         load_tool(repo_root, tool).main(args)
+
+
+# ---------------------------------------------------------------------------- NaN loss
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.basename(p))
+def test_every_shipped_config_stops_on_a_non_finite_loss(path):
+    cfg = Config.fromfile(path)  # imports its custom_imports
+    hooks = [h for h in cfg.get('custom_hooks', []) if 'FiniteLoss' in h['type']]
+    assert hooks == [dict(type='mmeff.CheckFiniteLossHook')], cfg.get('custom_hooks')
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmengine')):
+        hook = HOOKS.build(hooks[0])
+    assert isinstance(hook, CheckFiniteLossHook) and hook.interval == 1
+
+
+def test_loss_hook_needs_no_mmdet(tmp_path):
+    """Segmentation and classification users may not have mmdet: the hook resolves without it."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules['mmdet'] = None  # any 'import mmdet' now fails
+        from mmengine.config import Config
+        from mmengine.registry import HOOKS, DefaultScope
+        cfg = Config.fromfile({config('segmentation', 'fpn_effformer_l1_ade20k_40k.py')!r})
+        with DefaultScope.overwrite_default_scope('mmseg'):
+            hook = HOOKS.build(cfg.custom_hooks[-1])
+        print(type(hook).__module__, type(hook).__name__)
+        """)
+    res = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[-2:] == ['mmeff.engine.hooks_nan', 'CheckFiniteLossHook']
+
+
+def test_hook_error_names_iteration_values_and_fixes():
+    class Loop:  # an iteration-based loop: no epoch in the message
+        pass
+
+    runner = type('Runner', (), dict(iter=41, epoch=0, work_dir='work_dirs/x', train_loop=Loop()))
+    hook = CheckFiniteLossHook()
+    # Only loss terms count: mmseg's acc_seg is NaN for a crop of ignored pixels only.
+    hook.after_train_iter(runner, 3, outputs=dict(loss=torch.tensor(1.5),
+                                                  acc_seg=torch.tensor(float('nan'))))
+    with pytest.raises(NonFiniteLossError) as info:
+        hook.after_train_iter(runner, 3, outputs=dict(loss=torch.tensor(float('inf')),
+                                                      loss_cls=torch.tensor(float('inf')),
+                                                      loss_bbox=torch.tensor(0.25),
+                                                      acc=torch.tensor(float('nan'))))
+    msg = str(info.value)
+    assert msg.startswith('Training stopped: the loss is inf at iteration 42; non-finite: loss, '
+                          'loss_cls (all terms: loss=inf, loss_cls=inf, loss_bbox=0.25)')
+    assert 'the checkpoints in work_dirs/x are from before this iteration' in msg
+    assert 'lower optim_wrapper.optimizer.lr' in msg and 'clip_grad' in msg
+    assert isinstance(info.value, ValueError)  # the tools report it in one line
+    with pytest.raises(ValueError, match='interval must be a positive int, got 0'):
+        CheckFiniteLossHook(interval=0)
+
+
+def test_training_stops_at_the_first_nan_loss_and_saves_nothing_after(tmp_path):
+    """The demo classification config, with the lr multiplied by 1e30 from epoch 2: epoch 1 (2
+    iterations) trains and is saved; the huge step at iteration 3 makes the loss of iteration 4
+    NaN; training must stop there, non-zero, without epoch_2.pth."""
+    data = make_imagefolder_dataset(str(tmp_path / 'data'), num_classes=5, per_class=(2, 1),
+                                    size=40)
+    cfg = tmp_path / 'nan_lr.py'
+    cfg.write_text(textwrap.dedent(f"""
+        _base_ = {config('demo', 'effformer_l1_in1k_synthetic.py')!r}
+        data_root = {data['data_root']!r}
+        train_dataloader = dict(batch_size=4, dataset=dict(data_root=data_root))
+        val_dataloader = dict(dataset=dict(data_root=data_root))
+        test_dataloader = val_dataloader
+        param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[1], gamma=1e30)]
+        train_cfg = dict(max_epochs=3)
+        default_hooks = dict(logger=dict(interval=1),
+                             checkpoint=dict(interval=1, max_keep_ckpts=3, save_best=None))
+        """))
+    work_dir = tmp_path / 'work'
+    res = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), str(cfg),
+                          '--work-dir', str(work_dir)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert re.search(r'train\.py: error: Training stopped: the loss is (nan|inf) at iteration 4 '
+                     r'\(epoch 2, batch 2\); non-finite: loss, loss_cls', out), out[-3000:]
+    assert f'the checkpoints in {work_dir} are from before this iteration' in out
+    assert sorted(f for f in os.listdir(work_dir) if f.endswith('.pth')) == ['epoch_1.pth']

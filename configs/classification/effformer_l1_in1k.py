@@ -7,7 +7,7 @@
 default_scope = 'mmeff'
 custom_imports = dict(
     imports=['mmeff.models', 'mmeff.datasets', 'mmeff.evaluation',
-             'mmeff.engine.hooks_classification'],
+             'mmeff.engine.hooks_classification', 'mmeff.engine.hooks_nan'],
     allow_failed_imports=False)
 
 # The dataset: an ImageFolder tree data_root/{train,val}/<class>/<image> (ImageNet-1K: 1000
@@ -98,6 +98,9 @@ custom_hooks = [
     dict(type='EMAHook', momentum=4e-5, update_buffers=True, priority='ABOVE_NORMAL'),
     # Dataset classes vs model.num_classes, and train/ vs val/ class folders.
     dict(type='ClassNumCheckHook'),
+    # Stop at once on a NaN or infinite loss (DeiT's main.py exits too), before a checkpoint of
+    # the spoiled weights is saved.
+    dict(type='mmeff.CheckFiniteLossHook'),
 ]
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

@@ -77,5 +77,7 @@ auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # Checkpoints hold the Python/NumPy/torch random states, so `--resume` continues exactly where an
 # uninterrupted run would be (with num_workers=0, or persistent_workers=False, the data
-# augmentation too); validation does not shift the training's random streams.
-custom_hooks = [dict(type='mmeff.RNGStateHook')]
+# augmentation too); validation does not shift the training's random streams. A NaN or infinite
+# loss stops training at once, with the iteration and the usual fixes, before a checkpoint of the
+# spoiled weights is saved.
+custom_hooks = [dict(type='mmeff.RNGStateHook'), dict(type='mmeff.CheckFiniteLossHook')]

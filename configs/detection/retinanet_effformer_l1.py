@@ -28,4 +28,4 @@ optim_wrapper = dict(
     _delete_=True, type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4), clip_grad=None)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
-custom_hooks = [dict(type='mmeff.RNGStateHook')]
+custom_hooks = [dict(type='mmeff.RNGStateHook'), dict(type='mmeff.CheckFiniteLossHook')]

@@ -9,7 +9,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_40k.py',
 ]
-custom_imports = dict(imports=['mmeff.models'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmeff.models', 'mmeff.engine'], allow_failed_imports=False)
 
 # The one place to point at the data (mmseg's ADE20K layout: images/ and annotations/, each with
 # training/ and validation/): edit it here, or pass `--cfg-options data_root=/path/` to
@@ -60,7 +60,8 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000, max_keep_ckpts=3,
                     save_best='mIoU', rule='greater'))
 # Fail early and clearly on an empty or incomplete dataset, a num_classes that does not match the
-# dataset, and label values outside [0, num_classes) other than ignore_index (255).
-custom_hooks = [dict(type='mmeff.SegDataCheckHook')]
+# dataset, and label values outside [0, num_classes) other than ignore_index (255). Stop at once
+# on a NaN or infinite loss, before a checkpoint of the spoiled weights is saved.
+custom_hooks = [dict(type='mmeff.SegDataCheckHook'), dict(type='mmeff.CheckFiniteLossHook')]
 # lr 2e-4 is for 8 GPUs x 4 images; `tools/train.py --auto-scale-lr` rescales it for other sizes.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
