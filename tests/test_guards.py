@@ -168,6 +168,19 @@ def test_variables_the_runner_reads_and_new_ones_stay_settable():
     assert cfg.model.backbone.init_cfg.checkpoint == '/w/l3.pth'
 
 
+def test_override_of_a_variable_nothing_holds_is_allowed_with_a_warning(tmp_path, monkeypatch):
+    import mmeff.engine.launch as launch
+    logged = []
+    monkeypatch.setattr(launch, 'print_log', lambda msg, **kwargs: logged.append(msg))
+    path = tmp_path / 'noted.py'
+    path.write_text(f"_base_ = {config('detection', 'mask_rcnn_effformer_l1.py')!r}\n"
+                    "note = 'first run'\n")
+    cfg = prepare_config(str(path), cfg_options={'note': 'second run'})
+    assert cfg.note == 'second run'
+    assert logged == ["--cfg-options note='second run' sets the top-level variable 'note', but no "
+                      "entry of the config holds its old value 'first run': nothing else changes"]
+
+
 # ---------------------------------------------------------------------------- channels
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.basename(p))
 def test_shipped_configs_have_fitting_channels(path):

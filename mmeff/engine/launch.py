@@ -229,7 +229,13 @@ def check_variable_overrides(cfg: Config, cfg_options: dict) -> None:
         # through the entries built from those in turn, which are listed too
         used = [p for p in holders if p.split('.')[0] in RUNNER_VARIABLES]
         holders = used or holders
-        if not holders or all(covered(p) for p in holders):
+        if not holders:
+            print_log(f'--cfg-options {name}={cli_value(new)} sets the top-level variable '
+                      f'{name!r}, but no entry of the config holds its old value '
+                      f'{_without_scope(old)!r}: nothing else changes', logger='current',
+                      level=logging.WARNING)
+            continue
+        if all(covered(p) for p in holders):
             continue
         shown = ', '.join(holders[:8]) + (f' and {len(holders) - 8} more'
                                           if len(holders) > 8 else '')
