@@ -204,7 +204,8 @@ def check_variable_overrides(cfg: Config, cfg_options: dict) -> None:
     hold its old value and the ``--cfg-options`` to set instead, unless each of those entries is
     set in the same ``cfg_options``. Matching is by value: for a number the list may include
     entries equal to it by chance; for ``None``, booleans and ``''`` only entries of the same
-    name are taken. A variable that no entry holds may be set (nothing was built from it).
+    name are taken. A variable that no entry holds may be set (nothing was built from it; a
+    warning says that nothing else changes).
 
     Must be called before ``cfg_options`` are merged into ``cfg``.
     """
