@@ -4,10 +4,6 @@ and CPU, applied in one place when ``mmeff.models`` is imported (``apply_all()``
 Each fix names its source (see also ../shared/OPENMMLAB-NOTES.md) and has a test in
 ``tests/test_compat.py``.
 """
-import os
-
-import torch
-
 _APPLIED = False
 
 
@@ -15,19 +11,32 @@ def patch_checkpoint_loading() -> None:
     """mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 defaults to
     ``weights_only=True`` and refuses mmengine's own checkpoints (``Unsupported global:
     mmengine.logging.history_buffer.HistoryBuffer``), breaking resume, ``load_checkpoint``,
-    ``init_detector``/``init_model``. Fixed upstream in mmengine PR #1670 (not released).
+    ``init_detector``/``init_model``. Fixed upstream in mmengine PR #1670 (not released) by
+    loading with ``weights_only=False``, which lets any file run code when it is unpickled.
 
-    We re-register mmengine's local-file loader with ``weights_only=False``. Only load
-    checkpoints you trust (a pickle can run code), as with any pre-2.6 torch.
+    Instead, mmengine's local-file loader is re-registered to load with ``weights_only=True``,
+    allowing exactly the types mmengine's checkpoints hold (``HistoryBuffer``, numpy arrays,
+    dtypes and scalars: ``mmeff.checkpoint.mmengine_safe_globals``) for that load only
+    (``mmeff.checkpoint.read_checkpoint_file``). A file holding any other object is refused
+    with a message naming the opt-in for files the user trusts, ``MMEFF_ALLOW_UNSAFE_LOAD=1``.
+
+    Downloads get the same rules: mmengine's ``http(s)://`` loader (also used by its
+    ``open-mmlab://``, ``torchvision://`` and ``mmcls://`` loaders) goes through
+    ``torch.hub.load_state_dict_from_url``, whose default is ``weights_only=False``; it is
+    replaced by ``mmeff.checkpoint.load_from_http``.
     """
+    import mmengine.runner.checkpoint as ckpt_mod
     from mmengine.runner.checkpoint import CheckpointLoader
+
+    from mmeff.checkpoint import load_from_http, read_checkpoint_file
 
     @CheckpointLoader.register_scheme(prefixes='', force=True)
     def load_from_local(filename, map_location):
-        filename = os.path.expanduser(filename)
-        if not os.path.isfile(filename):
-            raise FileNotFoundError(f'{filename} can not be found.')
-        return torch.load(filename, map_location=map_location, weights_only=False)
+        return read_checkpoint_file(filename, map_location)
+
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=load_from_http,
+                                     force=True)
+    ckpt_mod.load_from_http = load_from_http  # what the model-zoo loaders call
 
 
 def check_pkg_resources() -> None:

@@ -19,7 +19,10 @@ The pictures are drawn by ``mmeff.visualization`` (mmdet's / mmseg's visualizers
 that follow the picture instead of fixed ones).
 
 The class names and palette come from the checkpoint's ``dataset_meta`` (saved by
-tools/train.py), else from the config's dataset.
+tools/train.py), else from the config's dataset. CHECKPOINT must be one of the model the config
+builds (every tensor present with the model's shape); another arch, a classification or backbone
+checkpoint, timm's layout or a ResNet is an error saying what the file is, before anything is
+drawn (``mmeff.checkpoint.check_model_fit``).
 """
 import argparse
 import glob
@@ -77,11 +80,11 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
     """
     import torch
 
-    from mmeff.converters import load_checkpoint_file
+    from mmeff.checkpoint import check_checkpoint_for_model, read_checkpoint
     from mmeff.engine import prepare_config
 
     cfg = prepare_config(config, cfg_options=cfg_options)
-    load_checkpoint_file(checkpoint)  # a clear error for a missing or corrupt file
+    ckpt = read_checkpoint(checkpoint)  # a clear error for a missing, corrupt or unsafe file
     images = collect_images(inputs)
     if not 0 <= score_thr <= 1:
         raise ValueError(f'--score-thr must be in [0, 1], got {score_thr}')
@@ -97,6 +100,7 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
         from mmeff.visualization.det import DemoDetInferencer
         inferencer = DemoDetInferencer(model=cfg, weights=checkpoint, device=device,
                                        show_progress=False, max_dets=max_dets)
+        check_checkpoint_for_model(inferencer.model, checkpoint, 'exact', ckpt)
         results = inferencer(images, out_dir=out_dir, pred_score_thr=score_thr,
                              no_save_pred=False)
         vis = _output_paths(out_dir, 'vis', images)
@@ -105,6 +109,7 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
     elif scope == 'mmseg':
         from mmeff.visualization.seg import DemoSegInferencer
         inferencer = DemoSegInferencer(model=cfg, weights=checkpoint, device=device)
+        check_checkpoint_for_model(inferencer.model, checkpoint, 'exact', ckpt)
         results = inferencer(images, out_dir=out_dir, img_out_dir='vis', pred_out_dir='pred',
                              opacity=opacity, with_labels=with_labels)
         vis = _output_paths(out_dir, 'vis', images)

@@ -4,6 +4,9 @@
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
 
 Metrics are printed and written to ``WORK_DIR/<timestamp>/<timestamp>.json`` by mmengine.
+CHECKPOINT (a file, or a URL for mmengine's loaders) must be one of the model the config builds
+(saved by tools/train.py): every tensor present with the model's shape, else an error says what
+the file is and what to use instead (``mmeff.checkpoint.check_model_fit``).
 """
 import argparse
 import os
@@ -33,16 +36,20 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mmeff.converters import load_checkpoint_file
+    from mmeff.checkpoint import check_checkpoint_for_model, read_checkpoint
     from mmeff.engine import (build_runner, check_data_paths, check_model_channels,
                               explain_dataset_errors, prepare_config)
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
     check_model_channels(cfg)  # neck/head in_channels vs the backbone, before data is loaded
-    load_checkpoint_file(args.checkpoint)  # clear error for a missing/corrupt file
+    # A missing, corrupt or unsafe file (or URL) fails here, before anything is built.
+    checkpoint = read_checkpoint(args.checkpoint)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     check_data_paths(cfg, which=('test_dataloader',))
     runner = build_runner(cfg)
+    # mmengine would only log the keys that do not fit and evaluate random weights.
+    check_checkpoint_for_model(runner.model, args.checkpoint, 'exact', checkpoint)
+    del checkpoint
     if args.out:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))

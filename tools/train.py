@@ -64,6 +64,10 @@ def main(argv=None):
     # under DDP only rank 0 locks.
     with lock_work_dir(cfg.work_dir, args.launcher):
         runner = build_runner(cfg)
+        if cfg.get('load_from'):  # mmengine would only log the keys that do not fit
+            from mmeff.checkpoint import check_checkpoint_for_model
+            check_checkpoint_for_model(runner.model, cfg.load_from,
+                                       'exact' if cfg.resume else 'load_from')
         with explain_dataset_errors():
             runner.train()
     from mmeff.compat import shutdown_distributed

@@ -15,63 +15,27 @@ Sources: the authors' (snap-research/EfficientFormer: ``patch_embed``, ``network
 ``layer_scale_1``, ``dist_head``), timm's (``stem``, ``stages``, ``ls1.gamma``, ``head_dist``)
 and mmpretrain's (``backbone.patch_embed.N.{conv,bn}``, ``backbone.network``, ``ls1.weight``).
 """
-import os.path as osp
 import re
-import zipfile
 from collections import OrderedDict
 from typing import Dict, Tuple
 
 import torch
 
+from mmeff.checkpoint import (CheckpointError, read_checkpoint_file, unwrap_state_dict,
+                             unwrap_state_dict_of)
+
 LAYOUTS = ('mmeff', 'authors', 'timm', 'mmpretrain')
 _DROP = ('attention_bias_idxs', 'num_batches_tracked_unused')
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read or understood."""
-
-
-def unwrap_state_dict(obj) -> Dict[str, torch.Tensor]:
-    """Return the state dict inside a checkpoint object (``state_dict``/``model``/bare)."""
-    if not isinstance(obj, dict):
-        raise CheckpointError(f'expected a dict, got {type(obj).__name__}')
-    for key in ('state_dict', 'model', 'module'):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    sd = OrderedDict()
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        sd[k[len('module.'):] if k.startswith('module.') else k] = v
-    if not sd:
-        raise CheckpointError('no tensors found (keys: ' + ', '.join(list(obj)[:5]) + ')')
-    return sd
-
-
 def load_checkpoint_file(path: str, map_location='cpu') -> Dict[str, torch.Tensor]:
-    """Read a checkpoint file and return its state dict; errors name the file and the problem.
+    """Read a local checkpoint file and return its state dict; errors name the file and the
+    problem (missing, empty, corrupt, holding Python objects other than mmengine's, no tensors).
 
-    Uses ``weights_only=False`` (mmengine checkpoints hold Python objects): only load files
-    you trust.
+    Reads with ``weights_only=True`` (``mmeff.checkpoint.read_checkpoint_file``); a file that
+    holds other objects is refused unless ``MMEFF_ALLOW_UNSAFE_LOAD=1``.
     """
-    path = osp.expanduser(str(path))
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Checkpoint file {path!r} does not exist')
-    if osp.getsize(path) == 0:
-        raise CheckpointError(f'Checkpoint file {path!r} is empty (0 bytes): the download or '
-                              f'save was interrupted; recreate it')
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-            __import__('pickle').UnpicklingError) as exc:
-        raise CheckpointError(f'Checkpoint file {path!r} is corrupt or truncated '
-                              f'({osp.getsize(path)} bytes; torch.load said: '
-                              f'{str(exc).splitlines()[0][:200]}); recreate or re-download it') from exc
-    try:
-        return unwrap_state_dict(obj)
-    except CheckpointError as exc:
-        raise CheckpointError(f'Checkpoint file {path!r} holds no state dict: {exc}') from exc
+    return unwrap_state_dict_of(str(path), read_checkpoint_file(path, map_location))
 
 
 def save_checkpoint_atomic(obj, path: str) -> None:

@@ -59,21 +59,29 @@ def _model_cfg_from_config(path: str, task: str) -> Tuple[dict, str]:
 
 
 def _load_weights(model: nn.Module, checkpoint: str, task: str) -> str:
-    from mmeff.converters import convert_state_dict, load_checkpoint_file
-    from mmeff.models.backbones.efficientformer import load_backbone_state_dict
-    sd, layout = convert_state_dict(load_checkpoint_file(checkpoint))
+    """Convert ``checkpoint`` to mmeff's layout and load it with the fit checks of
+    ``mmeff.checkpoint``; returns a one-line report."""
+    from mmeff.checkpoint import (CheckpointMismatchError, backbone_part, check_model_fit,
+                                  describe_checkpoint, load_backbone_state_dict)
+    from mmeff.converters import CheckpointError, convert_state_dict, load_checkpoint_file
+    raw = load_checkpoint_file(checkpoint)
+    try:
+        sd, layout = convert_state_dict(raw)
+    except CheckpointError:
+        _, description, _ = describe_checkpoint(raw)
+        raise CheckpointMismatchError(
+            f'{checkpoint} cannot be exported: it is {description}, not EfficientFormer weights '
+            f'in a layout mmeff converts (mmeff, authors\', timm\'s, mmpretrain\'s)') from None
     if task == 'backbone':
-        bb = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
+        bb = backbone_part(sd, 'backbone.', checkpoint)
         return f'{layout} layout: ' + load_backbone_state_dict(model, bb, source=checkpoint)
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys:
-        raise KeyError(f'{checkpoint} ({layout} layout) lacks {len(result.missing_keys)} '
-                       f'classifier keys, e.g. {result.missing_keys[:3]}: not a classifier '
-                       f'checkpoint of this arch (a dense checkpoint has no head: use '
-                       f'task "backbone")')
-    msg = f'{layout} layout: {len(sd) - len(result.unexpected_keys)} keys loaded'
-    if result.unexpected_keys:
-        msg += f'; ignored {result.unexpected_keys[:5]}'
+    fit = check_model_fit(model, sd, checkpoint, purpose='exact',
+                          hint='A dense (detection/segmentation) or backbone checkpoint has no '
+                               'classifier head: export it with task "backbone".')
+    model.load_state_dict(sd, strict=False)
+    msg = f'{layout} layout: {len(fit.matched)} keys loaded'
+    if fit.unexpected:
+        msg += f'; ignored {fit.unexpected[:5]}'
     return msg
 
 

@@ -21,6 +21,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmeff.checkpoint import load_backbone_state_dict  # noqa: F401  (public here too)
 from mmeff.registry import MODELS
 from ..layers import Meta3D, Meta4D
 from ..layers.blocks import build_norm
@@ -347,70 +348,39 @@ class EfficientFormer(BaseModule):
 
     # ------------------------------------------------------------------ init
     def init_weights(self):
-        init_cfg = self.init_cfg
-        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            self._load_pretrained(init_cfg)
-            self._is_init = True
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
+        if not pretrained:
+            super().init_weights()
             return
-        super().init_weights()
+        if len(pretrained) > 1:
+            raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one')
+        # The other entries first (mmengine's order), then the checkpoint, loaded with a fit
+        # check: mmengine's own PretrainedInit only logs a file that does not fit.
+        others = [c for c in cfgs if c is not pretrained[0] and c is not None]
+        if others:
+            original, self.init_cfg = self.init_cfg, others
+            try:
+                super().init_weights()
+            finally:
+                self.init_cfg = original
+        self._load_pretrained(pretrained[0])
+        self._is_init = True
 
     def _load_pretrained(self, init_cfg: dict):
-        """Load ``init_cfg.checkpoint`` with a report of missing/unexpected keys.
-
-        Unlike a bare ``load_state_dict(strict=False)``, a file that matches none of the
-        backbone's keys is an error, never silently random weights.
-        """
-        from mmeff.converters import load_checkpoint_file
+        """Load ``init_cfg.checkpoint`` (a file, or a URL for mmengine's loaders) with
+        ``mmeff.checkpoint.load_pretrained_backbone``: a file that does not fit the backbone is
+        an error that says what it is, never silently random weights."""
+        from mmeff.checkpoint import is_remote, load_pretrained_backbone
         ckpt_path = init_cfg.get('checkpoint')
         prefix = init_cfg.get('prefix', 'backbone.')
         if not ckpt_path:
             raise ValueError("init_cfg type 'Pretrained' needs a 'checkpoint' path")
-        is_remote = '://' in str(ckpt_path)
-        if not is_remote and not osp.isfile(ckpt_path):
+        if not is_remote(str(ckpt_path)) and not osp.isfile(osp.expanduser(str(ckpt_path))):
             raise FileNotFoundError(
                 f'Pretrained backbone checkpoint {ckpt_path!r} does not exist. Produce it with '
                 f'tools/convert_checkpoint.py (authors/timm/mmpretrain weights) or '
                 f'configs/classification, set the path in the config, or set '
                 f'init_cfg=None to start from random weights on purpose.')
-        state_dict = load_checkpoint_file(ckpt_path)
-        if prefix:
-            if not any(k.startswith(prefix) for k in state_dict):
-                raise KeyError(f'No key of {ckpt_path!r} starts with prefix {prefix!r}; is it an '
-                               f'mmeff checkpoint? Convert it with tools/convert_checkpoint.py.')
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        report = load_backbone_state_dict(self, state_dict, source=str(ckpt_path))
+        report = load_pretrained_backbone(self, str(ckpt_path), prefix)
         print_log(f'Loaded pretrained backbone from {ckpt_path}: {report}', logger='current')
-
-
-def load_backbone_state_dict(model: nn.Module, state_dict: dict, source: str = 'state_dict',
-                             strict_min_match: float = 0.5) -> str:
-    """Load a backbone state dict, reporting missing/unexpected keys clearly.
-
-    Output norms (``norm{i}``) missing from a classification checkpoint are expected and only
-    reported. Raises if fewer than ``strict_min_match`` of the model's keys are found (a
-    wrong file), or if shapes disagree (a different arch).
-    """
-    own = model.state_dict()
-    matched = [k for k in state_dict if k in own]
-    if len(matched) < strict_min_match * len(own):
-        raise KeyError(f'{source} matches only {len(matched)} of the {len(own)} backbone keys '
-                       f'(e.g. it has {list(state_dict)[:3]}, the model expects '
-                       f'{list(own)[:3]}): wrong file or not converted; run '
-                       f'tools/convert_checkpoint.py on it first')
-    bad_shapes = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
-                  for k in matched if state_dict[k].shape != own[k].shape]
-    if bad_shapes:
-        raise ValueError(f'{source} does not fit this arch ({len(bad_shapes)} shape mismatches, '
-                         f'first: {bad_shapes[0]}); check arch= against the checkpoint')
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.split('.')[0].startswith('norm')]
-    out_norms = [k for k in result.missing_keys if k.split('.')[0].startswith('norm')]
-    msg = f'{len(matched)} keys loaded'
-    if out_norms:
-        msg += f'; output norms not in checkpoint (kept initialised): {out_norms}'
-    if missing:
-        print_log(f'{source}: missing backbone keys: {missing}', logger='current', level=30)
-        msg += f'; MISSING {missing}'
-    if result.unexpected_keys:
-        msg += f'; unexpected keys ignored: {result.unexpected_keys}'
-    return msg

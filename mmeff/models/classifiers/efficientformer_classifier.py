@@ -315,32 +315,6 @@ class EfficientFormerClassifier(BaseModel):
                                       unexpected_keys, error_msgs)
 
     def _check_checkpoint_shapes(self, state_dict: dict, prefix: str) -> None:
-        own = self.state_dict()
-        bad = [(k, tuple(state_dict[prefix + k].shape), tuple(v.shape)) for k, v in own.items()
-               if prefix + k in state_dict and hasattr(state_dict[prefix + k], 'shape')
-               and tuple(state_dict[prefix + k].shape) != tuple(v.shape)]
-        if not bad:
-            return
-        head = [b for b in bad if b[0] in ('head.head.weight', 'head.head.bias')
-                and b[1][0] != b[2][0]]
-        if head:
-            ckpt_classes = head[0][1][0]
-            raise ValueError(
-                f'Class-count mismatch: the checkpoint has {ckpt_classes} classes '
-                f'(head.head.weight {head[0][1]}) but the model was built with '
-                f'num_classes={self.num_classes}. Set model.num_classes={ckpt_classes} to use '
-                f'the checkpoint as it is, or, to train on {self.num_classes} classes, '
-                f'initialise the backbone only: model.backbone.init_cfg=dict(type='
-                f"'Pretrained', checkpoint=CKPT, prefix='backbone.') instead of load_from.")
-        from mmeff.converters import arch_name
-        try:
-            ckpt_arch = arch_name({k[len(prefix):]: v for k, v in state_dict.items()
-                                   if k.startswith(prefix)})
-        except Exception:  # the message below is still clear without the arch name
-            ckpt_arch = 'unknown'
-        k, ckpt_shape, own_shape = bad[0]
-        raise ValueError(
-            f'The checkpoint does not fit this classifier ({len(bad)} shape mismatches, first: '
-            f'{k}: checkpoint {ckpt_shape} vs model {own_shape}); checkpoint arch: '
-            f'{ckpt_arch!r}, model arch: {self.backbone.arch}. Set model.backbone.arch to the '
-            f"checkpoint's arch.")
+        from mmeff.checkpoint import check_model_fit
+        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        check_model_fit(self, own, 'The checkpoint', purpose='shapes')
