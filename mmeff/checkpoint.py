@@ -81,10 +81,11 @@ def mmengine_safe_globals() -> list:
     ``message_hub`` holds ``HistoryBuffer``s (numpy arrays, and their statistics methods as
     ``getattr(HistoryBuffer, name)``: a restricted stand-in); numpy scalars appear in
     ``message_hub.runtime_info`` (e.g. a best score); ``rng_state`` (``mmeff.RNGStateHook``)
-    holds numpy's MT19937 state, a ``uint32`` array; an empty array's data is pickled as
-    ``bytes()`` (torch allows ``bytearray`` and ``_codecs.encode``, not ``bytes``). Object
-    arrays are not allowed: their elements would be arbitrary objects. Names of numpy 1.x
-    (``numpy.core``) are accepted too, for files written with it.
+    holds numpy's MT19937 state, a ``uint32`` array. Unpickling sets a dtype's state, so numpy's
+    dtype classes (``numpy.dtypes.Float64DType``...) are needed too, and an empty array's data
+    is pickled as ``bytes()`` (torch allows ``bytearray`` and ``_codecs.encode``, not
+    ``bytes``). Object arrays are not allowed: their elements would be arbitrary objects.
+    Names of numpy 1.x (``numpy.core``) are accepted too, for files written with it.
     """
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
@@ -452,6 +453,9 @@ def check_model_fit(model: nn.Module, state_dict: Mapping[str, Any], source: str
     backbone_bad = any(k.startswith('backbone.') for k, _, _ in fit.mismatched)
     if kind == 'resnet':
         fix = RESNET_FIX + '.'
+        if purpose == 'exact':
+            fix += (' Testing, drawing and resuming need the checkpoint that tools/train.py '
+                    'saved with this config.')
     elif backbone_bad and ckpt_arch is not None and model_arch is not None \
             and ckpt_arch != model_arch:
         fix = (f"Another arch: checkpoint arch: {ckpt_arch!r}, model arch: {model_arch!r}. Set "
@@ -477,8 +481,9 @@ def check_model_fit(model: nn.Module, state_dict: Mapping[str, Any], source: str
               'trained with.'
     name = type(model).__name__ + (f' (EfficientFormer-{model_arch})'
                                    if isinstance(model_arch, str) else '')
+    total = sum(not k.endswith('num_batches_tracked') for k in own)
     raise CheckpointMismatchError(
-        f'{source} does not fit this {name} ({fit.summary(len(own))}): it is {description}. '
+        f'{source} does not fit this {name} ({fit.summary(total)}): it is {description}. '
         f'{fix}' + (f' {hint}' if hint else ''))
 
 
