@@ -124,6 +124,20 @@ def test_cache_attention_bias_only():
 
 
 # ----------------------------------------------------------------------------- building
+def test_build_model_from_config_ignores_the_current_default_scope(repo_root):
+    """A Runner of mmseg/mmdet earlier in the process leaves its default scope current; the
+    export tools must still build mmeff's classifier from its config (seen in the full suite:
+    'EfficientFormerClassifier is not in the mmseg::model registry')."""
+    from mmengine.registry import DefaultScope
+    cls_cfg = os.path.join(repo_root, 'configs/classification/effformer_l1_in1k.py')
+    DefaultScope.get_instance('test_leaked_mmseg_scope', scope_name='mmseg')
+    try:
+        net, meta = build_model(cls_cfg, task='classifier')
+    finally:
+        DefaultScope._instance_dict.pop('test_leaked_mmseg_scope', None)
+    assert meta['arch'] == 'l1' and net(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
 def test_build_model_from_config_and_checkpoints(tmp_path, repo_root):
     cfg = os.path.join(repo_root, 'configs/segmentation/fpn_effformer_l1_ade20k_40k.py')
     model, meta = build_model(cfg, task='backbone')

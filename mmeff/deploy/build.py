@@ -122,7 +122,11 @@ def build_model(model: str = 'l1',
             cfg['type'] = 'mmeff.EfficientFormer'
             if out_indices is not None:
                 cfg['out_indices'] = tuple(out_indices)
-        net = MODELS.build(cfg)
+        # Built in mmeff's scope whatever scope is current (another library's default scope,
+        # left by an earlier Runner in this process, would look the type up in its registry).
+        from mmengine.registry import DefaultScope
+        with DefaultScope.overwrite_default_scope('mmeff'):
+            net = MODELS.build(cfg)
         arch = cfg.get('arch', 'l1') if task == 'backbone' else \
             cfg.get('backbone', {}).get('arch', 'l1')
     else:
