@@ -1,0 +1,14 @@
+"""Latency-driven slimming (paper, section 4): search space, supernet, latency lookup table and
+the greedy slimming search that yields EfficientFormer variants for latency budgets.
+
+Modules (data in, data out; the expensive steps are resumable):
+
+* ``space``: :class:`SearchSpace` (width candidates, block positions, MB3D stages), choice
+  dicts ``dict(blocks=[[...'mb4d'|'mb3d'|'id' per position] per stage], width_idx=[...])`` and
+  their :class:`~mmeff.models.EfficientFormer` arch dicts.
+* ``supernet``: the weight-sharing supernet trained with Gumbel-softmax MetaPaths and
+  slimmable widths; importance scores; subnet extraction with inherited weights.
+* ``lut``: per-piece latency tables measured on a named backend, prediction and its accuracy.
+* ``search``: the greedy slimming trajectory over the budgets; ``report``: its outputs.
+"""
+from .space import CHOICES, SearchSpace, default_space, get_space  # noqa: F401
