@@ -1,0 +1,224 @@
+"""The greedy slimming search (mmeff.slimming.search) and its outputs (mmeff.slimming.report) on
+hand-built cases: a tiny space, a fake linear latency table and a fake accuracy table."""
+import copy
+import json
+import os.path as osp
+
+import pytest
+
+from mmeff.slimming.search import (budget_name, candidate_actions, greedy_slim, load_trajectory,
+                                   minimal_networks, smallest_latency)
+from mmeff.slimming.space import SearchSpace
+
+# Per-stage cost of a block per channel, and the extra cost of an MB3D block: a linear table.
+COEF = [0.1, 0.625, 5 / 32, 0.05]
+MB3D_EXTRA = 1.0
+
+
+def tiny_space():
+    return SearchSpace(name='tiny', widths=[[16], [16], [16, 32], [16, 32]],
+                       max_depths=[1, 2, 2, 2])
+
+
+def fake_latency(arch):
+    return (sum(c * d * w for c, d, w in zip(COEF, arch['depths'], arch['widths']))
+            + MB3D_EXTRA * arch['num_vit'])
+
+
+def fake_accuracy(space):
+    """80 - 3 per identity position - 0.2 per MB3D block made MB4D - 0.5 per width step lost:
+    a 'table' over every network of the space, linear in the three actions."""
+    full = space.max_choices(num_mb3d=1)
+
+    def accuracy(choices):
+        n_id = sum(c == 'id' for b in choices['blocks'] for c in b)
+        lost_mb3d = 1 - sum(c == 'mb3d' for b in choices['blocks'] for c in b)
+        steps = sum(f - c for f, c in zip(full['width_idx'], choices['width_idx']))
+        return 80 - 3 * n_id - 0.2 * lost_mb3d - 0.5 * steps
+    return accuracy
+
+
+IMPORTANCE = dict(blocks=[[1.0], [1.0, 0.1], [0.9, 0.7], [0.8, 0.95]])
+
+
+def test_candidate_actions_are_the_papers_three():
+    space = tiny_space()
+    start = space.max_choices(num_mb3d=1)
+    assert start == dict(blocks=[['mb4d'], ['mb4d', 'mb4d'], ['mb4d', 'mb4d'], ['mb4d', 'mb3d']],
+                         width_idx=[0, 0, 1, 1])
+    before = copy.deepcopy(start)
+    acts = candidate_actions(space, start, IMPORTANCE)
+    assert start == before  # arguments are not modified
+    assert [a['action'] for a in acts] == ['to_identity', 'mb3d_to_mb4d', 'shrink_width']
+    ident, mb4d, shrink = acts
+    assert ident['target'] == dict(stage=1, position=1, was='mb4d', importance=0.1)
+    assert ident['choices']['blocks'][1] == ['mb4d', 'id']
+    assert mb4d['choices']['blocks'][3] == ['mb4d', 'mb4d']
+    # stage importance = sum over the stage's remaining positions: 1.6 (stage 3) < 1.75
+    assert shrink['target']['stage'] == 2 and shrink['target']['width_to'] == 16
+    assert shrink['choices']['width_idx'] == [0, 0, 0, 1]
+    for a in acts:
+        space.validate(a['choices'])
+
+
+def test_invalid_actions_are_skipped():
+    space = tiny_space()
+    # stages 1, 2 have one block: even the least important position there may not go
+    importance = dict(blocks=[[0.0], [0.0, 0.9], [0.9, 0.5], [0.8, 0.95]])
+    choices = dict(blocks=[['mb4d'], ['mb4d', 'id'], ['mb4d', 'mb4d'], ['mb4d', 'mb4d']],
+                   width_idx=[0, 0, 0, 1])
+    acts = {a['action']: a for a in candidate_actions(space, choices, importance)}
+    assert (acts['to_identity']['target']['stage'],
+            acts['to_identity']['target']['position']) == (2, 1)
+    assert 'mb3d_to_mb4d' not in acts  # no MB3D left
+    # stage importance 0.0 for stages 1, 2, but they are at their smallest width already
+    assert acts['shrink_width']['target']['stage'] == 3
+    # the minimal network: nothing left to do
+    minimal = dict(blocks=[['mb4d'], ['id', 'mb4d'], ['mb4d', 'id'], ['id', 'mb4d']],
+                   width_idx=[0, 0, 0, 0])
+    assert candidate_actions(space, minimal, importance) == []
+
+
+def test_first_mb3d_becomes_mb4d_keeping_the_single_switch():
+    space = tiny_space()
+    choices = dict(blocks=[['mb4d'], ['mb4d', 'id'], ['mb4d', 'mb3d'], ['mb3d', 'mb3d']],
+                   width_idx=[0, 0, 1, 1])
+    act = next(a for a in candidate_actions(space, choices, IMPORTANCE)
+               if a['action'] == 'mb3d_to_mb4d')
+    assert act['target'] == dict(stage=2, position=1)
+    assert act['choices']['blocks'][2:] == [['mb4d', 'mb4d'], ['mb3d', 'mb3d']]
+
+
+def test_bad_importance_is_a_clear_error():
+    space = tiny_space()
+    with pytest.raises(ValueError, match=r'importance must be dict\(blocks=.*positions \[1, 2, 2, 2\]'):
+        candidate_actions(space, space.max_choices(), dict(blocks=[[1.0]] * 4))
+
+
+def test_greedy_step_picks_the_best_accuracy_per_latency_ratio():
+    """From the start: identity saves 10 ms for 3 points (0.3/ms, the largest saving), MB3D->MB4D
+    saves 1 ms for 0.2 (0.2/ms, the smallest drop), shrinking stage 3 saves 5 ms for 0.5
+    (0.1/ms, the best ratio): the step shrinks stage 3."""
+    space = tiny_space()
+    start = space.max_choices(num_mb3d=1)
+    start_ms = fake_latency(space.to_arch(start))
+    traj = greedy_slim(space, start, IMPORTANCE, fake_latency, fake_accuracy(space),
+                       budgets=[start_ms - 1])
+    first = traj['steps'][0]
+    cands = {c['action']: c for c in first['candidates']}
+    assert cands['to_identity']['saving_ms'] == pytest.approx(10)
+    assert cands['to_identity']['accuracy_drop'] == pytest.approx(3)
+    assert cands['mb3d_to_mb4d']['saving_ms'] == pytest.approx(1)
+    assert cands['mb3d_to_mb4d']['accuracy_drop'] == pytest.approx(0.2)
+    assert cands['shrink_width']['saving_ms'] == pytest.approx(5)
+    assert cands['shrink_width']['accuracy_drop'] == pytest.approx(0.5)
+    assert first['action'] == 'shrink_width'
+    assert first['ratio'] == pytest.approx(0.1)
+    assert first['latency_ms'] == pytest.approx(start_ms - 5)
+    assert first['accuracy'] == pytest.approx(79.5)
+    assert len(traj['steps']) == 1
+    assert traj['results'][0]['step'] == 1 and not traj['results'][0]['met_by_start']
+
+
+def test_every_budget_is_met_along_one_monotone_trajectory():
+    space = tiny_space()
+    start = space.max_choices(num_mb3d=1)
+    start_ms = fake_latency(space.to_arch(start))
+    smallest = smallest_latency(space, fake_latency)['latency_ms']
+    budgets = [smallest, start_ms + 5, 30.0, 20.0]
+    traj = greedy_slim(space, start, IMPORTANCE, fake_latency, fake_accuracy(space), budgets)
+    json.dumps(traj)  # plain data
+    assert traj['budgets_ms'] == sorted(budgets, reverse=True)
+    lat = [traj['start']['latency_ms']] + [s['latency_ms'] for s in traj['steps']]
+    assert all(b < a for a, b in zip(lat, lat[1:]))
+    res = traj['results']
+    assert [r['budget_ms'] for r in res] == sorted(budgets, reverse=True)
+    for r in res:
+        assert r['latency_ms'] <= r['budget_ms']
+        assert r['latency_ms'] == pytest.approx(fake_latency(r['arch']))
+        assert r['arch'] == space.to_arch(r['choices'])
+        assert r['name'] == budget_name('tiny', r['budget_ms'])
+    assert [r['latency_ms'] for r in res] == sorted((r['latency_ms'] for r in res), reverse=True)
+    # the budget above the start is met by the start network
+    assert res[0]['met_by_start'] and res[0]['step'] == 0 and res[0]['choices'] == start
+    # it goes on until the smallest budget is met, and stops there
+    assert res[-1]['latency_ms'] == pytest.approx(smallest)
+    assert res[-1]['step'] == len(traj['steps'])
+    assert res[-1]['arch'] == dict(depths=[1, 1, 1, 1], widths=[16, 16, 16, 16], num_vit=0,
+                                   mlp_ratios=[4, 4, 4, 4])
+
+
+def test_impossible_budget_names_the_smallest_latency():
+    space = tiny_space()
+    calls = []
+
+    def accuracy(choices):
+        calls.append(choices)
+        return 0.
+
+    smallest = smallest_latency(space, fake_latency)
+    # one block per stage, smallest widths, MB4D (cheaper than MB3D in this table)
+    assert smallest['arch']['num_vit'] == 0 and smallest['arch']['depths'] == [1, 1, 1, 1]
+    assert len(minimal_networks(space)) == 3  # no MB3D, MB3D in stage 4, in stages 3 and 4
+    ms = smallest['latency_ms']
+    with pytest.raises(ValueError, match=rf"budget 1 ms is below the smallest latency the "
+                                         rf"search space 'tiny' reaches, {ms:.4g} ms"):
+        greedy_slim(space, space.max_choices(), IMPORTANCE, fake_latency, accuracy, [30, 1])
+    assert calls == []  # refused before any (expensive) accuracy estimate
+
+
+def test_cheaper_mb3d_counts_in_the_smallest_latency():
+    space = tiny_space()
+    smallest = smallest_latency(space, lambda a: fake_latency(a) - 2 * a['num_vit'])
+    assert smallest['arch']['num_vit'] == 2
+
+
+@pytest.mark.parametrize('budgets', [[], [0], [-1.0], [float('nan')], ['3']])
+def test_bad_budgets(budgets):
+    space = tiny_space()
+    with pytest.raises(ValueError, match='budget'):
+        greedy_slim(space, space.max_choices(), IMPORTANCE, fake_latency, lambda c: 0., budgets)
+
+
+def test_search_is_deterministic_and_breaks_ties_in_order():
+    space = tiny_space()
+    flat = dict(blocks=[[0.5], [0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+
+    def run():
+        return greedy_slim(space, space.max_choices(), flat, fake_latency, lambda c: 70.,
+                           budgets=[smallest_latency(space, fake_latency)['latency_ms']])
+    a, b = run(), run()
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # equal importance: the earliest removable position (stage 2, position 0)
+    first_id = next(s for s in a['steps'] if s['action'] == 'to_identity')
+    assert (first_id['target']['stage'], first_id['target']['position']) == (1, 0)
+
+
+def test_no_saving_actions_are_skipped():
+    """An action that saves nothing (here: MB3D costs as much as MB4D) is never taken while
+    another saves something."""
+    space = tiny_space()
+    traj = greedy_slim(space, space.max_choices(), IMPORTANCE,
+                       lambda a: fake_latency(a) - MB3D_EXTRA * a['num_vit'],
+                       lambda c: 80. - 0.001 * sum(x == 'mb4d' for b in c['blocks'] for x in b),
+                       budgets=[20.0])
+    for step in traj['steps']:
+        skipped = [c for c in step['candidates'] if c['skipped']]
+        assert all(c['saving_ms'] <= 0 and c['ratio'] is None for c in skipped)
+        assert step['action'] != 'mb3d_to_mb4d' and not step['no_saving']
+
+
+def test_trajectory_file_round_trip_and_errors(tmp_path):
+    space = tiny_space()
+    traj = greedy_slim(space, space.max_choices(num_mb3d=1), IMPORTANCE, fake_latency,
+                       fake_accuracy(space), budgets=[30.0])
+    path = tmp_path / 'trajectory.json'
+    path.write_text(json.dumps(traj))
+    assert load_trajectory(str(path)) == traj
+    path.write_text(json.dumps(traj)[:50])
+    with pytest.raises(ValueError, match='corrupt or truncated'):
+        load_trajectory(str(path))
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match='is not a slimming trajectory'):
+        load_trajectory(str(path))
+    assert osp.isfile(str(path))
