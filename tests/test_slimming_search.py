@@ -222,3 +222,127 @@ def test_trajectory_file_round_trip_and_errors(tmp_path):
     with pytest.raises(ValueError, match='is not a slimming trajectory'):
         load_trajectory(str(path))
     assert osp.isfile(str(path))
+
+
+# ---------------------------------------------------------------------------- report
+def small_trajectory():
+    space = tiny_space()
+    traj = greedy_slim(space, space.max_choices(num_mb3d=1), IMPORTANCE, fake_latency,
+                       fake_accuracy(space), budgets=[40.0, 30.0, 20.0])
+    traj['meta'] = dict(backend='torch-cpu', lut='lut.json')
+    traj['steps'][0]['measured_ms'] = 31.0
+    traj['results'][1]['measured_ms'] = 29.5
+    return traj
+
+
+def test_report_lists_every_step_and_budget(tmp_path):
+    from mmeff.slimming.report import write_report
+    traj = small_trajectory()
+    paths = write_report(traj, str(tmp_path / 'out'))
+    assert load_trajectory(paths['json']) == traj
+    md = open(paths['markdown']).read()
+    assert 'backend: torch-cpu' in md
+    for s in traj['steps']:
+        assert f"| {s['step']} | {s['description']}" in md
+    for r in traj['results']:
+        assert f"| {r['budget_ms']:g} | {r['name']} |" in md and json.dumps(r['arch']) in md
+    assert '| 31.000 |' in md and '| 29.500 |' in md  # measured latencies where taken
+    assert 'met by the start network' in md  # 40 ms > the start's 35.8 ms
+    with open(paths['plot'], 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def _result(arch, name='l7space_3ms'):
+    return dict(budget_ms=3.0, name=name, step=4, met_by_start=False, arch=arch,
+                choices=None, latency_ms=2.9, accuracy=71.2)
+
+
+# One block per stage at l7space's smallest widths, two MB3D blocks: one spills into stage 3.
+SMALL_ARCH = dict(depths=[1, 1, 2, 1], widths=[32, 64, 160, 320], num_vit=2,
+                  mlp_ratios=[4, 4, 4, 4])
+
+
+def test_generated_configs_load_and_build(tmp_path):
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from mmeff.registry import MODELS
+    from mmeff.slimming.report import write_configs
+    from mmeff.slimming.space import default_space
+    default_space().choices_for_arch(SMALL_ARCH)  # a network of the default space
+    paths = write_configs(_result(SMALL_ARCH), str(tmp_path / 'configs'), 'work/subnet.pth',
+                          meta=dict(backend='onnxruntime'))
+    assert sorted(paths) == ['fpn', 'in1k', 'mask_rcnn']
+    assert paths['in1k'].endswith('l7space_3ms_in1k.py')
+    for kind, path in paths.items():
+        cfg = Config.fromfile(path)
+        bb = cfg.model.backbone
+        assert bb.arch == SMALL_ARCH, kind
+        assert bb.init_cfg == dict(type='Pretrained', checkpoint='work/subnet.pth',
+                                   prefix='backbone.')
+        assert cfg.pretrained == 'work/subnet.pth'
+        if kind != 'in1k':
+            assert cfg.model.neck.in_channels == SMALL_ARCH['widths'] == cfg.widths
+            assert bb.type == 'mmeff.EfficientFormer'
+    assert 'onnxruntime' in open(paths['in1k']).read()
+
+    # classification: the classifier (without DeiT's teacher, not downloaded here); detection:
+    # the whole Mask R-CNN
+    cls_cfg = Config.fromfile(paths['in1k'])
+    cls_cfg.model.distillation = None
+    with DefaultScope.overwrite_default_scope('mmeff'):
+        classifier = MODELS.build(cls_cfg.model).eval()
+    with torch.no_grad():
+        logits = classifier(torch.rand(1, 3, 64, 64), mode='tensor')
+    assert logits.shape == (1, 1000)
+    assert classifier.backbone.out_channels[-1] == SMALL_ARCH['widths'][-1]
+
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmdet.structures import DetDataSample
+    det_cfg = Config.fromfile(paths['mask_rcnn'])
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        detector = DET_MODELS.build(det_cfg.model).eval()
+    image = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64),
+                                         scale_factor=(1., 1.)))
+    with torch.no_grad():
+        pred = detector.test_step(dict(inputs=[image], data_samples=[sample]))
+    assert pred[0].pred_instances.bboxes.shape[1] == 4
+
+
+def test_generated_segmentation_config_builds(tmp_path):
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS as SEG_MODELS
+
+    from mmeff.slimming.report import write_configs
+    paths = write_configs(_result(SMALL_ARCH), str(tmp_path), 'subnet.pth')
+    cfg = Config.fromfile(paths['fpn'])
+    cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs CUDA
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        segmentor = SEG_MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        logits = segmentor(torch.rand(1, 3, 64, 64), mode='tensor')
+    assert logits.shape[:2] == (1, 150)
+
+
+def test_generated_configs_inherit_relatively_inside_the_project(tmp_path, repo_root):
+    from mmengine.config import Config
+
+    from mmeff.slimming.report import write_configs
+    inside = tmp_path / 'project'
+    (inside / 'configs' / 'classification').mkdir(parents=True)
+    for kind in ('classification/effformer_l1_in1k.py', 'detection/mask_rcnn_effformer_l1.py',
+                 'segmentation/fpn_effformer_l1_ade20k_40k.py'):
+        (inside / 'configs' / kind).parent.mkdir(parents=True, exist_ok=True)
+        (inside / 'configs' / kind).write_text("arch = 'l1'\nmodel = dict(backbone=dict("
+                                              "arch=arch), neck=dict(in_channels=[1]))\n")
+    paths = write_configs(_result(SMALL_ARCH), str(inside / 'work_dirs' / 'slim' / 'configs'),
+                          'x.pth', configs_root=str(inside / 'configs'))
+    text = open(paths['fpn']).read()
+    assert "_base_ = '../../../configs/segmentation/fpn_effformer_l1_ade20k_40k.py'" in text
+    assert Config.fromfile(paths['fpn']).model.backbone.arch == SMALL_ARCH
+    outside = write_configs(_result(SMALL_ARCH), str(tmp_path / 'elsewhere'), 'x.pth')
+    assert f"_base_ = '{repo_root}/configs/classification/" in open(outside['in1k']).read()
