@@ -89,6 +89,18 @@ def test_first_mb3d_becomes_mb4d_keeping_the_single_switch():
     assert act['choices']['blocks'][2:] == [['mb4d', 'mb4d'], ['mb3d', 'mb3d']]
 
 
+def test_importance_as_the_supernet_writes_it():
+    """mmeff.slimming.supernet.importance names the per-position scores 'positions' and gives
+    per-stage sums over every position in 'stages'."""
+    space = tiny_space()
+    start = space.max_choices(num_mb3d=1)
+    theirs = dict(space='tiny', probs=[], positions=IMPORTANCE['blocks'],
+                  stages=[5.0, 5.0, 5.0, 0.5])
+    acts = {a['action']: a for a in candidate_actions(space, start, theirs)}
+    assert acts['to_identity']['target']['importance'] == 0.1
+    assert acts['shrink_width']['target']['stage'] == 3  # the given stage scores win
+
+
 def test_bad_importance_is_a_clear_error():
     space = tiny_space()
     with pytest.raises(ValueError, match=r'importance must be dict\(blocks=.*positions \[1, 2, 2, 2\]'):

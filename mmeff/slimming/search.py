@@ -16,10 +16,11 @@ until the predicted latency meets every budget, largest first: one trajectory yi
 whole family. Nothing here measures, trains or reads files: the callables are injected, the
 space, choices, importance and trajectory are plain (JSON-able) data.
 
-Importance (from the supernet, :mod:`mmeff.slimming.supernet`) is
+Importance (from the supernet, :func:`mmeff.slimming.supernet.importance`) is
 ``dict(blocks=[[score per position] per stage])`` (the trained probability of the position's
-non-identity choices) and optionally ``stages=[score per stage]``; without ``stages`` a stage's
-importance is the sum of the scores of its remaining (non-identity) positions.
+non-identity choices; the key may also be ``positions``, as the supernet writes it) and
+optionally ``stages=[score per stage]``; without ``stages`` a stage's importance is the sum of
+the scores of its remaining (non-identity) positions. Other keys are ignored.
 """
 import copy
 import itertools
@@ -34,8 +35,17 @@ TRAJECTORY_FORMAT = 'mmeff-slimming-trajectory'
 TRAJECTORY_VERSION = 1
 
 
+def _position_scores(importance: dict) -> List[List[float]]:
+    """``importance['blocks']``, or ``importance['positions']`` as
+    :func:`mmeff.slimming.supernet.importance` names it."""
+    if not isinstance(importance, dict):
+        return None
+    blocks = importance.get('blocks')
+    return importance.get('positions') if blocks is None else blocks
+
+
 def _check_importance(space: SearchSpace, importance: dict) -> None:
-    blocks = importance.get('blocks') if isinstance(importance, dict) else None
+    blocks = _position_scores(importance)
     if blocks is None or len(blocks) != space.num_stages or any(
             len(b) != d for b, d in zip(blocks, space.max_depths)):
         raise ValueError(f'importance must be dict(blocks=[[score per position] per stage]) '
@@ -52,7 +62,8 @@ def stage_importance(space: SearchSpace, choices: dict, importance: dict) -> Lis
     _check_importance(space, importance)
     if importance.get('stages') is not None:
         return [float(s) for s in importance['stages']]
-    return [float(sum(score for score, c in zip(importance['blocks'][s], choices['blocks'][s])
+    return [float(sum(score for score, c in zip(_position_scores(importance)[s],
+                                                choices['blocks'][s])
                       if c != 'id')) for s in range(space.num_stages)]
 
 
@@ -98,7 +109,7 @@ def candidate_actions(space, choices: dict, importance: dict) -> List[dict]:
             new['blocks'][s][j] = 'id'
             if not _valid(space, new):
                 continue
-            score = float(importance['blocks'][s][j])
+            score = float(_position_scores(importance)[s][j])
             if best is None or score < best[0]:
                 best = (score, s, j, c, new)
     if best is not None:
