@@ -1,0 +1,317 @@
+"""The slimming supernet (mmeff/slimming/supernet.py): sandwich training step, sampling under
+the single 4D->3D switch rule, temperature annealing, sliced weights vs the extracted
+classifier, BN recalibration, importance after training, the space check of checkpoints, and
+a tiny training run + resume through tools/train.py. All on a tiny space and 32 px images."""
+import copy
+import json
+import os
+import os.path as osp
+import random
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import OptimWrapperDict, build_optim_wrapper
+from mmengine.structures import BaseDataElement
+
+import mmeff.models  # noqa: F401  (registers everything, compat fixes)
+from mmeff.datasets import make_imagefolder_dataset
+from mmeff.models import EfficientFormer, EfficientFormerClassifier
+from mmeff.slimming.hooks import GumbelTemperatureHook
+from mmeff.slimming.space import SearchSpace, get_space
+from mmeff.slimming.supernet import (SlimmingSupernet, SpaceMismatchError, extract_subnet,
+                                     importance, load_supernet, recalibrate_bn)
+
+from helpers import randomise_
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY = dict(name='tiny', widths=[[16, 24], [24, 32], [32, 48], [48, 64]],
+            max_depths=[2, 2, 3, 2])
+NUM_CLASSES = 5
+
+
+def tiny_space(**kw):
+    return SearchSpace(**dict(copy.deepcopy(TINY), **kw))
+
+
+def optim(model, arch_lr=0.05):
+    return build_optim_wrapper(model, dict(
+        constructor='SupernetOptimWrapperConstructor',
+        weights=dict(optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.025)),
+        arch=dict(optimizer=dict(type='Adam', lr=arch_lr, betas=(0.5, 0.999)))))
+
+
+class Batches:
+    """Class-coloured noisy 32 px images (learnable in a few steps)."""
+
+    def __init__(self, seed=1):
+        self.g = torch.Generator().manual_seed(seed)
+        self.colours = torch.randn(NUM_CLASSES, 3, 1, 1, generator=self.g)
+
+    def __call__(self, n=16):
+        y = torch.randint(0, NUM_CLASSES, (n,), generator=self.g)
+        x = self.colours[y] + 0.5 * torch.randn(n, 3, 32, 32, generator=self.g)
+        return dict(inputs=x, data_samples=[BaseDataElement(gt_label=int(v)) for v in y])
+
+
+# ---------------------------------------------------------------------------- training step
+def test_sandwich_step_updates_weights_and_arch_params():
+    torch.manual_seed(0)
+    random.seed(0)
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES)
+    wrappers = optim(model)
+    assert isinstance(wrappers, OptimWrapperDict) and set(wrappers.keys()) == {'weights', 'arch'}
+    arch_ids = {id(p) for p in model.arch_logits.parameters()}
+    weight_ids = {id(p) for g in wrappers['weights'].optimizer.param_groups for p in g['params']}
+    assert not arch_ids & weight_ids
+    assert arch_ids == {id(p) for g in wrappers['arch'].optimizer.param_groups
+                        for p in g['params']}
+    assert len(weight_ids) == len(list(model.parameters())) - len(arch_ids)
+
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out = model.train_step(Batches()(), wrappers)
+    assert set(out) == {'loss_max', 'loss_min', 'loss_random', 'loss', 'temperature'}
+    assert torch.isclose(out['loss'], out['loss_max'] + out['loss_min'] + out['loss_random'])
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert {f'arch_logits.{s}' for s in range(4)} <= changed
+    assert 'backbone.stem.conv1.weight' in changed and 'head.head.weight' in changed
+    # no gradient is left behind for the next step
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+    with pytest.raises(TypeError, match="two optimisers"):
+        model.train_step(Batches()(), wrappers['weights'])
+
+
+def test_sandwich_widths_and_sampling_rule():
+    torch.manual_seed(0)
+    random.seed(0)
+    space = tiny_space()
+    model = SlimmingSupernet(space, num_classes=NUM_CLASSES)
+    widths = model.sandwich_widths()
+    assert widths['max'] == [1, 1, 1, 1] and widths['min'] == [0, 0, 0, 0]
+    with torch.no_grad():  # push towards MB3D early in stage 3 and MB4D late: must be masked
+        model.arch_logits[2][:, 1] = 3.
+        model.arch_logits[3][:, 0] = 3.
+    seen = set()
+    for _ in range(200):
+        blocks, gates = model.sample_blocks()
+        space.validate(dict(blocks=blocks, width_idx=[0] * 4))  # one switch, no empty stage
+        seen.add(json.dumps(blocks))
+        for s, stage in enumerate(gates):
+            for j, (gate, allowed) in enumerate(stage):
+                names = space.positions(s)
+                assert gate[names.index(blocks[s][j])].item() == pytest.approx(1.)
+                assert all(gate[k] == 0 for k in range(len(names)) if not allowed[k])
+    assert len(seen) > 10
+
+
+def test_temperature_hook():
+    hook = GumbelTemperatureHook(start=4., end=0.25, schedule='exp')
+    assert hook.temperature(0.) == pytest.approx(4.)
+    assert hook.temperature(0.5) == pytest.approx(1.)
+    assert hook.temperature(1.) == pytest.approx(0.25)
+    assert GumbelTemperatureHook(4., 1., 'linear').temperature(0.5) == pytest.approx(2.5)
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES)
+    temps = []
+    for it in range(5):
+        runner = types.SimpleNamespace(model=model, iter=it, max_iters=5)
+        hook.before_train_iter(runner, it)
+        temps.append(model.temperature)
+    assert temps[0] == pytest.approx(4.) and temps[-1] == pytest.approx(0.25)
+    assert all(a > b for a, b in zip(temps, temps[1:]))
+    with pytest.raises(ValueError, match='schedule must be one of'):
+        GumbelTemperatureHook(schedule='step')
+    with pytest.raises(TypeError, match='needs a model with a temperature'):
+        hook.before_train(types.SimpleNamespace(model=torch.nn.Linear(1, 1), iter=0,
+                                                max_iters=1))
+
+
+# ---------------------------------------------------------------------------- slicing
+def _stage3_mb3d_supported() -> bool:
+    try:
+        EfficientFormer._parse_arch(dict(depths=[1, 1, 2, 1], widths=[8, 8, 8, 8], num_vit=2))
+        return True
+    except ValueError:
+        return False
+
+
+CHOICES = {
+    # MB3D in the last stage only (what the backbone builds today)
+    'mixed_widths_mb3d_last': dict(blocks=[['mb4d', 'id'], ['id', 'mb4d'],
+                                           ['mb4d', 'mb4d', 'id'], ['mb4d', 'mb3d']],
+                                   width_idx=[0, 1, 0, 1]),
+    'min_no_mb3d': dict(blocks=[['mb4d', 'id'], ['mb4d', 'id'], ['id', 'mb4d', 'id'],
+                                ['id', 'mb4d']], width_idx=[0, 0, 0, 0]),
+    'max_all_mb3d_last': dict(blocks=[['mb4d', 'mb4d'], ['mb4d', 'mb4d'],
+                                      ['mb4d', 'mb4d', 'mb4d'], ['mb3d', 'mb3d']],
+                              width_idx=[1, 1, 1, 1]),
+    # MB3D spilling into stage 3: needs the backbone's num_vit > depths[3]
+    'stage3_mb3d': pytest.param(
+        dict(blocks=[['mb4d', 'id'], ['mb4d', 'mb4d'], ['mb4d', 'id', 'mb3d'],
+                     ['mb3d', 'id']], width_idx=[1, 0, 1, 0]),
+        marks=pytest.mark.skipif(not _stage3_mb3d_supported(),
+                                 reason='the backbone has no MB3D blocks in stage 3 yet')),
+}
+
+
+@pytest.mark.parametrize('choices', list(CHOICES.values()), ids=list(CHOICES))
+def test_extract_subnet_equals_fixed_supernet(choices):
+    space = tiny_space()
+    torch.manual_seed(0)
+    model = SlimmingSupernet(space, num_classes=NUM_CLASSES)
+    randomise_(model.backbone)
+    randomise_(model.head)
+    model.eval()
+    sd = extract_subnet(model, choices)
+    clf = EfficientFormerClassifier(backbone=dict(arch=space.to_arch(choices)),
+                                    num_classes=NUM_CLASSES).eval()
+    clf.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.forward_choices(x, choices)
+        assert torch.allclose(clf(x), ref, rtol=1e-4, atol=1e-5)
+        model.set_eval_choices(choices)
+        assert torch.equal(model(x), ref)
+    # copies, not views of the supernet's weights
+    assert sd['backbone.stem.conv1.weight'].data_ptr() != \
+        model.backbone.stem.conv1.weight.data_ptr()
+
+
+def test_bn_statistics_are_sliced_shared_and_recalibrated():
+    torch.manual_seed(0)
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES)
+    bn = model.backbone.stem.norm1  # 12 channels at the largest width, 8 at the smallest
+    small = dict(blocks=[['mb4d', 'id'], ['mb4d', 'id'], ['mb4d', 'id', 'id'], ['mb4d', 'id']],
+                 width_idx=[0, 0, 0, 0])
+    model.train()
+    model.forward_choices(torch.randn(4, 3, 32, 32), small)
+    assert bn.running_mean[:8].abs().sum() > 0 and bn.running_mean[8:].abs().sum() == 0
+    assert int(bn.num_batches_tracked) == 1
+
+    x = torch.randn(8, 3, 32, 32)
+    recalibrate_bn(model, [x[:4], dict(inputs=x[4:], data_samples=None)], small)
+    assert not model.training
+    conv = model.backbone.stem.conv1
+    y = torch.nn.functional.conv2d(x, conv.weight[:8], conv.bias[:8], 2, 1)
+    assert torch.allclose(bn.running_mean[:8], y.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert bn.running_mean[8:].abs().sum() == 0  # reset, and not used by this subnet
+    assert bn.momentum == 0.1  # restored
+    with pytest.raises(ValueError, match='no batches'):
+        recalibrate_bn(model, [], small)
+
+
+# ---------------------------------------------------------------------------- importance
+def test_importance_of_a_useless_block_ends_lowest():
+    """One MB4D block (stage index 1, position 1) is made useless: frozen random weights whose
+    dropout turns its branch into noise. After a short joint training its probability of
+    being a real block falls below its start (0.5) and below every other position's."""
+    torch.manual_seed(1)
+    random.seed(1)
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES, temperature=1.)
+    useless = model.backbone.stages[1].positions[1].mb4d
+    with torch.no_grad():
+        for p in useless.parameters():
+            p.copy_(torch.randn_like(p) * 3)
+            p.requires_grad_(False)
+    useless.mlp.drop.p = 0.5
+    start = importance(model)
+    assert start['positions'][1] == [0.5, 0.5] and start['positions'][2][0] == \
+        pytest.approx(2 / 3)
+    wrappers, batches = optim(model, arch_lr=0.05), Batches()
+    for _ in range(20):
+        model.train_step(batches(), wrappers)
+    imp = importance(model)
+    flat = {(s, j): p for s, ps in enumerate(imp['positions']) for j, p in enumerate(ps)}
+    assert min(flat, key=flat.get) == (1, 1), imp['positions']
+    assert flat[(1, 1)] < 0.5
+    assert imp['stages'] == pytest.approx([sum(p) for p in imp['positions']])
+    assert all(sum(d.values()) == pytest.approx(1.) for st in imp['probs'] for d in st)
+    assert set(imp['probs'][2][0]) == {'mb4d', 'mb3d', 'id'}
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_load_supernet_checks_the_space(tmp_path):
+    torch.manual_seed(0)
+    space = tiny_space()
+    model = SlimmingSupernet(space, num_classes=NUM_CLASSES)
+    path = str(tmp_path / 'supernet.pth')
+    torch.save(dict(meta=dict(epoch=1), state_dict=model.state_dict()), path)
+
+    loaded = load_supernet(path, TINY)
+    for k, v in model.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(loaded.state_dict()[k], v), k
+    assert loaded.num_classes == NUM_CLASSES
+
+    other = tiny_space(max_depths=[2, 2, 4, 2], name='other')
+    with pytest.raises(SpaceMismatchError) as err:
+        load_supernet(path, other)
+    msg = str(err.value)
+    assert 'another search space' in msg and "'tiny'" in msg and "'other'" in msg
+    assert 'max_depths: [2, 2, 3, 2] vs [2, 2, 4, 2]' in msg and path in msg
+    # same shapes, another space: refused when loading the state dict directly too
+    same_shapes = SlimmingSupernet(tiny_space(name='renamed'), num_classes=NUM_CLASSES)
+    with pytest.raises(SpaceMismatchError, match='another search space'):
+        same_shapes.load_state_dict(model.state_dict())
+    # not a supernet checkpoint at all
+    clf = EfficientFormerClassifier(backbone=dict(arch='l1'), num_classes=NUM_CLASSES)
+    with pytest.raises(SpaceMismatchError, match='not a SlimmingSupernet checkpoint'):
+        load_supernet(dict(state_dict=clf.state_dict()), space)
+
+
+def test_l7space_config():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'slimming', 'supernet_l7space_in1k.py'))
+    assert cfg.model.type == 'SlimmingSupernet' and cfg.model.space == 'l7space'
+    assert cfg.model.num_classes == 1000 and cfg.model.label_smoothing == 0.1
+    assert set(cfg.optim_wrapper) == {'constructor', 'weights', 'arch'}
+    assert set(cfg.param_scheduler) == {'weights', 'arch'}
+    assert any(h.type == 'mmeff.GumbelTemperatureHook' for h in cfg.custom_hooks)
+    assert cfg.train_dataloader.sampler.type == 'RepeatAugSampler'
+    space = get_space(cfg.model.space)
+    assert all(space.contains_arch(EfficientFormer.arch_settings[a]) for a in ('l1', 'l3', 'l7'))
+
+
+# ---------------------------------------------------------------------------- tools/train.py
+def test_train_tool_saves_and_resumes(tmp_path):
+    data = make_imagefolder_dataset(str(tmp_path / 'data') + '/', num_classes=NUM_CLASSES,
+                                    per_class=(4, 2), size=40)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'slimming', 'supernet_tiny_synthetic.py'))
+    for name in ('train_dataloader', 'val_dataloader'):
+        cfg[name].dataset.data_root = data['data_root']
+        cfg[name].batch_size = 10
+        cfg[name].dataset.pipeline[1].input_size = 32
+    cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
+    cfg.data_root = data['data_root']
+    cfg.train_cfg.max_epochs = 1
+    cfg.train_cfg.val_interval = 1
+    cfg_path = str(tmp_path / 'supernet_tiny.py')
+    cfg.dump(cfg_path)
+    work_dir = str(tmp_path / 'work')
+    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
+
+    def train(*extra):
+        proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), cfg_path,
+                               '--work-dir', work_dir, *extra], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    train()
+    assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
+    first = load_supernet(osp.join(work_dir, 'epoch_1.pth'), TINY)
+    log = train('--resume', '--cfg-options', 'train_cfg.max_epochs=2')
+    assert 'resumed epoch: 1' in log
+    ckpt = torch.load(osp.join(work_dir, 'epoch_2.pth'), map_location='cpu', weights_only=False)
+    assert set(ckpt['optimizer']) >= {'weights', 'arch'}
+    second = load_supernet(ckpt, TINY)
+    assert not torch.equal(first.arch_logits[2], second.arch_logits[2])  # trained on
+    runs = sorted(d for d in os.listdir(work_dir) if osp.isdir(osp.join(work_dir, d)))
+    with open(osp.join(work_dir, runs[-1], 'vis_data', 'scalars.json')) as f:
+        scalars = [json.loads(line) for line in f]
+    temps = [s['temperature'] for s in scalars if 'temperature' in s]
+    assert temps and temps[-1] == pytest.approx(0.2)  # the end of the annealing
+    with pytest.raises(SpaceMismatchError):
+        load_supernet(ckpt, 'l7space')
