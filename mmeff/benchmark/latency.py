@@ -12,14 +12,17 @@ For every (arch, input size, batch size) the same weights run under:
   separately (``setup_s``) and excluded from the timings.
 * ``onnxruntime``: the fused model exported to ONNX (:func:`mmeff.deploy.export_onnx`) and run
   by ONNX Runtime (CPU, or the CUDA execution provider for ``device='cuda'``, where the
-  timings include the host<->device copies of ``session.run``).
+  timings include the host<->device copies of ``session.run``); its worker threads sleep
+  between calls (:func:`ort_session`) instead of spinning on the cores the next runtime needs.
 
 Timing: each runtime is warmed up, then repetitions are *interleaved* across runtimes
 (``rep 1 of every runtime, rep 2 of every runtime, ...``), so that a change in machine load
-(a shared CPU) affects every runtime alike; on CUDA every call is followed by
-``torch.cuda.synchronize()`` inside the timed region. Reported: median, p90, mean, min (ms per
-batch) and throughput (images/s from the median). Every runtime's output is compared with
-``eager``'s (``rel_err_vs_eager``): a fast but wrong runtime shows.
+(a shared CPU) affects every runtime alike, and no runtime leaves threads spinning that
+would slow down the next one (``tests/test_slimming_lut.py`` checks it); on CUDA every call is
+followed by ``torch.cuda.synchronize()`` inside the timed region. Reported: median, p90, mean,
+min (ms per batch) and throughput (images/s from the median). Every runtime's output is
+compared with ``eager``'s (``rel_err_vs_eager``): a fast but wrong runtime shows. The LUT of
+latency-driven slimming (:mod:`mmeff.slimming.lut`) times its pieces with the same functions.
 
 Tasks: ``'classifier'`` (image -> logits; timm's ``forward``) or ``'backbone'`` (the four
 stage maps, mmeff without output norms; timm's ``forward_intermediates``).
@@ -199,6 +202,31 @@ def _short(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {msg[:300]}'
 
 
+def ort_session(path: str, threads: int, providers: Sequence[str] = ('CPUExecutionProvider',)):
+    """An ONNX Runtime session whose worker threads sleep, not spin, between calls.
+
+    By default ONNX Runtime's intra-op workers keep spinning for a while after every
+    ``session.run``, waiting for more work: on a machine with as many cores as threads they
+    take the cores from whatever runs next. Timed interleaved with other runtimes, that made
+    the runtime following ONNX Runtime about 2x slower (timm after onnxruntime, L1 224, 2
+    threads: 104 ms instead of 67 ms). Without spinning a session may take slightly longer to
+    wake up, which is counted in its own timing, not in its neighbour's.
+
+    Args:
+        path (str): ``.onnx`` file.
+        threads (int): Intra-op threads.
+        providers (Sequence[str]): Execution providers, in order of preference.
+    """
+    from mmeff.deploy.export import require
+    ort = require('onnxruntime')
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    opts.add_session_config_entry('session.inter_op.allow_spinning', '0')
+    return ort.InferenceSession(path, opts, providers=list(providers))
+
+
 def _make_runtime(name: str, model: nn.Module, ref_fn: Callable, x: torch.Tensor,
                   device: str, threads: int, work_dir: str) -> Callable[[], object]:
     """A zero-argument callable running one inference with runtime ``name`` (may raise)."""
@@ -226,10 +254,7 @@ def _make_runtime(name: str, model: nn.Module, ref_fn: Callable, x: torch.Tensor
                 raise RuntimeError('onnxruntime has no CUDAExecutionProvider here '
                                    '(pip install onnxruntime-gpu)')
             providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, opts, providers=providers)
+        sess = ort_session(path, threads, providers)
         feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
         return lambda: [torch.from_numpy(o) for o in sess.run(None, feed)]
     raise ValueError(f'unknown runtime {name!r}; choose from {RUNTIMES}')
