@@ -1,6 +1,9 @@
 """Params and MACs of EfficientFormer variants, beside the paper's and timm's figures.
 
     python tools/analyze.py [--archs l1 l3 l7] [--shape 224 224] [--no-head] [--out FILE.json]
+    python tools/analyze.py --archs '{"depths": [1, 1, 3, 2], "widths": [32, 64, 96, 128], "num_vit": 3}'
+
+An ``--archs`` entry is a name or an arch dict as JSON (e.g. one that ``tools/slim.py`` found).
 
 With the classification head (default) at 224x224 the figures must agree with the paper
 (12.3M/1.3G, 31.3M/3.9G, 82.1M/10.2G) and timm (12.29M/1.30G, 31.41M/3.93G, 82.23M/10.17G).
@@ -15,9 +18,22 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def parse_arch(text: str):
+    """An ``--archs`` entry: a name, or an arch dict written as JSON."""
+    if not text.lstrip().startswith('{'):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not valid JSON ({exc}); write an arch dict as '
+            f'\'{{"depths": [...], "widths": [...], "num_vit": N}}\'') from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--archs', nargs='+', default=['l1', 'l3', 'l7'])
+    parser.add_argument('--archs', nargs='+', default=['l1', 'l3', 'l7'], type=parse_arch,
+                        help='names (l1, l3, l7) or arch dicts as JSON')
     parser.add_argument('--shape', nargs=2, type=int, default=[224, 224], metavar=('H', 'W'))
     parser.add_argument('--no-head', action='store_true', help='backbone only')
     parser.add_argument('--out', help='also write the table as JSON')

@@ -3,7 +3,8 @@
 MACs are counted by mmengine's ``FlopAnalyzer`` (fvcore's rules: one multiply-add counts
 once, so its "flops" are MACs, the unit of the paper's GMACs column), by tracing the model.
 """
-from typing import Dict, Sequence, Tuple
+import json
+from typing import Dict, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -39,10 +40,16 @@ TIMM = {'l1': dict(params_m=12.29, gmacs=1.30), 'l3': dict(params_m=31.41, gmacs
         'l7': dict(params_m=82.23, gmacs=10.17)}
 
 
-def complexity_table(archs: Sequence[str] = ('l1', 'l3', 'l7'),
+def arch_label(arch: Union[str, dict]) -> str:
+    """A row label: the name of a named arch, the compact JSON of an arch dict."""
+    return arch if isinstance(arch, str) else json.dumps(arch, separators=(',', ':'))
+
+
+def complexity_table(archs: Sequence[Union[str, dict]] = ('l1', 'l3', 'l7'),
                      input_size: Tuple[int, int] = (224, 224),
                      with_head: bool = True) -> Dict[str, dict]:
-    """Params (M) and GMACs of each arch, with the classification head by default."""
+    """Params (M) and GMACs of each arch (a name or an arch dict, e.g. a slimmed network's),
+    with the classification head by default; rows are keyed by :func:`arch_label`."""
     from mmeff.models import EfficientFormer
     rows = {}
     for arch in archs:
@@ -53,6 +60,6 @@ def complexity_table(archs: Sequence[str] = ('l1', 'l3', 'l7'),
         else:
             model = EfficientFormer(arch, out_indices=(3,), out_norm_cfg=None)
         x = torch.zeros(1, 3, *input_size)
-        rows[arch] = dict(params_m=count_params(model) / 1e6,
+        rows[arch_label(arch)] = dict(params_m=count_params(model) / 1e6,
                           gmacs=count_macs(model, x) / 1e9)
     return rows

@@ -179,17 +179,30 @@ def convert_state_dict(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Ten
 
 
 def infer_arch(sd: Dict[str, torch.Tensor]) -> dict:
-    """Recover ``depths``/``widths``/``num_vit`` from an mmeff-layout state dict."""
-    depths, widths, num_vit = [], [], 0
+    """Recover the ``EfficientFormer`` arch dict from an mmeff-layout state dict.
+
+    ``num_vit`` counts the MHSA blocks (``token_mixer.qkv``) of stages 3 and 4, so the archs
+    of the slimming search space, whose MB3D blocks may reach into stage 3, come back too.
+    ``mlp_ratios`` (from the MLPs' hidden widths) is included only when some stage's ratio is
+    not the default 4, so the dicts of L1/L3/L7 are ``depths``/``widths``/``num_vit`` only.
+    """
+    depths, widths, ratios = [], [], []
+    num_vit = 0
     for i in range(4):
-        blocks = {int(m.group(1)) for k in sd
-                  for m in [re.match(rf'^backbone\.stages\.{i}\.blocks\.(\d+)\.', k)] if m}
+        prefix = rf'^backbone\.stages\.{i}\.blocks\.(\d+)\.'
+        blocks = {int(m.group(1)) for k in sd for m in [re.match(prefix, k)] if m}
         depths.append(len(blocks))
         w = sd.get(f'backbone.stages.{i}.blocks.0.ls1.gamma')
         widths.append(int(w.shape[0]) if w is not None else 0)
-    num_vit = len({m.group(1) for k in sd
-                   for m in [re.match(r'^backbone\.stages\.3\.blocks\.(\d+)\.token_mixer\.qkv', k)] if m})
-    return dict(depths=depths, widths=widths, num_vit=num_vit)
+        fc1 = sd.get(f'backbone.stages.{i}.blocks.0.mlp.fc1.weight')
+        ratios.append(fc1.shape[0] / fc1.shape[1] if fc1 is not None else 4)
+        if i >= 2:
+            num_vit += len({m.group(1) for k in sd
+                            for m in [re.match(prefix + r'token_mixer\.qkv\.', k)] if m})
+    arch = dict(depths=depths, widths=widths, num_vit=num_vit)
+    if any(r != 4 for r in ratios):
+        arch['mlp_ratios'] = [int(r) if float(r).is_integer() else r for r in ratios]
+    return arch
 
 
 def arch_name(sd: Dict[str, torch.Tensor]):
@@ -197,7 +210,8 @@ def arch_name(sd: Dict[str, torch.Tensor]):
     from mmeff.models.backbones.efficientformer import EfficientFormer
     arch = infer_arch(sd)
     for name, setting in EfficientFormer.arch_settings.items():
-        if all(setting[k] == arch[k] for k in ('depths', 'widths', 'num_vit')):
+        if 'mlp_ratios' not in arch and all(setting[k] == arch[k]
+                                            for k in ('depths', 'widths', 'num_vit')):
             return name
     return arch
 

@@ -19,8 +19,9 @@ unfused model to ~1e-7 relative error):
   not 9). The multiply costs one elementwise op per MB4D block (Core ML and ONNX Runtime fuse it
   with the adjacent sub/add).
 * **Attention bias caching**: with ``input_size`` given, every MHSA precomputes its bias for the
-  token grid of that input (``Attention.fix_bias``), so the traced/exported graph has no
-  ``gather`` and no interpolation. The fused model still runs at other sizes (the bias is then
+  token grid of that input in its stage (stride 32 in the last stage, stride 16 for the MB3D
+  blocks some slimmed archs have in stage 3; ``Attention.fix_bias``), so the traced/exported
+  graph has no ``gather`` and no interpolation. The fused model still runs at other sizes (the bias is then
   computed on the fly, as in the unfused model), but an export is specific to one size.
 * Dropout and DropPath (identities at inference) are replaced by ``nn.Identity`` so that they
   leave no node in exported graphs.
@@ -63,10 +64,25 @@ def parse_input_size(size: SizeLike) -> Tuple[int, int]:
 
 def token_grid(height: int, width: int, num_halvings: int = 5) -> Tuple[int, int]:
     """Spatial size after ``num_halvings`` 3x3 stride-2 pad-1 convs (ceil division each time):
-    the MHSA token grid of an EfficientFormer is ``token_grid(H, W)`` (stride 32)."""
+    the MHSA token grid of an EfficientFormer's last stage is ``token_grid(H, W)`` (stride 32),
+    that of stage 3 ``token_grid(H, W, 4)`` (stride 16)."""
     for _ in range(num_halvings):
         height, width = (height + 1) // 2, (width + 1) // 2
     return height, width
+
+
+def attention_grids(model: nn.Module, input_size: SizeLike) -> Dict[int, Tuple[int, int]]:
+    """``id(attention) -> (h, w)``: the token grid every MHSA of ``model`` sees for an input of
+    ``input_size``, from the stride of the EfficientFormer stage holding it. An MHSA outside
+    any EfficientFormer stage gets the stride-32 grid."""
+    height, width = parse_input_size(input_size)
+    grids = {id(m): token_grid(height, width) for m in model.modules()
+             if isinstance(m, Attention)}
+    for backbone in _efficientformers(model):
+        for stride, stage in zip(backbone.strides, backbone.stages):
+            grid = token_grid(height, width, stride.bit_length() - 1)  # log2(stride) halvings
+            grids.update({id(m): grid for m in stage.modules() if isinstance(m, Attention)})
+    return grids
 
 
 @torch.no_grad()
@@ -167,9 +183,9 @@ def fuse_model(model: nn.Module,
     if not backbones:
         raise ValueError(f'{type(model).__name__} contains no mmeff EfficientFormer backbone; '
                          f'fuse_model only knows how to reparameterise EfficientFormer')
-    grid = token_grid(*parse_input_size(input_size)) if input_size is not None else None
     if not inplace:
         model = copy.deepcopy(model)
+    grids = attention_grids(model, input_size) if input_size is not None else {}
     model.eval()
     for module in list(model.modules()):
         if isinstance(module, Stem):
@@ -190,8 +206,8 @@ def fuse_model(model: nn.Module,
             _fold_layer_scale(module, 'ls2', module.mlp.fc2)
             module.mlp.drop = nn.Identity()
             module.drop_path = nn.Identity()
-        elif isinstance(module, Attention) and grid is not None:
-            module.fix_bias(*grid)
+        elif isinstance(module, Attention) and id(module) in grids:
+            module.fix_bias(*grids[id(module)])
     return model
 
 
@@ -201,12 +217,12 @@ def cache_attention_bias(model: nn.Module, input_size: SizeLike,
     """Only precompute every MHSA bias for ``input_size`` (no folding), e.g. to export the
     unfused model without ``gather``. Returns the (copied unless ``inplace``) model in eval mode.
     """
-    grid = token_grid(*parse_input_size(input_size))
     if not inplace:
         model = copy.deepcopy(model)
+    grids = attention_grids(model, input_size)
     for module in model.modules():
         if isinstance(module, Attention):
-            module.fix_bias(*grid)
+            module.fix_bias(*grids[id(module)])
     return model.eval()
 
 
@@ -227,4 +243,4 @@ def fusion_report(model: nn.Module) -> Dict[str, object]:
 
 
 __all__ = ['fuse_model', 'cache_attention_bias', 'fuse_conv_bn', 'fold_output_scale_',
-           'fusion_report', 'parse_input_size', 'token_grid']
+           'fusion_report', 'parse_input_size', 'token_grid', 'attention_grids']

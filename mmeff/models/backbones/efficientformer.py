@@ -27,6 +27,10 @@ from ..layers import Meta3D, Meta4D
 from ..layers.blocks import build_norm
 
 MIN_INPUT_SIZE = 32  # one token after the stride-32 stage
+# MHSA bias tables are learned on the token grid of this input size (224 // stride: 7x7 in the
+# stride-32 stage as in the authors' and timm's models, 14x14 for MB3D blocks in the stride-16
+# stage); any other grid resizes the table (``mmeff.models.layers.attention``).
+BIAS_TABLE_INPUT_SIZE = 224
 
 
 class Stem(nn.Sequential):
@@ -55,7 +59,12 @@ class Downsample(nn.Module):
 
 
 class EfficientFormerStage(nn.Module):
-    """Optional downsample, MB4D blocks, then (last stage only) one flatten and MB3D blocks."""
+    """Optional downsample, MB4D blocks, then one flatten and MB3D blocks (if any).
+
+    MB3D blocks sit in the last stage and, for archs whose ``num_vit`` exceeds the last
+    stage's depth, also at the end of the one before it; such a stage gives its output back
+    as a 4D map, so the next downsample sees what it always does.
+    """
 
     def __init__(self, blocks: List[nn.Module], downsample: nn.Module = None):
         super().__init__()
@@ -88,8 +97,11 @@ class EfficientFormer(BaseModule):
 
     Args:
         arch (str | dict): ``'l1'``, ``'l3'``, ``'l7'`` or a dict with keys ``depths`` (4
-            ints), ``widths`` (4 ints), ``num_vit`` (MB3D blocks at the end of the last
-            stage) and optionally ``mlp_ratios`` (float or 4 floats). Defaults to ``'l1'``.
+            ints), ``widths`` (4 ints), ``num_vit`` (MB3D blocks at the end of the network:
+            ``min(num_vit, depths[3])`` at the end of the last stage, the rest at the end of
+            stage 3, the last stage being then all MB3D; at most ``depths[2] + depths[3]``)
+            and optionally ``mlp_ratios`` (float or 4 floats), e.g.
+            an arch of the slimming search space (``mmeff.slimming``). Defaults to ``'l1'``.
         in_channels (int): Input image channels. Defaults to 3.
         out_indices (Sequence[int] | int): Stages (0..3) whose outputs are returned.
             Defaults to ``(0, 1, 2, 3)``.
@@ -106,8 +118,9 @@ class EfficientFormer(BaseModule):
             Defaults to 0.
         layer_scale_init_value (float): Initial layer scale (authors: 1e-5; 1e-6 for their
             dense L7). Defaults to 1e-5.
-        bias_interpolation (str): How the MHSA bias table is resized to grids other than 7x7
-            (``'bicubic'`` or ``'bilinear'``). Defaults to ``'bicubic'``.
+        bias_interpolation (str): How the MHSA bias table is resized to grids other than the
+            one it is learned on (7x7 in the last stage, 14x14 in stage 3: the grids of a 224
+            input) (``'bicubic'`` or ``'bilinear'``). Defaults to ``'bicubic'``.
         with_cp (bool): Gradient checkpointing of every block. Defaults to False.
         pretrained (str, optional): Deprecated, same as ``init_cfg=dict(type='Pretrained',
             checkpoint=pretrained, prefix='backbone.')``. Defaults to None.
@@ -188,13 +201,15 @@ class EfficientFormer(BaseModule):
         for i, (depth, width) in enumerate(zip(depths, widths)):
             downsample = Downsample(widths[i - 1], width, norm_cfg) if i > 0 else None
             blocks = []
-            stage_vit = num_vit if i == self.num_stages - 1 else 0
+            stage_vit = self.num_vit_per_stage(self.arch)[i]
             for j in range(depth):
                 common = dict(mlp_ratio=mlp_ratios[i], act_cfg=act_cfg, drop=drop_rate,
                               drop_path=dpr[block_id + j],
                               layer_scale_init_value=layer_scale_init_value)
                 if j >= depth - stage_vit:
-                    blocks.append(Meta3D(width, bias_interpolation=bias_interpolation, **common))
+                    blocks.append(Meta3D(width, bias_interpolation=bias_interpolation,
+                                         resolution=BIAS_TABLE_INPUT_SIZE // self.strides[i],
+                                         **common))
                 else:
                     blocks.append(Meta4D(width, norm_cfg=norm_cfg, **common))
             block_id += depth
@@ -240,9 +255,14 @@ class EfficientFormer(BaseModule):
                     or not all(isinstance(v, int) and v > 0 for v in val)):
                 raise ValueError(f'arch[{key!r}] must be {cls.num_stages} positive ints, got {val!r}')
             arch[key] = list(val)
-        if not isinstance(arch['num_vit'], int) or not 0 <= arch['num_vit'] <= arch['depths'][-1]:
-            raise ValueError(f"arch['num_vit'] must be an int in [0, depths[-1]="
-                             f"{arch['depths'][-1]}], got {arch['num_vit']!r}")
+        num_vit, depths = arch['num_vit'], arch['depths']
+        if (not isinstance(num_vit, int) or isinstance(num_vit, bool)
+                or not 0 <= num_vit <= depths[2] + depths[3]):
+            raise ValueError(
+                f"arch['num_vit'] must be an int in [0, depths[2] + depths[3] = "
+                f"{depths[2] + depths[3]}] (the MB3D blocks at the end of the network: up to "
+                f"depths[3]={depths[3]} in the last stage, the rest at the end of stage 3), "
+                f"got {num_vit!r}")
         ratios = arch.get('mlp_ratios', 4)
         if isinstance(ratios, (int, float)):
             ratios = [ratios] * cls.num_stages
@@ -250,6 +270,13 @@ class EfficientFormer(BaseModule):
             raise ValueError(f"arch['mlp_ratios'] must be a number or {cls.num_stages} numbers")
         arch['mlp_ratios'] = list(ratios)
         return arch
+
+    @classmethod
+    def num_vit_per_stage(cls, arch: dict) -> List[int]:
+        """How many of each stage's blocks are MB3D (at the stage's end) for a parsed arch:
+        the last stage takes ``min(num_vit, depths[3])``, stage 3 the rest."""
+        last = min(arch['num_vit'], arch['depths'][-1])
+        return [0] * (cls.num_stages - 2) + [arch['num_vit'] - last, last]
 
     def _parse_out_indices(self, out_indices) -> Tuple[int, ...]:
         if isinstance(out_indices, int) and not isinstance(out_indices, bool):
