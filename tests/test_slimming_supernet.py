@@ -83,6 +83,14 @@ def test_sandwich_step_updates_weights_and_arch_params():
 
     with pytest.raises(TypeError, match="two optimisers"):
         model.train_step(Batches()(), wrappers['weights'])
+    batch = Batches()(4)
+    losses = model(batch['inputs'], batch['data_samples'], mode='loss')
+    assert set(losses) == {'loss_max', 'loss_min', 'loss_random'}
+    with pytest.raises(ValueError, match='does not support --amp'):
+        build_optim_wrapper(model, dict(
+            type='AmpOptimWrapper', constructor='SupernetOptimWrapperConstructor',
+            weights=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+            arch=dict(optimizer=dict(type='Adam', lr=1e-3))))
 
 
 def test_sandwich_widths_and_sampling_rule():

@@ -4,13 +4,15 @@
 # Gumbel-softmax (architecture parameters with their own optimiser, temperature annealed),
 # widths trained by the sandwich rule (largest, smallest, random each step). The data pipeline
 # and weight optimiser are the DeiT recipe of configs/classification (RandAugment, random
-# erasing, repeated augmentation, label smoothing, AdamW + cosine); what does not apply to a
-# supernet is off: mixup/cutmix and hard distillation (three sandwich passes a step, each
-# with its own sampled network and no teacher budget) and model EMA (an average over
-# different sampled networks and architecture logits means nothing).
+# erasing, repeated augmentation, label smoothing, AdamW + cosine). Off: model EMA (an
+# average over differently sampled networks and moving architecture logits means little), and,
+# not implemented in the supernet's loss, mixup/cutmix and hard distillation (a teacher pass
+# for each of the three sandwich passes).
 # The paper gives no supernet schedule: 100 epochs is this project's choice.
 #   python tools/train.py configs/slimming/supernet_l7space_in1k.py [--resume]
-# then mmeff.slimming.supernet.load_supernet(<work_dir>/epoch_N.pth, 'l7space').
+# then mmeff.slimming.supernet.load_supernet('<work_dir>/epoch_N.pth', 'l7space').
+# One process only: multi-process DDP and --amp are not supported for the supernet yet (the
+# batch of 128 and the lr auto_scale_lr derives from it apply to that one process).
 _base_ = '../classification/effformer_l1_in1k.py'
 
 custom_imports = dict(
@@ -61,5 +63,3 @@ custom_hooks = [
 # Validation runs the largest network with the BN statistics shared by all widths: a training
 # monitor only (recalibrate_bn before judging any subnet), so no 'best' checkpoint.
 default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3, save_best=None))
-# Sampled subnets leave parameters unused in a step (DDP must know).
-model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=True)

@@ -351,6 +351,13 @@ class SlimmingSupernet(BaseModel):
         if mode == 'tensor':
             return self.forward_choices(inputs, self.eval_choices)
         if mode == 'loss':
+            if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                    torch.distributed.get_world_size() > 1:
+                # mmengine's DDP wrapper would call this and then one optimiser step on the
+                # pair of optimisers; the sandwich step (train_step) needs the model itself.
+                raise NotImplementedError(
+                    'multi-process (DDP) supernet training is not supported yet: train with '
+                    'tools/train.py (one process, one GPU)')
             labels = self._labels(data_samples, inputs.device)
             return {f'loss_{name}': self._ce(self.forward_sampled(inputs, idx), labels)
                     for name, idx in self.sandwich_widths().items()}
@@ -425,6 +432,10 @@ class SupernetOptimWrapperConstructor:
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
+        if 'Amp' in str(optim_wrapper_cfg.get('type', '')):
+            raise ValueError('supernet training does not support --amp / AmpOptimWrapper: the '
+                             'weights and the architecture logits have separate optimisers '
+                             'that one loss scale cannot serve; train in fp32')
         keys = set(optim_wrapper_cfg)
         if keys != {'weights', 'arch'}:
             raise ValueError(f'SupernetOptimWrapperConstructor needs optim_wrapper keys '
