@@ -9,6 +9,7 @@ import os
 import platform
 import time
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -102,6 +103,25 @@ def test_arch_pieces_counts_and_mb3d_spill():
         lut.arch_pieces(dict(arch, num_vit=6))
 
 
+@pytest.mark.parametrize('num_vit', [0, 1, 2, 3, 5])
+def test_arch_pieces_match_the_backbone(num_vit):
+    """The blocks counted are the blocks the backbone builds (MB3D spilling into stage 2)."""
+    from mmeff.models import EfficientFormer
+    from mmeff.models.layers import Meta3D, Meta4D
+    arch = dict(depths=[1, 2, 3, 2], widths=[16, 32, 48, 64], num_vit=num_vit)
+    net = EfficientFormer(arch, out_indices=(3,), out_norm_cfg=None)
+    found = Counter()
+    for s, stage in enumerate(net.stages):
+        for block in stage.blocks:
+            kind = 'mb3d' if isinstance(block, Meta3D) else 'mb4d'
+            assert isinstance(block, (Meta3D, Meta4D))
+            found[f'{kind}.s{s}.w{arch["widths"][s]}'] += 1
+    pieces = lut.arch_pieces(arch)
+    assert {k: v for k, v in pieces.items() if k[:4] in ('mb3d', 'mb4d')} == dict(found)
+    assert sum(v for k, v in pieces.items() if k.startswith('to3d')) == (
+        (num_vit > 0) + (num_vit > 2))
+
+
 def test_build_piece_shapes_and_bad_name():
     mod, x = lut.build_piece('mb3d.s2.w48', (SIZE, SIZE))
     assert tuple(x.shape) == (1, 16, 48)  # 64/16 = 4x4 tokens
@@ -112,6 +132,8 @@ def test_build_piece_shapes_and_bad_name():
     assert tuple(mod(x).shape) == (1, 10)
     with pytest.raises(lut.LatencyTableError, match="'mb5d.s0.w8' is not a latency table piece"):
         lut.build_piece('mb5d.s0.w8', (SIZE, SIZE))
+    with pytest.raises(lut.LatencyTableError, match='stages 2 and 3 only'):
+        lut.build_piece('mb3d.s1.w32', (SIZE, SIZE))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -240,7 +262,9 @@ def test_torch_cuda_without_a_gpu(space):
 
 
 def test_lut_accuracy_reports_errors(cpu_table, space):
+    threads = torch.get_num_threads()
     acc = lut.lut_accuracy(cpu_table, space, n=3, seed=1, reps=3)
+    assert torch.get_num_threads() == threads  # measured with the table's, then restored
     assert len(acc['networks']) == 3 and acc['backend'] == 'torch-cpu'
     for net in acc['networks']:
         assert space.contains_arch(net['arch'])

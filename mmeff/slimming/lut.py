@@ -64,13 +64,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .space import SearchSpace, get_space
+from .space import get_space
 
 FORMAT = 'mmeff.slimming.lut'
 FORMAT_VERSION = 1
 BACKENDS = ('torch-cpu', 'torch-cuda', 'onnxruntime', 'coreml')
 COMPUTE_UNITS = ('ALL', 'CPU_ONLY', 'CPU_AND_GPU', 'CPU_AND_NE')
-STRIDES = (4, 8, 16, 32)
 # Metadata two tables must share to be merged or used together.
 _SHARED_KEYS = ('backend', 'input_size', 'batch', 'threads', 'with_head', 'num_classes',
                 'compute_units', 'space_fingerprint')
@@ -196,17 +195,13 @@ def build_piece(name: str, input_size: Sequence[int], mlp_ratios: Sequence[float
         widths[stage - 1], widths[stage] = int(m.group(3)), int(m.group(4))
     elif m.group(5):
         kind, stage, widths[int(m.group(6))] = m.group(5), int(m.group(6)), int(m.group(7))
-        if kind == 'mb3d':
+        if kind in ('mb3d', 'to3d') and stage not in (2, 3):
+            raise LatencyTableError(f'{name!r}: MB3D blocks (and their reshape) exist in '
+                                    f'stages 2 and 3 only')
+        if kind == 'mb3d':  # the carrier's last stage is MB3D too when stage 2's block is
             num_vit = 1 if stage == 3 else 2
-        elif kind == 'to3d':
-            if stage not in (2, 3):
-                raise LatencyTableError(f'{name!r}: MB3D blocks (and their reshape) exist in '
-                                        f'stages 2 and 3 only')
-            kind = 'to3d'
     else:
         stage, widths[3], kind, with_head = 3, int(m.group(8)), 'head', True
-    if kind == 'mb3d' and stage not in (2, 3):
-        raise LatencyTableError(f'{name!r}: MB3D blocks exist in stages 2 and 3 only')
     arch = dict(depths=[1, 1, 1, 1], widths=widths, num_vit=num_vit,
                 mlp_ratios=list(mlp_ratios))
     net = _fused_network(arch, (h, w), with_head, num_classes)
@@ -286,23 +281,26 @@ def _time(modules: Dict[str, tuple], backend: str, threads: int, warmup: int, re
     from mmeff.benchmark.latency import summarize, time_interleaved
     sync = torch.cuda.synchronize if backend == 'torch-cuda' else None
     names, out = list(modules), {}
-    with tempfile.TemporaryDirectory(prefix='mmeff_lut_') as work_dir:
-        for i in range(0, len(names), chunk):
-            fns = {n: _runner(*modules[n], backend, threads, work_dir, f'p{i + j}',
-                              compute_units)
-                   for j, n in enumerate(names[i:i + chunk])}
-            times = time_interleaved(fns, warmup, reps, sync)
-            for n, t in times.items():
-                s = summarize(t, 1)
-                out[n] = dict(median_ms=s['median_ms'], p90_ms=s['p90_ms'], min_ms=s['min_ms'],
-                              reps=s['reps'])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # restored below: the caller's setting is theirs
+    try:
+        with tempfile.TemporaryDirectory(prefix='mmeff_lut_') as work_dir:
+            for i in range(0, len(names), chunk):
+                fns = {n: _runner(*modules[n], backend, threads, work_dir, f'p{i + j}',
+                                  compute_units)
+                       for j, n in enumerate(names[i:i + chunk])}
+                times = time_interleaved(fns, warmup, reps, sync)
+                for n, t in times.items():
+                    s = summarize(t, 1)
+                    out[n] = dict(median_ms=s['median_ms'], p90_ms=s['p90_ms'],
+                                  min_ms=s['min_ms'], reps=s['reps'])
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
-def _setup_threads(threads: Optional[int]) -> int:
-    if threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+def _threads(threads: Optional[int]) -> int:
+    return int(threads) if threads else torch.get_num_threads()
 
 
 def _versions() -> dict:
@@ -364,7 +362,7 @@ def build_lut(space,
     if compute_units not in COMPUTE_UNITS:
         raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
     size = _parse_size(input_size)
-    threads = _setup_threads(threads)
+    threads = _threads(threads)
     if table is not None:
         check_compatible(table, backend, size, space)
         if (table['with_head'], table['batch']) != (with_head, batch):
@@ -532,7 +530,7 @@ def measure_networks(archs: Sequence[dict], backend: str = 'torch-cpu', input_si
     """Measured latency of whole fused networks (interleaved), as pieces are measured."""
     _check_backend(backend)
     size = _parse_size(input_size)
-    threads = _setup_threads(threads)
+    threads = _threads(threads)
     modules = _network_runner_inputs(archs, size, batch, with_head, num_classes)
     times = _time(modules, backend, threads, warmup, reps, compute_units)
     return [times[f'net{i}'] for i in range(len(archs))]
