@@ -193,6 +193,28 @@ def _check_budgets(budgets: Sequence[float]) -> List[float]:
     return sorted(set(out), reverse=True)
 
 
+def check_budgets(space, predict_latency: Callable[[dict], float],
+                  budgets: Sequence[float]) -> tuple:
+    """Check ``budgets`` against the space before any search (cheap: latencies only).
+
+    Returns:
+        tuple: The budgets, unique and sorted largest first, and :func:`smallest_latency`.
+
+    Raises:
+        ValueError: A budget that is not a positive number, or one below the smallest
+            latency the space reaches (the message names that latency and its network).
+    """
+    space = get_space(space)
+    budgets = _check_budgets(budgets)
+    smallest = smallest_latency(space, predict_latency)
+    if budgets[-1] < smallest['latency_ms']:
+        raise ValueError(
+            f'latency budget {budgets[-1]:g} ms is below the smallest latency the search space '
+            f'{space.name!r} reaches, {smallest["latency_ms"]:.4g} ms (its minimal network '
+            f'{smallest["arch"]}); use budgets >= {smallest["latency_ms"]:.4g} ms')
+    return budgets, smallest
+
+
 def greedy_slim(space, start_choices: dict, importance: dict,
                 predict_latency: Callable[[dict], float],
                 estimate_accuracy: Callable[[dict], float],
@@ -244,14 +266,7 @@ def greedy_slim(space, start_choices: dict, importance: dict,
     space = get_space(space)
     space.validate(start_choices)
     _check_importance(space, importance)
-    budgets = _check_budgets(budgets)
-
-    smallest = smallest_latency(space, predict_latency)
-    if budgets[-1] < smallest['latency_ms']:
-        raise ValueError(
-            f'latency budget {budgets[-1]:g} ms is below the smallest latency the search space '
-            f'{space.name!r} reaches, {smallest["latency_ms"]:.4g} ms (its minimal network '
-            f'{smallest["arch"]}); use budgets >= {smallest["latency_ms"]:.4g} ms')
+    budgets, smallest = check_budgets(space, predict_latency, budgets)
 
     accuracy_cache: Dict[str, float] = {}
 
@@ -342,4 +357,4 @@ def load_trajectory(path: str) -> dict:
 
 
 __all__ = ['ACTIONS', 'candidate_actions', 'stage_importance', 'minimal_networks',
-           'smallest_latency', 'budget_name', 'greedy_slim', 'load_trajectory']
+           'smallest_latency', 'budget_name', 'check_budgets', 'greedy_slim', 'load_trajectory']
