@@ -164,6 +164,30 @@ def test_build_on_onnxruntime_extends_lazily(space):
         lut.build_lut(space, 'torch-cpu', SIZE, table=t, log=lambda m: None)
 
 
+def test_interrupted_build_resumes_from_the_saved_table(space, tmp_path, monkeypatch):
+    path = str(tmp_path / 'lut.json')
+    monkeypatch.setattr(lut, 'CHUNK', 4)
+    real, built = lut.build_piece, []
+
+    def failing(name, *args, **kwargs):
+        if len(built) == 6:
+            raise KeyboardInterrupt  # killed while building the second chunk
+        built.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(lut, 'build_piece', failing)
+    kw = dict(threads=1, warmup=0, reps=1, log=lambda m: None)
+    with pytest.raises(KeyboardInterrupt):
+        lut.build_lut(space, 'torch-cpu', SIZE, save_to=path, **kw)
+    saved = lut.load(path)
+    assert list(saved['entries']) == built[:4]  # the first chunk, complete
+    monkeypatch.setattr(lut, 'build_piece', real)
+    done = lut.build_lut(space, 'torch-cpu', SIZE, table=saved, save_to=path, **kw)
+    assert set(done['entries']) == set(lut.space_pieces(space))
+    assert lut.load(path) == done
+    assert {n: done['entries'][n] for n in built[:4]} == saved['entries']  # not re-measured
+
+
 def test_save_load_round_trip_and_bad_files(cpu_table, tmp_path):
     path = str(tmp_path / 'sub' / 'lut.json')
     assert lut.save(cpu_table, path) == path

@@ -70,6 +70,7 @@ FORMAT = 'mmeff.slimming.lut'
 FORMAT_VERSION = 1
 BACKENDS = ('torch-cpu', 'torch-cuda', 'onnxruntime', 'coreml')
 COMPUTE_UNITS = ('ALL', 'CPU_ONLY', 'CPU_AND_GPU', 'CPU_AND_NE')
+CHUNK = 32  # pieces built, timed (interleaved) and saved together
 # Metadata two tables must share to be merged or used together.
 _SHARED_KEYS = ('backend', 'input_size', 'batch', 'threads', 'with_head', 'num_classes',
                 'compute_units', 'space_fingerprint')
@@ -275,25 +276,31 @@ def _runner(module: nn.Module, x: torch.Tensor, backend: str, threads: int, work
     return lambda: mlmodel.predict(feed)
 
 
-def _time(modules: Dict[str, tuple], backend: str, threads: int, warmup: int, reps: int,
-          compute_units: str, chunk: int = 32) -> Dict[str, dict]:
-    """Median/p90/min ms of every ``name -> (module, x)``, interleaved in chunks."""
+def _time(names: Sequence[str], make: Callable[[str], tuple], backend: str, threads: int,
+          warmup: int, reps: int, compute_units: str, chunk: Optional[int] = None,
+          on_chunk: Optional[Callable[[Dict[str, dict]], None]] = None) -> Dict[str, dict]:
+    """Median/p90/min ms of every name (``make(name) -> (module, x)``), interleaved in chunks
+    built one at a time; ``on_chunk`` gets each chunk's results as they come."""
     from mmeff.benchmark.latency import summarize, time_interleaved
     sync = torch.cuda.synchronize if backend == 'torch-cuda' else None
-    names, out = list(modules), {}
+    names, out, chunk = list(names), {}, chunk or CHUNK
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored below: the caller's setting is theirs
     try:
         with tempfile.TemporaryDirectory(prefix='mmeff_lut_') as work_dir:
             for i in range(0, len(names), chunk):
-                fns = {n: _runner(*modules[n], backend, threads, work_dir, f'p{i + j}',
+                fns = {n: _runner(*make(n), backend, threads, work_dir, f'p{i + j}',
                                   compute_units)
                        for j, n in enumerate(names[i:i + chunk])}
                 times = time_interleaved(fns, warmup, reps, sync)
+                done = {}
                 for n, t in times.items():
                     s = summarize(t, 1)
-                    out[n] = dict(median_ms=s['median_ms'], p90_ms=s['p90_ms'],
-                                  min_ms=s['min_ms'], reps=s['reps'])
+                    done[n] = dict(median_ms=s['median_ms'], p90_ms=s['p90_ms'],
+                                   min_ms=s['min_ms'], reps=s['reps'])
+                out.update(done)
+                if on_chunk is not None:
+                    on_chunk(done)
     finally:
         torch.set_num_threads(before)
     return out
@@ -333,6 +340,7 @@ def build_lut(space,
               with_head: bool = True,
               num_classes: int = 1000,
               compute_units: str = 'ALL',
+              save_to: Optional[str] = None,
               log: Callable[[str], None] = print) -> dict:
     """Measure the pieces of ``space`` on ``backend`` and return the table (a new dict).
 
@@ -352,6 +360,9 @@ def build_lut(space,
         num_classes (int): Classes of the head. Defaults to 1000.
         compute_units (str): Core ML compute units (``coreml`` only), one of
             ``COMPUTE_UNITS``.
+        save_to (str | None): Save the table there (:func:`save`) after every chunk of
+            pieces measured, so that an interrupted build resumes from it
+            (``build_lut(..., table=load(path), save_to=path)``).
         log (callable): Progress messages.
 
     Returns:
@@ -365,10 +376,12 @@ def build_lut(space,
     threads = _threads(threads)
     if table is not None:
         check_compatible(table, backend, size, space)
-        if (table['with_head'], table['batch']) != (with_head, batch):
-            raise LatencyTableError(f"the table to extend has with_head={table['with_head']}, "
-                                    f"batch={table['batch']}; asked: with_head={with_head}, "
-                                    f"batch={batch}")
+        asked = dict(with_head=with_head, batch=batch, num_classes=num_classes)
+        differ = {k: v for k, v in asked.items() if table.get(k) != v}
+        if differ:
+            raise LatencyTableError(
+                'the table to extend has ' + ', '.join(f'{k}={table.get(k)!r}' for k in differ)
+                + '; asked: ' + ', '.join(f'{k}={v!r}' for k, v in differ.items()))
     wanted = []
     if pieces is not None:
         wanted += list(pieces)
@@ -381,23 +394,33 @@ def build_lut(space,
     todo = [n for n in wanted if n not in have]
     log(f'Latency table on {backend} at {size[0]}x{size[1]}: measuring {len(todo)} of '
         f'{len(wanted)} pieces ({threads} threads, {reps} reps)')
-    modules = {n: build_piece(n, size, space.mlp_ratios, batch, num_classes) for n in todo}
-    measured = _time(modules, backend, threads, warmup, reps, compute_units)
     from mmeff.benchmark.latency import machine_info
     now = datetime.datetime.now().isoformat(timespec='seconds')
-    for entry in measured.values():
-        entry['date'] = now
     if table is not None:
         new = json.loads(json.dumps(table))
-        new['entries'].update(measured)
-        return new
-    return dict(format=FORMAT, format_version=FORMAT_VERSION, backend=backend, input_size=size,
-                batch=batch, threads=threads, warmup=warmup, reps=reps, with_head=with_head,
-                num_classes=num_classes,
-                compute_units=compute_units if backend == 'coreml' else None,
-                machine=machine_info('cuda' if backend == 'torch-cuda' else 'cpu', threads),
-                versions=_versions(), date=now, space=space.to_dict(),
-                space_fingerprint=space.fingerprint(), entries=measured)
+    else:
+        new = dict(format=FORMAT, format_version=FORMAT_VERSION, backend=backend,
+                   input_size=size, batch=batch, threads=threads, warmup=warmup, reps=reps,
+                   with_head=with_head, num_classes=num_classes,
+                   compute_units=compute_units if backend == 'coreml' else None,
+                   machine=machine_info('cuda' if backend == 'torch-cuda' else 'cpu', threads),
+                   versions=_versions(), date=now, space=space.to_dict(),
+                   space_fingerprint=space.fingerprint(), entries={})
+
+    def add(done: Dict[str, dict]) -> None:
+        stamp = datetime.datetime.now().isoformat(timespec='seconds')
+        for entry in done.values():
+            entry['date'] = stamp
+        new['entries'].update(done)
+        log(f"  {len(new['entries'])} pieces in the table")
+        if save_to is not None:
+            save(new, save_to)
+
+    _time(todo, lambda n: build_piece(n, size, space.mlp_ratios, batch, num_classes), backend,
+          threads, warmup, reps, compute_units, on_chunk=add)
+    if save_to is not None and not todo:
+        save(new, save_to)
+    return new
 
 
 def predict(table: dict, arch: dict) -> float:
@@ -515,24 +538,31 @@ def merge(a: dict, b: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- accuracy
-def _network_runner_inputs(archs: Sequence[dict], size, batch, with_head, num_classes):
-    out = {}
-    for i, arch in enumerate(archs):
-        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
-        out[f'net{i}'] = (_fused_network(arch, size, with_head, num_classes), x)
-    return out
-
-
 def measure_networks(archs: Sequence[dict], backend: str = 'torch-cpu', input_size=224,
                      batch: int = 1, threads: Optional[int] = None, warmup: int = 5,
                      reps: int = 30, with_head: bool = True, num_classes: int = 1000,
                      compute_units: str = 'ALL') -> List[dict]:
-    """Measured latency of whole fused networks (interleaved), as pieces are measured."""
+    """Measured latency of whole fused networks, timed interleaved as pieces are.
+
+    Args:
+        archs (Sequence[dict]): Arch dicts (:meth:`SearchSpace.to_arch`).
+        backend, input_size, batch, threads, warmup, reps, with_head, num_classes,
+        compute_units: As :func:`build_lut` (give a table's values to compare with it).
+
+    Returns:
+        list[dict]: Per arch ``median_ms``, ``p90_ms``, ``min_ms``, ``reps``.
+    """
     _check_backend(backend)
     size = _parse_size(input_size)
     threads = _threads(threads)
-    modules = _network_runner_inputs(archs, size, batch, with_head, num_classes)
-    times = _time(modules, backend, threads, warmup, reps, compute_units)
+    archs = list(archs)
+
+    def make(name: str) -> tuple:
+        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+        return _fused_network(archs[int(name[3:])], size, with_head, num_classes), x
+
+    times = _time([f'net{i}' for i in range(len(archs))], make, backend, threads, warmup, reps,
+                  compute_units)
     return [times[f'net{i}'] for i in range(len(archs))]
 
 
