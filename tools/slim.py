@@ -76,6 +76,8 @@ def parse_args(argv=None):
     args.cfg_options = parsed.cfg_options
     if args.calib_batches < 1 or (args.eval_batches is not None and args.eval_batches < 1):
         p.error('--calib-batches and --eval-batches must be >= 1')
+    if args.phase in ('all', 'search') and not args.budgets:
+        p.error(f'--phase {args.phase} needs --budgets (ms on --backend)')
     return args
 
 
@@ -153,6 +155,12 @@ def build_lut(run: Run) -> None:
           f"{len(check['networks'])} random networks of the space: mean |relative error| "
           f"{check['mean_abs_rel_err']:.1%}, worst {check['worst_rel_err']:+.1%} "
           f'({run.lut_check_path})')
+    if check['mean_abs_rel_err'] > 0.2:
+        print(f"warning: the latency table predicts whole networks poorly here (mean error "
+              f"{check['mean_abs_rel_err']:.0%}): other processes competing for the cores and "
+              f'few repetitions make piece timings noisy; measure on an idle machine, with more '
+              f'--reps, then run --phase build-lut again (delete {run.lut_path} first: '
+              f'existing pieces are kept)', file=sys.stderr)
 
 
 def _load_table(run: Run) -> dict:
@@ -210,8 +218,6 @@ def search(run: Run) -> None:
     from mmeff.slimming.report import write_json, write_report
     from mmeff.slimming.search import check_budgets, greedy_slim
     from mmeff.slimming.supernet import importance
-    if not run.args.budgets:
-        raise ValueError('the search needs --budgets (ms on --backend)')
     table = _load_table(run)
     check_budgets(run.space, lambda arch: lut.predict(table, arch), run.args.budgets)  # early
     model = _load_model(run)
