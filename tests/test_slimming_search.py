@@ -358,3 +358,23 @@ def test_generated_configs_inherit_relatively_inside_the_project(tmp_path, repo_
     assert Config.fromfile(paths['fpn']).model.backbone.arch == SMALL_ARCH
     outside = write_configs(_result(SMALL_ARCH), str(tmp_path / 'elsewhere'), 'x.pth')
     assert f"_base_ = '{repo_root}/configs/classification/" in open(outside['in1k']).read()
+
+
+def test_search_goes_on_when_no_action_saves_latency():
+    """A table where removing one block costs more (a noisy piece) and MB3D costs as much as
+    MB4D: no action saves anything from the start, so the largest saving is taken (marked
+    no_saving) and the search still reaches the budget at the minimal network."""
+    space = SearchSpace(name='flat', widths=[[16], [16], [16], [16]], max_depths=[1, 2, 2, 2])
+
+    def latency(arch):
+        depth = sum(arch['depths'])
+        return 10. + depth + (5. if depth == 6 else 0.)
+    traj = greedy_slim(space, space.max_choices(num_mb3d=1), IMPORTANCE, latency,
+                       lambda c: 70., budgets=[14.0])
+    first, second = traj['steps'][:2]
+    assert (first['action'], first['saving_ms'], first['no_saving']) == ('mb3d_to_mb4d', 0., True)
+    assert (second['action'], second['saving_ms'], second['no_saving']) == ('to_identity', -4.,
+                                                                             True)
+    assert not any(s['no_saving'] for s in traj['steps'][2:])
+    assert traj['results'][0]['latency_ms'] == 14.0
+    assert traj['results'][0]['arch']['depths'] == [1, 1, 1, 1]
