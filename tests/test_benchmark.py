@@ -38,6 +38,18 @@ def test_time_interleaved_order_and_sync():
         time_interleaved(fns, warmup=0, reps=0)
 
 
+def test_time_interleaved_settles_outside_the_timing():
+    import time
+    times = time_interleaved({'a': lambda: None, 'b': lambda: None}, warmup=0, reps=3,
+                             settle_s=0.02)
+    t0 = time.perf_counter()
+    time_interleaved({'a': lambda: None}, warmup=0, reps=3, settle_s=0.02)
+    assert time.perf_counter() - t0 >= 3 * 0.02  # paused before every timed call...
+    assert max(max(v) for v in times.values()) < 0.02  # ...and not inside the timings
+    with pytest.raises(ValueError, match='settle_s >= 0'):
+        time_interleaved({'a': lambda: None}, warmup=0, reps=1, settle_s=-1)
+
+
 def test_benchmark_backbone_matches_timm_and_records_unsupported():
     result = benchmark(['l1'], [224, (64, 96)], [1], runtimes=('timm', 'eager', 'fused'),
                        task='backbone', warmup=0, reps=1, threads=1, log=lambda m: None)

@@ -2,7 +2,7 @@
 
     python tools/benchmark_latency.py [--archs l1 l3 l7] [--input-sizes 224 512x512 800x1333]
         [--batch-sizes 1 8] [--device cpu|cuda] [--runtimes timm eager fused compile onnxruntime]
-        [--task classifier|backbone] [--warmup 10] [--reps 100] [--threads N]
+        [--task classifier|backbone] [--warmup 10] [--reps 100] [--threads N] [--settle-ms 10]
         [--out-dir benchmarks] [--name NAME] [--plot]
 
 Every runtime runs the same weights on the same input (timm's initialisation, converted with
@@ -37,17 +37,22 @@ def main(argv=None) -> int:
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--reps', type=int, default=100)
     p.add_argument('--threads', type=int, help='CPU threads (torch and ONNX Runtime)')
+    p.add_argument('--settle-ms', type=float, default=10.,
+                   help='untimed pause before every timed call, so that no runtime\'s '
+                        'spinning threads overlap the next one (default 10)')
     p.add_argument('--out-dir', default='work_dirs/benchmark')
     p.add_argument('--name', help='file stem (default latency_<task>_<device>)')
     p.add_argument('--plot', action='store_true', help='also draw <name>.png')
     args = p.parse_args(argv)
     if any(b < 1 for b in args.batch_sizes):
         raise SystemExit(f'error: batch sizes must be >= 1, got {args.batch_sizes}')
+    if args.settle_ms < 0:
+        raise SystemExit(f'error: --settle-ms must be >= 0, got {args.settle_ms}')
 
     from mmeff.benchmark.latency import benchmark, save_results, to_markdown
     result = benchmark(args.archs, args.input_sizes, args.batch_sizes, args.runtimes,
                        task=args.task, device=args.device, warmup=args.warmup, reps=args.reps,
-                       threads=args.threads)
+                       threads=args.threads, settle_s=args.settle_ms / 1e3)
     stem = args.name or f"latency_{args.task}_{args.device.replace(':', '')}"
     json_path, md_path = save_results(result, args.out_dir, stem)
     print(to_markdown(result))

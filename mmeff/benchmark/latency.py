@@ -120,7 +120,8 @@ def summarize(times_s: Sequence[float], batch_size: int) -> dict:
 def time_interleaved(fns: Dict[str, Callable[[], object]],
                      warmup: int,
                      reps: int,
-                     sync: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
+                     sync: Optional[Callable[[], None]] = None,
+                     settle_s: float = 0.) -> Dict[str, List[float]]:
     """Seconds per call of every function, repetitions interleaved across functions.
 
     Args:
@@ -129,9 +130,14 @@ def time_interleaved(fns: Dict[str, Callable[[], object]],
         reps (int): Timed calls of each function.
         sync (callable | None): Called before starting and before stopping each timer, e.g.
             ``torch.cuda.synchronize`` so that asynchronous GPU work is inside the timing.
+        settle_s (float): Untimed pause before every timed call, so that thread pools the
+            previous call left spinning (torch's OpenMP workers spin a few ms after each
+            parallel region) have gone to sleep before the next function's timer starts.
+            Defaults to 0.
     """
-    if reps < 1 or warmup < 0:
-        raise ValueError(f'need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}')
+    if reps < 1 or warmup < 0 or settle_s < 0:
+        raise ValueError(f'need reps >= 1, warmup >= 0 and settle_s >= 0, got reps={reps}, '
+                         f'warmup={warmup}, settle_s={settle_s}')
     sync = sync or (lambda: None)
     for fn in fns.values():
         for _ in range(warmup):
@@ -140,6 +146,8 @@ def time_interleaved(fns: Dict[str, Callable[[], object]],
     times = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
             sync()
             t0 = time.perf_counter()
             fn()
@@ -271,6 +279,7 @@ def benchmark(archs: Sequence[str] = ('l1',),
               reps: int = 100,
               threads: Optional[int] = None,
               seed: int = 0,
+              settle_s: float = 0.01,
               log: Callable[[str], None] = print) -> dict:
     """Time every runtime on every (arch, input size, batch size); see the module docstring.
 
@@ -286,6 +295,8 @@ def benchmark(archs: Sequence[str] = ('l1',),
         reps (int): Timed calls per runtime. Defaults to 100.
         threads (int | None): CPU threads for torch and ONNX Runtime; ``None`` keeps torch's.
         seed (int): Seed of the weights and of the input. Defaults to 0.
+        settle_s (float): Untimed pause before every timed call (:func:`time_interleaved`):
+            no runtime's spinning threads overlap the next one's timing. Defaults to 0.01.
         log (callable): Progress messages. Defaults to ``print``.
 
     Returns:
@@ -337,7 +348,7 @@ def benchmark(archs: Sequence[str] = ('l1',),
                                    rel_err_vs_eager=float(f'{err:.3g}'))
                         fns[name], meta[name] = fn, row
                     if fns:
-                        times = time_interleaved(fns, warmup, reps, sync)
+                        times = time_interleaved(fns, warmup, reps, sync, settle_s)
                         for name, row in meta.items():
                             row.update(summarize(times[name], bs))
                             rows.append(row)
@@ -352,8 +363,9 @@ def benchmark(archs: Sequence[str] = ('l1',),
     settings = dict(task=task, device=device, archs=list(archs),
                     input_sizes=[list(s) for s in sizes], batch_sizes=list(batch_sizes),
                     runtimes=list(runtimes), warmup=warmup, reps=reps, threads=threads,
-                    seed=seed, weights='timm initialisation (pretrained=False), the same '
-                                       'weights in every runtime via convert_timm')
+                    seed=seed, settle_s=settle_s,
+                    weights='timm initialisation (pretrained=False), the same weights in every '
+                            'runtime via convert_timm')
     machine['load_avg_1m_end'] = _load_avg()
     return dict(schema=SCHEMA, machine=machine, settings=settings, results=rows)
 
@@ -371,7 +383,10 @@ def to_markdown(result: dict) -> str:
              f"- Load: 1-min load average {m.get('load_avg_1m')} at the start, "
              f"{m.get('load_avg_1m_end')} at the end{_load_note(m)}",
              f"- Method: {s['warmup']} warm-up calls, {s['reps']} timed calls per runtime "
-             f"interleaved across runtimes; median and p90 per batch; fp32; {s['weights']}",
+             f"interleaved across runtimes"
+             + (f" ({s['settle_s'] * 1e3:g} ms untimed pause before each)"
+                if s.get('settle_s') else '')
+             + f"; median and p90 per batch; fp32; {s['weights']}",
              f"- Date: {m['date']}. These are {'GPU' if m.get('gpu') else 'CPU'} figures of "
              f"this machine, not iPhone 12 / Core ML figures (see docs/deployment.md).", '',
              '| arch | input | batch | runtime | median ms | p90 ms | img/s | vs timm | '
