@@ -182,10 +182,10 @@ def config_text(kind: str, result: dict, base: str, checkpoint: str,
         f'_base_ = {base!r}',
         '',
     ]
-    items = ', '.join(f'{k}={v!r}' for k, v in arch.items())
+    items = ''.join(f'\n    {k}={v!r},' for k, v in arch.items())
     if kind == 'in1k':
         # _delete_: the recipe's backbone arch is the string 'l1', which a dict cannot update
-        lines += [f'arch = dict({items})',
+        lines += [f'arch = dict({items}\n)',
                   "# The subnet's weights inherited from the supernet (mmeff layout, "
                   "`backbone.*` keys).",
                   f'pretrained = {checkpoint!r}',
@@ -194,7 +194,7 @@ def config_text(kind: str, result: dict, base: str, checkpoint: str,
                   '        arch=dict(_delete_=True, **arch),']
     else:
         # _delete_: the recipe's top-level arch is the string 'l1', which a dict cannot update
-        lines += [f'arch = dict(_delete_=True, {items})',
+        lines += [f'arch = dict(\n    _delete_=True,{items}\n)',
                   f"widths = {list(arch['widths'])}  # arch['widths']: the neck's inputs",
                   "# The subnet's weights inherited from the supernet (mmeff layout, "
                   "`backbone.*` keys).",
