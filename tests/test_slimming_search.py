@@ -90,15 +90,21 @@ def test_first_mb3d_becomes_mb4d_keeping_the_single_switch():
 
 
 def test_importance_as_the_supernet_writes_it():
-    """mmeff.slimming.supernet.importance names the per-position scores 'positions' and gives
-    per-stage sums over every position in 'stages'."""
+    """mmeff.slimming.supernet.importance names the per-position scores 'positions'; its
+    'stages' (sums over every position, removed ones too) are not used: a stage's importance is
+    the sum over its remaining blocks."""
     space = tiny_space()
     start = space.max_choices(num_mb3d=1)
     theirs = dict(space='tiny', probs=[], positions=IMPORTANCE['blocks'],
                   stages=[5.0, 5.0, 5.0, 0.5])
     acts = {a['action']: a for a in candidate_actions(space, start, theirs)}
     assert acts['to_identity']['target']['importance'] == 0.1
-    assert acts['shrink_width']['target']['stage'] == 3  # the given stage scores win
+    assert acts['shrink_width']['target']['stage'] == 2  # 0.9 + 0.7 < 0.8 + 0.95
+    # stage 4 down to its first block (0.8): now less important than stage 3 (1.6)
+    fewer = copy.deepcopy(start)
+    fewer['blocks'][3] = ['mb4d', 'id']
+    acts = {a['action']: a for a in candidate_actions(space, fewer, theirs)}
+    assert acts['shrink_width']['target']['stage'] == 3
 
 
 def test_bad_importance_is_a_clear_error():

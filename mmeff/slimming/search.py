@@ -18,9 +18,10 @@ space, choices, importance and trajectory are plain (JSON-able) data.
 
 Importance (from the supernet, :func:`mmeff.slimming.supernet.importance`) is
 ``dict(blocks=[[score per position] per stage])`` (the trained probability of the position's
-non-identity choices; the key may also be ``positions``, as the supernet writes it) and
-optionally ``stages=[score per stage]``; without ``stages`` a stage's importance is the sum of
-the scores of its remaining (non-identity) positions. Other keys are ignored.
+non-identity choices; the key may also be ``positions``, as the supernet writes it). A stage's
+importance is the sum of the scores of its *remaining* (non-identity) positions in the current
+network, so that a stage loses importance as its blocks go; other keys (such as the supernet's
+``stages``, sums over every position) are ignored.
 """
 import copy
 import itertools
@@ -51,17 +52,12 @@ def _check_importance(space: SearchSpace, importance: dict) -> None:
         raise ValueError(f'importance must be dict(blocks=[[score per position] per stage]) '
                          f'shaped like the space (positions {space.max_depths}), got '
                          f'{importance!r}')
-    stages = importance.get('stages')
-    if stages is not None and len(stages) != space.num_stages:
-        raise ValueError(f"importance['stages'] needs {space.num_stages} scores, got {stages!r}")
 
 
 def stage_importance(space: SearchSpace, choices: dict, importance: dict) -> List[float]:
-    """Per-stage importance: ``importance['stages']`` if given, else the sum of the scores of
-    each stage's remaining (non-identity) positions."""
+    """Per-stage importance: the sum of the scores of each stage's remaining (non-identity)
+    positions in ``choices``."""
     _check_importance(space, importance)
-    if importance.get('stages') is not None:
-        return [float(s) for s in importance['stages']]
     return [float(sum(score for score, c in zip(_position_scores(importance)[s],
                                                 choices['blocks'][s])
                       if c != 'id')) for s in range(space.num_stages)]
@@ -86,8 +82,8 @@ def candidate_actions(space, choices: dict, importance: dict) -> List[dict]:
     Args:
         space (SearchSpace | dict | str): The search space.
         choices (dict): The current network, ``dict(blocks=..., width_idx=...)`` (not modified).
-        importance (dict): ``dict(blocks=[[score per position] per stage])`` and optionally
-            ``stages=[score per stage]`` (see the module docstring).
+        importance (dict): ``dict(blocks=[[score per position] per stage])`` (see the module
+            docstring).
 
     Returns:
         list[dict]: In the order of ``ACTIONS`` (at most one of each): ``dict(action=...,
