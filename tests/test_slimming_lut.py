@@ -247,6 +247,10 @@ def test_predict_is_the_sum_of_pieces_and_names_a_missing_one(space):
     n = sum(pieces.values())
     assert lut.predict(table, arch) == pytest.approx(
         sum(c * values[n_] for n_, c in pieces.items()) - (n - 1) * 0.5)
+    table['space'] = space.to_dict()
+    assert lut.predict(table, dict(arch, mlp_ratios=4)) == lut.predict(table, arch)
+    with pytest.raises(lut.LatencyTableError, match=r'mlp_ratios \[4, 4, 4, 4\], the arch has 3'):
+        lut.predict(table, dict(arch, mlp_ratios=3))
     del table['entries']['mb3d.s2.w64']
     with pytest.raises(lut.LatencyTableError, match="no piece 'mb3d.s2.w64'"):
         lut.predict(table, arch)
@@ -294,5 +298,9 @@ def test_lut_accuracy_reports_errors(cpu_table, space):
         assert space.contains_arch(net['arch'])
         assert net['predicted_ms'] > 0 and net['measured_ms'] > 0
         assert math.isfinite(net['rel_err'])
-    assert math.isfinite(acc['mean_abs_rel_err']) and math.isfinite(acc['worst_rel_err'])
-    assert abs(acc['worst_rel_err']) >= acc['mean_abs_rel_err']
+        assert math.isfinite(net['rel_err_same_run']) and net['piece_drift'] > 0
+    for key in ('', '_same_run'):
+        mean, worst = acc['mean_abs_rel_err' + key], acc['worst_rel_err' + key]
+        assert math.isfinite(mean) and math.isfinite(worst) and abs(worst) >= mean
+    plain = lut.lut_accuracy(cpu_table, space, n=2, seed=1, reps=2, same_run=False)
+    assert len(plain['networks']) == 2 and 'rel_err_same_run' not in plain['networks'][0]

@@ -430,6 +430,12 @@ def predict(table: dict, arch: dict) -> float:
     Raises:
         LatencyTableError: a piece of ``arch`` is not in the table (named, with how to add it).
     """
+    ratios = (table.get('space') or {}).get('mlp_ratios')
+    asked = arch.get('mlp_ratios', ratios)
+    asked = [asked] * 4 if isinstance(asked, (int, float)) else asked
+    if ratios is not None and [float(r) for r in asked] != [float(r) for r in ratios]:
+        raise LatencyTableError(f'the latency table was measured with mlp_ratios {ratios}, the '
+                                f"arch has {arch['mlp_ratios']}")
     total, n = 0., 0
     for name, count in list(arch_pieces(arch, table['with_head']).items()) + [('call', 0)]:
         entry = table['entries'].get(name)
@@ -573,32 +579,71 @@ def measure_network(arch: dict, backend: str = 'torch-cpu', input_size=224, **kw
 
 
 def lut_accuracy(table: dict, space, n: int = 8, seed: int = 0, warmup: Optional[int] = None,
-                 reps: Optional[int] = None, archs: Optional[Sequence[dict]] = None) -> dict:
+                 reps: Optional[int] = None, archs: Optional[Sequence[dict]] = None,
+                 same_run: bool = True) -> dict:
     """Predicted vs measured latency of ``n`` random networks of ``space`` (or of ``archs``),
     measured on the table's backend, input size, batch and threads.
 
+    A table measured at one time and networks measured at another also differ by whatever
+    changed on the machine in between (on a shared CPU, the load). With ``same_run`` every
+    network is timed interleaved with its own pieces, measured again, which separates the
+    two: ``rel_err_same_run`` is the error of summing pieces alone, ``piece_drift`` how much
+    slower (> 1) or faster the pieces ran now than when the table was built.
+
     Returns:
         dict: ``networks`` (``arch``, ``predicted_ms``, ``measured_ms``, ``rel_err`` =
-        ``(predicted - measured) / measured``), ``mean_abs_rel_err``, ``worst_rel_err`` (the
-        largest in magnitude, signed), ``backend``, ``input_size``.
+        ``(predicted - measured) / measured``; with ``same_run`` also
+        ``predicted_same_run_ms``, ``rel_err_same_run`` and ``piece_drift`` (median ratio of
+        the pieces' times now to the table's)), ``mean_abs_rel_err``, ``worst_rel_err`` (the
+        largest in magnitude, signed), with ``same_run`` the same two for
+        ``rel_err_same_run``, and ``backend``, ``input_size``, ``reps``.
     """
     space = get_space(space)
     if archs is None:
         rng = random.Random(seed)
         archs = [space.to_arch(space.random_choices(rng)) for _ in range(n)]
+    archs = list(archs)
     predicted = [predict(table, a) for a in archs]  # a missing piece fails before measuring
-    measured = measure_networks(archs, table['backend'], table['input_size'], table['batch'],
-                                table['threads'], table['warmup'] if warmup is None else warmup,
-                                table['reps'] if reps is None else reps, table['with_head'],
-                                table['num_classes'], table.get('compute_units') or 'ALL')
+    size, batch, classes = table['input_size'], table['batch'], table['num_classes']
+    warmup = table['warmup'] if warmup is None else warmup
+    reps = table['reps'] if reps is None else reps
+    units = table.get('compute_units') or 'ALL'
+    _check_backend(table['backend'])
     nets = []
-    for arch, p, m in zip(archs, predicted, measured):
-        nets.append(dict(arch=arch, predicted_ms=round(p, 4), measured_ms=m['median_ms'],
-                         rel_err=round((p - m['median_ms']) / m['median_ms'], 4)))
-    errs = np.array([e['rel_err'] for e in nets])
-    return dict(backend=table['backend'], input_size=table['input_size'], networks=nets,
-                mean_abs_rel_err=round(float(np.abs(errs).mean()), 4),
-                worst_rel_err=float(errs[np.argmax(np.abs(errs))]))
+    for arch, pred in zip(archs, predicted):
+        pieces = (['call'] + list(arch_pieces(arch, table['with_head']))) if same_run else []
+
+        def make(name: str, arch=arch) -> tuple:
+            if name == 'NET':
+                x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+                return _fused_network(arch, size, table['with_head'], classes), x
+            return build_piece(name, size, space.mlp_ratios, batch, classes)
+
+        times = _time(['NET'] + pieces, make, table['backend'], table['threads'], warmup, reps,
+                      units, chunk=len(pieces) + 1)
+        measured = times.pop('NET')['median_ms']
+        row = dict(arch=arch, predicted_ms=round(pred, 4), measured_ms=measured,
+                   rel_err=round((pred - measured) / measured, 4))
+        if same_run:
+            again = predict(dict(table, entries=times), arch)
+            drift = np.median([times[p]['median_ms'] / table['entries'][p]['median_ms']
+                               for p in pieces])
+            row.update(predicted_same_run_ms=round(again, 4),
+                       rel_err_same_run=round((again - measured) / measured, 4),
+                       piece_drift=round(float(drift), 3))
+        nets.append(row)
+
+    def stats(key):
+        errs = np.array([e[key] for e in nets])
+        return (round(float(np.abs(errs).mean()), 4),
+                float(errs[np.argmax(np.abs(errs))]))
+
+    out = dict(backend=table['backend'], input_size=size, reps=reps, networks=nets)
+    out['mean_abs_rel_err'], out['worst_rel_err'] = stats('rel_err')
+    if same_run:
+        out['mean_abs_rel_err_same_run'], out['worst_rel_err_same_run'] = stats(
+            'rel_err_same_run')
+    return out
 
 
 __all__ = ['BACKENDS', 'FORMAT', 'FORMAT_VERSION', 'LatencyTableError', 'arch_pieces',
