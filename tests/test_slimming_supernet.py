@@ -276,6 +276,9 @@ def test_l7space_config():
     assert cfg.model.num_classes == 1000 and cfg.model.label_smoothing == 0.1
     assert set(cfg.optim_wrapper) == {'constructor', 'weights', 'arch'}
     assert set(cfg.param_scheduler) == {'weights', 'arch'}
+    assert not cfg.auto_scale_lr.enable  # it would scale the architecture lr too
+    assert cfg.optim_wrapper.weights.optimizer.lr == pytest.approx(
+        1e-3 * cfg.train_dataloader.batch_size / 1024)
     assert any(h.type == 'mmeff.GumbelTemperatureHook' for h in cfg.custom_hooks)
     assert cfg.train_dataloader.sampler.type == 'RepeatAugSampler'
     space = get_space(cfg.model.space)

@@ -11,8 +11,7 @@
 # The paper gives no supernet schedule: 100 epochs is this project's choice.
 #   python tools/train.py configs/slimming/supernet_l7space_in1k.py [--resume]
 # then mmeff.slimming.supernet.load_supernet('<work_dir>/epoch_N.pth', 'l7space').
-# One process only: multi-process DDP and --amp are not supported for the supernet yet (the
-# batch of 128 and the lr auto_scale_lr derives from it apply to that one process).
+# One process only: multi-process DDP and --amp are not supported for the supernet yet.
 _base_ = '../classification/effformer_l1_in1k.py'
 
 custom_imports = dict(
@@ -33,14 +32,18 @@ model = dict(
     temperature=5.0)
 
 # Two optimisers: the weights (the classification recipe: AdamW, lr 1e-3 per 1024 images,
-# no decay on 1-D parameters) and the architecture logits (Adam, as DARTS/FBNet).
+# here for the one process's batch of 128: 1.25e-4; no decay on 1-D parameters) and the
+# architecture logits (Adam, as DARTS/FBNet). auto_scale_lr is off: it would scale the
+# architecture lr with the batch too. Another batch size: scale the weights' lr by hand.
 optim_wrapper = dict(
     _delete_=True,
     constructor='SupernetOptimWrapperConstructor',
     weights=dict(
-        optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.025),
+        optimizer=dict(type='AdamW', lr=1e-3 * 128 / 1024, betas=(0.9, 0.999), eps=1e-8,
+                       weight_decay=0.025),
         paramwise_cfg=dict(flat_decay_mult=0.)),
     arch=dict(optimizer=dict(type='Adam', lr=3e-4, betas=(0.5, 0.999), weight_decay=0.)))
+auto_scale_lr = dict(enable=False)
 # Warm-up + cosine for the weights; the architecture lr stays constant.
 param_scheduler = dict(
     _delete_=True,

@@ -5,7 +5,7 @@
 #       m('work_dirs/demo/data/imagenet/', num_classes=5, per_class=(16, 4), size=64)"
 #   .venv/bin/python tools/train.py configs/slimming/supernet_tiny_synthetic.py
 # What differs from supernet_l7space_in1k.py: the space (2 widths per stage, 2-3 positions),
-# 64 px images (eval: resize 73, centre crop 64), 2 epochs, lr 2e-3 without auto-scaling, a
+# 64 px images (eval: resize 73, centre crop 64), 2 epochs, lr 2e-3 for the batch of 16, a
 # higher architecture lr (the logits move within the few steps), no repeated-augmentation
 # rounding (DeiT's 256-sample rounding needs >= 256 images).
 _base_ = './supernet_l7space_in1k.py'
@@ -40,7 +40,6 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 optim_wrapper = dict(weights=dict(optimizer=dict(lr=2e-3)), arch=dict(optimizer=dict(lr=1e-2)))
-auto_scale_lr = dict(enable=False)
 param_scheduler = dict(
     _delete_=True,
     weights=[dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min=1e-5, by_epoch=True,
