@@ -50,6 +50,23 @@ def test_time_interleaved_settles_outside_the_timing():
         time_interleaved({'a': lambda: None}, warmup=0, reps=1, settle_s=-1)
 
 
+def test_timm_and_eager_time_alike_beside_onnxruntime():
+    """Issue 9's measurement bug as a user met it: L1 at 224, 2 threads, the default runtime
+    order, so timm runs right after ONNX Runtime. With spinning ONNX Runtime threads timm read
+    2x slower than eager with the same weights (here: 91 ms vs 43 ms, and this test failed with
+    timm / eager = 1.85); now they agree. Loose bound and one retry: the machine may be
+    shared."""
+    ratios = []
+    for _ in range(2):
+        result = benchmark(['l1'], [224], [1], runtimes=('timm', 'eager', 'onnxruntime'),
+                           warmup=3, reps=20, threads=2, log=lambda m: None)
+        ms = {r['runtime']: r['median_ms'] for r in result['results']}
+        ratios.append(ms['timm'] / ms['eager'])
+        if abs(ratios[-1] - 1) < 0.25:
+            break
+    assert abs(ratios[-1] - 1) < 0.25, f'timm / eager medians: {ratios}'
+
+
 def test_benchmark_backbone_matches_timm_and_records_unsupported():
     result = benchmark(['l1'], [224, (64, 96)], [1], runtimes=('timm', 'eager', 'fused'),
                        task='backbone', warmup=0, reps=1, threads=1, log=lambda m: None)
