@@ -29,6 +29,16 @@ scales folded and the attention bias cached for its grid; whole networks
 :func:`mmeff.benchmark.latency.time_interleaved` (the benchmark's function): repetitions are
 interleaved across the pieces measured together, medians are stored.
 
+Building is lazy and resumable: :func:`build_lut` measures only the pieces asked for (or
+those of given archs) that a table given to it lacks, and with ``save_to`` saves the table
+after every chunk of pieces. :func:`lut_accuracy` measures whole networks of the space on the
+same backend and reports predicted vs measured latency; each network is timed interleaved with
+its own pieces measured again, which tells the error of summing pieces from the machine's
+load drift since the table was built. On this project's 2-core CPU (1 thread, 224x224, the
+default space's 201 pieces measured in 30-35 s, 8 random networks): table vs network mean
+4.6 % (worst +10.6 %) on onnxruntime, 6.8 % (worst +30 %, a load change) on torch-cpu; the
+sum of pieces timed with the network 1.4 % (worst -2.4 %) and 2.5 % (worst -5.7 %).
+
 Backends: ``torch-cpu``, ``torch-cuda`` (synchronised inside the timing), ``onnxruntime``
 (every piece exported with TorchScript's ``torch.onnx.export`` at its fixed input shape and
 run by an ONNX Runtime CPU session whose threads do not spin,
