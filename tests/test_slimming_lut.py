@@ -279,13 +279,13 @@ def test_backend_errors(space):
 
 @pytest.mark.skipif(platform.system() == 'Darwin', reason='checks the error off macOS')
 def test_coreml_off_macos_names_macos(space):
-    with pytest.raises(RuntimeError, match="'coreml' .*need macOS"):
+    with pytest.raises(lut.BackendUnavailableError, match="'coreml' .*need macOS"):
         lut.build_lut(space, 'coreml', SIZE)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the error without CUDA')
 def test_torch_cuda_without_a_gpu(space):
-    with pytest.raises(RuntimeError, match='no CUDA device is available'):
+    with pytest.raises(lut.BackendUnavailableError, match='no CUDA device is available'):
         lut.build_lut(space, 'torch-cuda', SIZE)
 
 

@@ -93,6 +93,11 @@ class LatencyTableError(ValueError):
     size or search space, or a piece missing."""
 
 
+class BackendUnavailableError(RuntimeError):
+    """The backend asked for cannot run on this machine (``coreml`` off macOS, ``torch-cuda``
+    without a CUDA device)."""
+
+
 # ----------------------------------------------------------------------------- pieces
 def _grid(input_size: Sequence[int], stage: int) -> tuple:
     from mmeff.deploy import token_grid
@@ -243,13 +248,15 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f'unknown latency backend {backend!r}; choose one of '
                          f'{", ".join(BACKENDS)}')
     if backend == 'torch-cuda' and not torch.cuda.is_available():
-        raise RuntimeError("backend 'torch-cuda' needs a CUDA device, but no CUDA device is "
-                           "available here (torch.cuda.is_available() is False); use "
-                           "'torch-cpu' or 'onnxruntime', or run on a GPU machine")
+        raise BackendUnavailableError(
+            "backend 'torch-cuda' needs a CUDA device, but no CUDA device is available here "
+            "(torch.cuda.is_available() is False); use 'torch-cpu' or 'onnxruntime', or run "
+            "on a GPU machine")
     if backend == 'coreml' and platform.system() != 'Darwin':
-        raise RuntimeError(f"backend 'coreml' runs Core ML predictions, which need macOS "
-                           f"(this is {platform.system()}); build the table on a Mac, or use "
-                           f"'onnxruntime' / 'torch-cpu' here")
+        raise BackendUnavailableError(
+            f"backend 'coreml' runs Core ML predictions, which need macOS (this is "
+            f"{platform.system()}); build the table on a Mac, or use 'onnxruntime' / "
+            f"'torch-cpu' here")
 
 
 def _runner(module: nn.Module, x: torch.Tensor, backend: str, threads: int, work_dir: str,
@@ -656,6 +663,7 @@ def lut_accuracy(table: dict, space, n: int = 8, seed: int = 0, warmup: Optional
     return out
 
 
-__all__ = ['BACKENDS', 'FORMAT', 'FORMAT_VERSION', 'LatencyTableError', 'arch_pieces',
-           'space_pieces', 'build_piece', 'build_lut', 'predict', 'check_compatible', 'save',
-           'load', 'merge', 'measure_network', 'measure_networks', 'lut_accuracy']
+__all__ = ['BACKENDS', 'FORMAT', 'FORMAT_VERSION', 'LatencyTableError',
+           'BackendUnavailableError', 'arch_pieces', 'space_pieces', 'build_piece',
+           'build_lut', 'predict', 'check_compatible', 'save', 'load', 'merge',
+           'measure_network', 'measure_networks', 'lut_accuracy']
