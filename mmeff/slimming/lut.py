@@ -485,22 +485,18 @@ def check_compatible(table: dict, backend: str, input_size, space) -> None:
 
 
 def save(table: dict, path: str) -> str:
-    """Write ``table`` as JSON atomically (temporary file + rename); returns ``path``."""
-    d = osp.dirname(osp.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=d)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(table, f, indent=1, sort_keys=False)
-            f.write('\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write ``table`` as JSON atomically (temporary file, fsync, rename: an interrupted save
+    never leaves a truncated table; a full disk is reported as such); returns ``path``."""
+    from mmeff.engine.checkpointing import write_file_atomic
+    path = osp.abspath(osp.expanduser(str(path)))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    text = json.dumps(table, indent=1) + '\n'
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+    write_file_atomic(path, write)
     return path
 
 
