@@ -151,14 +151,21 @@ def build_lut(run: Run) -> None:
     lut.save(table, run.lut_path)
     check = lut.lut_accuracy(table, run.space, n=8, seed=0)
     write_json(check, run.lut_check_path)
-    print(f'Latency table: {run.lut_path}; predicted vs measured whole-network latency of '
+    same_run = ''
+    if 'mean_abs_rel_err_same_run' in check:
+        drift = sorted(n['piece_drift'] for n in check['networks'])[len(check['networks']) // 2]
+        same_run = (f"; against its pieces timed again beside it: mean "
+                    f"{check['mean_abs_rel_err_same_run']:.1%}, worst "
+                    f"{check['worst_rel_err_same_run']:+.1%} (pieces now {drift:.2f}x their "
+                    f"time in the table)")
+    print(f'Latency table: {run.lut_path}. Predicted vs measured whole-network latency of '
           f"{len(check['networks'])} random networks of the space: mean |relative error| "
-          f"{check['mean_abs_rel_err']:.1%}, worst {check['worst_rel_err']:+.1%} "
+          f"{check['mean_abs_rel_err']:.1%}, worst {check['worst_rel_err']:+.1%}{same_run} "
           f'({run.lut_check_path})')
     if check['mean_abs_rel_err'] > 0.2:
         print(f"warning: the latency table predicts whole networks poorly here (mean error "
               f"{check['mean_abs_rel_err']:.0%}): other processes competing for the cores and "
-              f'few repetitions make piece timings noisy; measure on an idle machine, with more '
+              f'few repetitions make timings noisy; measure on an idle machine, with more '
               f'--reps, then run --phase build-lut again (delete {run.lut_path} first: '
               f'existing pieces are kept)', file=sys.stderr)
 
@@ -237,8 +244,8 @@ def search(run: Run) -> None:
         with open(run.lut_check_path) as f:
             check = json.load(f)
         trajectory['lut_accuracy'] = dict(
-            networks=len(check['networks']), mean_abs_rel_err=check['mean_abs_rel_err'],
-            worst_rel_err=check['worst_rel_err'], file=run.lut_check_path)
+            networks=len(check['networks']), file=run.lut_check_path,
+            **{k: v for k, v in check.items() if 'rel_err' in k})
     paths = write_report(trajectory, run.search_dir)
     for r in trajectory['results']:
         print(f"{r['budget_ms']:g} ms: {r['arch']} (predicted {r['latency_ms']:.3f} ms, "
