@@ -55,7 +55,8 @@ def parse_args(argv=None):
                    help="square input size of the latency table (default: the config's "
                         'img_size, else 224)')
     p.add_argument('--calib-batches', type=int, default=4,
-                   help='training batches that recalibrate BN before each accuracy estimate')
+                   help='training batches (the same ones for every network) that '
+                        'recalibrate BN before each accuracy estimate and export')
     p.add_argument('--eval-batches', type=int,
                    help='validation batches per accuracy estimate (default: all)')
     p.add_argument('--device', default='cpu', help='device of the accuracy estimates')
@@ -181,24 +182,30 @@ def _load_table(run: Run) -> dict:
 
 
 def _loaders(run: Run):
+    """The first ``--calib-batches`` training batches (a list) and the validation loader."""
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
     with DefaultScope.overwrite_default_scope('mmeff'):
         train = Runner.build_dataloader(copy.deepcopy(run.cfg.train_dataloader))
         val = Runner.build_dataloader(copy.deepcopy(run.cfg.val_dataloader))
-    return train, val
+    calib = list(itertools.islice(train, run.args.calib_batches))
+    if not calib:
+        raise ValueError(f'the training split of {run.config} gave no batch to recalibrate BN '
+                         f'statistics with (fewer images than one batch with drop_last?)')
+    return calib, val
 
 
-def accuracy_estimator(model, train_loader, val_loader, calib_batches: int,
-                       eval_batches=None):
+def accuracy_estimator(model, calib: list, val_loader, eval_batches=None):
     """``choices -> top-1 (%)`` of the subnet with the supernet's weights on the validation
-    split, after recalibrating BN on ``calib_batches`` training batches."""
+    split (the config's ``val_dataloader``), after recalibrating BN on the training batches
+    ``calib``: the same batches for every network, so that the estimates differ by the
+    networks only."""
     import torch
 
     from mmeff.slimming.supernet import recalibrate_bn
 
     def estimate(choices):
-        recalibrate_bn(model, itertools.islice(train_loader, calib_batches), choices)
+        recalibrate_bn(model, calib, choices)
         correct = total = 0
         with torch.no_grad():
             for batch in itertools.islice(val_loader, eval_batches):
@@ -230,12 +237,11 @@ def search(run: Run) -> None:
     model = _load_model(run)
     scores = importance(model)
     write_json(scores, osp.join(run.search_dir, 'importance.json'))
-    train_loader, val_loader = _loaders(run)
+    calib, val_loader = _loaders(run)
     trajectory = greedy_slim(
         run.space, run.space.max_choices(), scores,
         predict_latency=lambda arch: lut.predict(table, arch),
-        estimate_accuracy=accuracy_estimator(model, train_loader, val_loader,
-                                             run.args.calib_batches, run.args.eval_batches),
+        estimate_accuracy=accuracy_estimator(model, calib, val_loader, run.args.eval_batches),
         budgets=run.args.budgets)
     trajectory['meta'] = dict(backend=run.args.backend, input_size=run.input_size,
                               config=run.config, supernet=run.supernet_checkpoint(),
@@ -265,12 +271,11 @@ def export_subnets(run: Run) -> None:
     trajectory = load_trajectory(run.trajectory_path)
     table = _load_table(run)
     model = _load_model(run)
-    train_loader, _ = _loaders(run)
+    calib, _ = _loaders(run)
     for r in trajectory['results']:
         # the BN statistics are shared by every network of the supernet: the subnet's own
         # are estimated before its weights are taken
-        recalibrate_bn(model, itertools.islice(train_loader, run.args.calib_batches),
-                       r['choices'])
+        recalibrate_bn(model, calib, r['choices'])
         ckpt = osp.join(run.search_dir, 'subnets', f"{r['name']}.pth")
         os.makedirs(osp.dirname(ckpt), exist_ok=True)
         save_checkpoint_atomic(
