@@ -269,6 +269,12 @@ def export_subnets(run: Run) -> None:
         raise FileNotFoundError(f'no search result {run.trajectory_path}: run --phase search '
                                 f'first')
     trajectory = load_trajectory(run.trajectory_path)
+    asked = sorted(set(run.args.budgets or ()), reverse=True)
+    if asked and asked != trajectory['budgets_ms']:
+        raise ValueError(f"the search in {run.trajectory_path} was for the budgets "
+                         f"{trajectory['budgets_ms']} ms, not {asked}: run --phase search "
+                         f"--budgets {' '.join(f'{b:g}' for b in asked)} first (or leave "
+                         f"--budgets out to export the searched ones)")
     table = _load_table(run)
     model = _load_model(run)
     calib, _ = _loaders(run)
