@@ -1,8 +1,8 @@
 """tools/slim.py end to end on CPU: the tiny supernet config on a small generated ImageFolder
 (5 classes of 64x64 images), one short epoch, a torch-cpu latency table with few repetitions.
 
-The full run (every phase, each from the work dir the previous ones left) is marked ``slow``
-(about two minutes on two shared cores); the tool's errors are checked in the default run."""
+The full run (every phase, each from the work dir the previous ones left) is in the default
+run: about 20 s on the idle 2-core CPU (issue 9 asks for this run to take minutes, not more)."""
 import json
 import os.path as osp
 
@@ -71,7 +71,6 @@ def test_search_needs_a_supernet_config(slim, repo_root, tmp_path):
                    '--work-dir', str(tmp_path), '--phase', 'search', '--budgets', '3'])
 
 
-@pytest.mark.slow
 def test_slim_end_to_end_on_cpu(slim, repo_root, data, tmp_path):
     from mmeff.deploy.export import export_onnx
     from mmeff.models import EfficientFormerClassifier
