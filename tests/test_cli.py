@@ -122,6 +122,14 @@ def test_every_tool_ends_through_the_wrapper(path):
     assert isinstance(guard, ast.If) and "__name__ == '__main__'" in ast.unparse(guard.test)
     assert ast.unparse(guard).splitlines()[1:] == ['    from mmeff.cli import run',
                                                    '    sys.exit(run(main))'], path
+    # The guard binds the module-level name ``run``: a tool's own top-level ``run`` would be
+    # replaced by the wrapper before main() calls it (tools/run_demo.py's step runner was, and
+    # README's first command died at once with "'str' object is not callable").
+    own = [node.name for node in tree.body
+           if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == 'run']
+    own += [t.id for node in tree.body[:-1] if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name) and t.id == 'run']
+    assert not own, f'{path} defines a top-level run, which its __main__ guard shadows'
 
 
 # ------------------------------------------------------------------ tools, end to end

@@ -35,7 +35,7 @@ CLS_CONFIG = 'configs/demo/effformer_l1_in1k_synthetic.py'
 SEG_CONFIG = 'configs/demo/fpn_effformer_l1_synthetic.py'
 
 
-def run(step, args, log_dir):
+def run_step(step, args, log_dir):
     log = osp.join(log_dir, f'{step}.log')
     print(f'[demo] {step}: {" ".join(args)}', flush=True)
     t0 = time.time()
@@ -100,10 +100,10 @@ def main(argv=None):
 
     # 2. ImageNet-recipe pretraining of the backbone.
     cls_dir = osp.join(out, 'effformer_l1_in1k')
-    run('pretrain', ['tools/train.py', CLS_CONFIG, '--work-dir', cls_dir, '--cfg-options',
-                     f'data_root={in1k_root}'], logs)
+    run_step('pretrain', ['tools/train.py', CLS_CONFIG, '--work-dir', cls_dir, '--cfg-options',
+                          f'data_root={in1k_root}'], logs)
     cls_ckpt = last_checkpoint(cls_dir)
-    cls_metrics = metrics_of(run('pretrain_test', [
+    cls_metrics = metrics_of(run_step('pretrain_test', [
         'tools/test.py', CLS_CONFIG, cls_ckpt, '--work-dir', osp.join(out, 'test_in1k'),
         '--cfg-options', f'data_root={in1k_root}'], logs))
 
@@ -111,44 +111,46 @@ def main(argv=None):
     work_dir = osp.join(out, 'mask_rcnn_l1')
     opts = [f'data_root={data_root}', f'pretrained={cls_ckpt}',
             f'train_cfg.max_epochs={args.epochs}', f'train_cfg.val_interval={args.epochs}']
-    run('train', ['tools/train.py', CONFIG, '--work-dir', work_dir, '--cfg-options'] + opts, logs)
+    run_step('train', ['tools/train.py', CONFIG, '--work-dir', work_dir, '--cfg-options'] + opts,
+             logs)
     ckpt = last_checkpoint(work_dir)
     test_dir = osp.join(out, 'test')
-    det_metrics = metrics_of(run('test', ['tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
-                                          '--cfg-options', f'data_root={data_root}'], logs))
+    det_metrics = metrics_of(run_step('test', [
+        'tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
+        '--cfg-options', f'data_root={data_root}'], logs))
     pictures = osp.join(out, 'pictures')
     # The generated images hold 1-3 shapes: the 5 best detections show them without burying
     # the 160x128 picture under the low-score boxes a 6-epoch model also gives.
-    run('draw', ['tools/demo.py', CONFIG, ckpt, info['val2017_images'][0], '--out-dir', pictures,
-                 '--device', 'cpu', '--score-thr', '0.05', '--max-dets', '5', '--cfg-options',
-                 f'data_root={data_root}'], logs)
-    compare = run('compare', ['tools/compare_results.py', test_dir, '--arch', 'l1', '--task',
-                              'detection', '--json', osp.join(out, 'compare.json')], logs)
+    run_step('draw', ['tools/demo.py', CONFIG, ckpt, info['val2017_images'][0],
+                      '--out-dir', pictures, '--device', 'cpu', '--score-thr', '0.05',
+                      '--max-dets', '5', '--cfg-options', f'data_root={data_root}'], logs)
+    compare = run_step('compare', ['tools/compare_results.py', test_dir, '--arch', 'l1', '--task',
+                                   'detection', '--json', osp.join(out, 'compare.json')], logs)
 
     # 4. Semantic FPN from the pretrained backbone.
     seg_dir = osp.join(out, 'fpn_l1')
-    run('seg_train', ['tools/train.py', SEG_CONFIG, '--work-dir', seg_dir, '--cfg-options',
-                      f'data_root={ade_root}', f'pretrained={cls_ckpt}'], logs)
+    run_step('seg_train', ['tools/train.py', SEG_CONFIG, '--work-dir', seg_dir, '--cfg-options',
+                           f'data_root={ade_root}', f'pretrained={cls_ckpt}'], logs)
     seg_ckpt = last_checkpoint(seg_dir)
     seg_test_dir = osp.join(out, 'test_seg')
-    seg_metrics = metrics_of(run('seg_test', [
+    seg_metrics = metrics_of(run_step('seg_test', [
         'tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--cfg-options',
         f'data_root={ade_root}'], logs))
-    run('seg_draw', ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0],
-                     '--out-dir', pictures, '--device', 'cpu', '--cfg-options',
-                     f'data_root={ade_root}'], logs)
-    seg_compare = run('seg_compare', ['tools/compare_results.py', seg_test_dir, '--arch', 'l1',
-                                      '--task', 'segmentation', '--json',
-                                      osp.join(out, 'compare_seg.json')], logs)
+    run_step('seg_draw', ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0],
+                          '--out-dir', pictures, '--device', 'cpu', '--cfg-options',
+                          f'data_root={ade_root}'], logs)
+    seg_compare = run_step('seg_compare', ['tools/compare_results.py', seg_test_dir, '--arch', 'l1',
+                                           '--task', 'segmentation', '--json',
+                                           osp.join(out, 'compare_seg.json')], logs)
 
     # 5. Export of the detection backbone.
     exports = {}
     for fmt, suffix in (('onnx', 'onnx'), ('coreml', 'mlpackage')):
         path = osp.join(out, 'export', f'effformer_l1_backbone_800x1333.{suffix}')
         report = osp.join(out, 'export', f'{fmt}_report.json')
-        run(f'export_{fmt}', ['tools/export.py', CONFIG, '--checkpoint', ckpt, '--format', fmt,
-                              '--input-size', '800x1333', '--out', path, '--report-json', report],
-            logs)
+        run_step(f'export_{fmt}', [
+            'tools/export.py', CONFIG, '--checkpoint', ckpt, '--format', fmt,
+            '--input-size', '800x1333', '--out', path, '--report-json', report], logs)
         exports[fmt] = (path, report)
 
     # 6. Report.
