@@ -15,7 +15,13 @@ def to_builtin(obj: Any) -> Any:
     Example:
         >>> to_builtin({'mIoU': np.float64(58.64), 'per_class': np.array([1, 2])})
         {'mIoU': 58.64, 'per_class': [1, 2]}
+        >>> to_builtin(np.float32(58.85))
+        58.85
     """
+    if isinstance(obj, np.floating) and obj.dtype.itemsize < 8:
+        # float32 metrics (mmseg's): the shortest decimal that round-trips in float32, so
+        # np.float32(58.85) prints 58.85, not 58.849998474121094.
+        return float(str(obj))
     if isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()  # a numpy scalar gives the Python scalar, an array nested lists
     if type(obj).__module__.split('.')[0] == 'torch' and hasattr(obj, 'tolist'):

@@ -200,6 +200,8 @@ def test_to_builtin_gives_plain_python_numbers():
     assert 'np.' not in repr(out) and 'tensor' not in repr(out)
     json.dumps(out)
     assert isinstance(metrics['mIoU'], np.float64)  # the argument is not modified
+    # mmseg's float32 metrics print as their short decimal, not float32's binary expansion
+    assert repr(to_builtin({'mIoU': np.float32(58.85)})) == "{'mIoU': 58.85}"
 
 
 def test_test_tool_prints_plain_metrics(seg, tmp_path):
