@@ -52,7 +52,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.structures import BaseDataElement
 
 from mmeff.models.backbones.efficientformer import Downsample, Stem
-from mmeff.models.classifiers.efficientformer_classifier import EfficientFormerClsHead
+from mmeff.models.classifiers.efficientformer_classifier import EfficientFormerClsHead, gt_labels
 from mmeff.models.layers import Meta3D, Meta4D
 from mmeff.registry import MODELS
 from .space import SearchSpace, get_space
@@ -358,7 +358,7 @@ class SlimmingSupernet(BaseModel):
                 raise NotImplementedError(
                     'multi-process (DDP) supernet training is not supported yet: train with '
                     'tools/train.py (one process, one GPU)')
-            labels = self._labels(data_samples, inputs.device)
+            labels = gt_labels(data_samples, inputs.device)
             return {f'loss_{name}': self._ce(self.forward_sampled(inputs, idx), labels)
                     for name, idx in self.sandwich_widths().items()}
         if mode == 'predict':
@@ -370,13 +370,6 @@ class SlimmingSupernet(BaseModel):
                 ds.pred_label = score.argmax()
             return data_samples
         raise ValueError(f'Invalid mode {mode!r}: use "tensor", "loss" or "predict"')
-
-    def _labels(self, data_samples, device) -> torch.Tensor:
-        if not data_samples:
-            raise ValueError('training needs data_samples with gt_label (pack them with '
-                             "the 'PackClsInputs' transform)")
-        return torch.stack([torch.as_tensor(ds.gt_label).reshape(()) for ds in data_samples]
-                           ).to(device=device, dtype=torch.long)
 
     def _ce(self, logits, labels):
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
@@ -399,7 +392,7 @@ class SlimmingSupernet(BaseModel):
         weights, arch = optim_wrapper['weights'], optim_wrapper['arch']
         data = self.data_preprocessor(data, True)
         inputs = data['inputs']
-        labels = self._labels(data['data_samples'], inputs.device)
+        labels = gt_labels(data['data_samples'], inputs.device)
         log_vars = {}
         with weights.optim_context(self):
             for name, idx in self.sandwich_widths().items():

@@ -98,6 +98,15 @@ class EfficientFormerInference(nn.Module):
         return (cls_logits + dist_logits) / 2
 
 
+def gt_labels(data_samples, device) -> torch.Tensor:
+    """The ``gt_label`` of each packed sample as one long tensor (for a classification loss)."""
+    if not data_samples:
+        raise ValueError('training needs data_samples with gt_label (pack them with '
+                         "the 'PackClsInputs' transform)")
+    return torch.stack([torch.as_tensor(ds.gt_label).reshape(()) for ds in data_samples]
+                       ).to(device=device, dtype=torch.long)
+
+
 @MODELS.register_module()
 class EfficientFormerClassifier(BaseModel):
     """EfficientFormer ImageNet classifier with a DeiT distillation head.
@@ -248,13 +257,6 @@ class EfficientFormerClassifier(BaseModel):
             return self.predict(inputs, data_samples)
         raise ValueError(f'Invalid mode {mode!r}: use "tensor", "loss" or "predict"')
 
-    def _labels(self, data_samples, device) -> torch.Tensor:
-        if not data_samples:
-            raise ValueError('training needs data_samples with gt_label (pack them with '
-                             "the 'PackClsInputs' transform)")
-        return torch.stack([torch.as_tensor(ds.gt_label).reshape(()) for ds in data_samples]
-                           ).to(device=device, dtype=torch.long)
-
     def _base_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.dim() == 2:  # mixed soft targets (smoothing already in them)
             return SoftTargetCrossEntropy()(logits, targets)
@@ -264,7 +266,7 @@ class EfficientFormerClassifier(BaseModel):
 
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]
              ) -> Dict[str, torch.Tensor]:
-        labels = self._labels(data_samples, inputs.device)
+        labels = gt_labels(data_samples, inputs.device)
         targets = labels
         if self.mixup is not None:
             if inputs.shape[0] % 2:
