@@ -15,6 +15,8 @@ Every ``tools/*.py`` ends with::
   checkpoint that cannot be read): one line ``<tool>: error: <message>`` on stderr, exit
   status 1. The libraries' messages name the file, the value and the fix (STYLE rule 12), so
   the traceback would only bury them;
+* a ``TypeError``/``KeyError`` that Python raised in the middle of some code (``'str' object
+  is not callable``, ``d['missing']``) rather than a ``raise`` statement: a bug, as below;
 * any other exception (``RuntimeError`` from torch, ``AttributeError``, ``AssertionError``...):
   most likely a bug in mmeff or in the stack, not something the user typed. Its traceback is
   printed, then one line saying so; exit status 1;
@@ -36,18 +38,46 @@ TRACEBACK_ENV = 'MMEFF_TRACEBACK'
 # misplaced files (FileNotFoundError, IsADirectoryError, PermissionError) and full disks;
 # ValueError covers bad values, files that do not parse (json.JSONDecodeError) and mmeff's data
 # checks; TypeError and KeyError are what mmengine's registries raise for a config that gives a
-# class an argument it does not take or names a type nobody registered; SyntaxError and
+# class an argument it does not take or names a type nobody registered (when raised by a
+# ``raise`` statement: see ``is_user_error``); SyntaxError and
 # ImportError come from config files (they are Python) and their ``custom_imports``.
 USER_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError, ImportError)
+
+
+# Python itself raises these for mistakes in code ("'str' object is not callable",
+# ``d['missing']``): only a deliberate ``raise`` of them (a library's argument check, mmengine's
+# registry wrapping a bad config entry) is taken for a user's mistake.
+_RAISED_ON_PURPOSE_ONLY = (TypeError, KeyError)
+
+
+def raised_on_purpose(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is a ``raise`` statement, or
+    mmengine's registry calling a class with the arguments a config gave it (a config entry the
+    class does not take: mmengine 0.10 no longer wraps that error). ``True`` when the source
+    cannot be read, so that a missing file never hides a message."""
+    tb = exc.__traceback__
+    if tb is None:
+        return True
+    frame = traceback.extract_tb(tb)[-1]
+    if frame.filename.replace('\\', '/').endswith('mmengine/registry/build_functions.py'):
+        return True
+    line = (frame.line or '').lstrip()
+    return not line or line.startswith('raise')
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a user's mistake: one of ``USER_ERRORS``, or an exception class that
     mmeff defines (``CheckpointError``, ``EmptyDatasetError``...). mmeff raises its own classes
     only on purpose, with a message that says what to fix, whatever builtin they derive from
-    (``CheckpointError`` is a ``RuntimeError``)."""
-    return isinstance(exc, USER_ERRORS) or any(
-        cls.__module__.split('.')[0] == 'mmeff' for cls in type(exc).__mro__)
+    (``CheckpointError`` is a ``RuntimeError``). A ``TypeError`` or ``KeyError`` that the
+    interpreter raised in the middle of some code (not a ``raise`` statement) is a bug."""
+    if any(cls.__module__.split('.')[0] == 'mmeff' for cls in type(exc).__mro__):
+        return True
+    if not isinstance(exc, USER_ERRORS):
+        return False
+    if isinstance(exc, _RAISED_ON_PURPOSE_ONLY):
+        return raised_on_purpose(exc)
+    return True
 
 
 def traceback_wanted() -> bool:

@@ -97,6 +97,43 @@ def test_unexpected_error_keeps_its_traceback(capsys, monkeypatch):
     assert err.strip().splitlines()[-1].startswith('t.py: unexpected RuntimeError: shape mismatch')
 
 
+def _call_a_string():
+    handler = 'run'
+    return handler()  # the bug tools/run_demo.py once had: a str shadowing a function
+
+
+def _missing_key():
+    return {}['arch']
+
+
+@pytest.mark.parametrize('main,kind', [(_call_a_string, 'TypeError'), (_missing_key, 'KeyError')])
+def test_interpreter_raised_type_and_key_errors_are_bugs(main, kind, capsys, monkeypatch):
+    """TypeError/KeyError count as user mistakes only when a ``raise`` statement raised them."""
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    assert run(main, prog='t.py') == 1
+    err = capsys.readouterr().err
+    assert 'Traceback (most recent call last)' in err
+    assert err.strip().splitlines()[-1].startswith(f't.py: unexpected {kind}: ')
+
+
+def test_registry_config_mistakes_stay_user_errors(capsys, monkeypatch):
+    """mmengine's registry re-raises a bad config entry with a ``raise`` statement: one line."""
+    import mmeff.models  # noqa: F401
+    from mmeff.registry import MODELS
+
+    def bad_kwarg():
+        MODELS.build(dict(type='mmeff.EfficientFormer', arch='l1', no_such_arg=1))
+
+    def unknown_type():
+        MODELS.build(dict(type='mmeff.NoSuchBackbone'))
+
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    for main, needle in ((bad_kwarg, 'no_such_arg'), (unknown_type, 'NoSuchBackbone')):
+        assert run(main, prog='t.py') == 1
+        err = capsys.readouterr().err
+        assert 'Traceback' not in err and err.startswith('t.py: error: ') and needle in err, err
+
+
 def test_traceback_on_request(monkeypatch):
     monkeypatch.setenv(TRACEBACK_ENV, '1')
     with pytest.raises(FileNotFoundError):
