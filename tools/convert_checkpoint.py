@@ -1,11 +1,16 @@
-"""Convert an EfficientFormer checkpoint (authors', timm's, mmpretrain's) to mmeff's layout.
+"""Convert an EfficientFormer or EfficientFormerV2 checkpoint (authors', timm's, mmpretrain's) to mmeff's layout.
 
     python tools/convert_checkpoint.py SRC DST [--layout auto|authors|timm|mmpretrain]
     python tools/convert_checkpoint.py --timm NAME [--timm-file FILE] DST
 
 The second form takes timm's published ImageNet weights by name
-(``efficientformer_l1.snap_dist_in1k``, ``..._l3...``, ``..._l7...``): timm downloads them from
-the Hugging Face hub (and caches them), or reads them from FILE when the machine is offline.
+(``efficientformer_l1.snap_dist_in1k``, ``..._l3...``, ``..._l7...``,
+``efficientformerv2_s0.snap_dist_in1k``, ``..._s1/_s2/_l...``): timm downloads them from the
+Hugging Face hub (and caches them), or reads them from FILE when the machine is offline.
+
+V1 (L1/L3/L7) and V2 (S0/S1/S2/L, e.g. the authors' ``eformer_s0_450.pth``) are told apart from
+the keys; a file that is neither, or mixes both, is refused with a message naming what it
+looks like.
 
 DST is an mmengine checkpoint (``{'state_dict': ..., 'meta': ...}``) with ``backbone.*`` keys
 (and ``head.*`` when SRC has a classifier head). Use it in detection/segmentation configs with
@@ -20,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None):
-    from mmeff.converters import (CONVERTERS, LAYOUTS, arch_name, convert_state_dict,
-                                  detect_layout, load_checkpoint_file, save_checkpoint_atomic)
+    from mmeff.converters import (LAYOUTS, arch_name, convert_state_dict, detect_layout,
+                                  family_name, load_checkpoint_file, save_checkpoint_atomic)
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', nargs='?',
                         help='source checkpoint (.pth/.pth.tar/.bin); omit with --timm')
@@ -30,7 +35,8 @@ def main(argv=None):
                         help='source layout (default: detect)')
     parser.add_argument('--timm', metavar='NAME',
                         help="timm's pretrained weights instead of SRC, e.g. "
-                             'efficientformer_l1.snap_dist_in1k (downloaded by timm)')
+                             'efficientformer_l1.snap_dist_in1k or efficientformerv2_s0 '
+                             '(downloaded by timm)')
     parser.add_argument('--timm-file', metavar='FILE',
                         help='with --timm: read the weights from this local file (the hub '
                              "repo's model.safetensors) instead of downloading them")
@@ -55,21 +61,19 @@ def main(argv=None):
     else:
         sd = load_checkpoint_file(args.src)
         source = converted_from = None
-    if args.timm is not None or args.layout == 'auto':
-        out, layout = convert_state_dict(sd)
-    else:
+    if args.timm is None and args.layout != 'auto':
         detected = detect_layout(sd)
         if detected != args.layout:
             raise SystemExit(f'error: {args.src} looks like a {detected!r} checkpoint, not '
                              f'{args.layout!r}; drop --layout to auto-detect')
-        out, layout = CONVERTERS[args.layout](sd), args.layout
-    arch = arch_name(out)
+    out, layout = convert_state_dict(sd)
+    arch, family = arch_name(out), family_name(out)
     heads = sorted({k.split('.')[1] for k in out if k.startswith('head.')})
     meta = dict(converted_from=converted_from or os.path.abspath(args.src),
-                source_layout=layout, arch=arch, has_head=bool(heads))
+                source_layout=layout, family=family, arch=arch, has_head=bool(heads))
     save_checkpoint_atomic({'state_dict': out, 'meta': meta}, args.dst)
     n_bb = sum(k.startswith('backbone.') for k in out)
-    print(f'{source or args.src} ({layout} layout, arch {arch}) -> {args.dst}: '
+    print(f'{source or args.src} ({layout} layout, arch {arch}, {family}) -> {args.dst}: '
           f'{n_bb} backbone tensors'
           + (f', head parts {heads}' if heads else ', no classifier head'))
     return out

@@ -14,17 +14,27 @@ mmeff layout (what ``EfficientFormerClassifier.state_dict()`` gives; dense model
 Sources: the authors' (snap-research/EfficientFormer: ``patch_embed``, ``network``,
 ``layer_scale_1``, ``dist_head``), timm's (``stem``, ``stages``, ``ls1.gamma``, ``head_dist``)
 and mmpretrain's (``backbone.patch_embed.N.{conv,bn}``, ``backbone.network``, ``ls1.weight``).
+
+EfficientFormerV2 (S0/S1/S2/L) files come in the authors' (``eformer_s0_450.pth``), timm's
+(``efficientformerv2_*``) and mmeff's layouts; :mod:`mmeff.converters.v2` maps them. The layout
+names are shared by both families (:func:`detect_layout`); :func:`detect_family` tells V1 from
+V2, and :func:`convert_state_dict` picks the converter of the pair. A file that is neither, or
+that mixes signs of both, is refused with a message naming what was found.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from mmeff.checkpoint import (CheckpointError, read_checkpoint_file, unwrap_state_dict,
                              unwrap_state_dict_of)
 
+from .v2 import arch_name_v2, convert_authors_v2, convert_timm_v2, infer_arch_v2, is_v2
+
 LAYOUTS = ('mmeff', 'authors', 'timm', 'mmpretrain')
+FAMILIES = ('v1', 'v2')
+_FAMILY_NAME = {'v1': 'EfficientFormer', 'v2': 'EfficientFormerV2'}
 _DROP = ('attention_bias_idxs', 'num_batches_tracked_unused')
 
 
@@ -47,18 +57,64 @@ def save_checkpoint_atomic(obj, path: str) -> None:
 
 
 def detect_layout(sd: Dict[str, torch.Tensor]) -> str:
-    """Name the layout of a state dict: one of ``LAYOUTS``; raises on anything else."""
+    """Name the layout of a state dict: one of ``LAYOUTS`` (V1 or V2, see
+    :func:`detect_family`); raises on anything else, naming what the keys look like."""
     keys = list(sd)
     if any(k.startswith('backbone.stem.') for k in keys):
         return 'mmeff'
     if any(k.startswith('backbone.patch_embed.') for k in keys):
+        if any(re.match(r'^backbone\.patch_embed\.\d+\.(weight|bias)$', k) for k in keys):
+            parts = sorted({k.split('.')[0] for k in keys} - {'backbone'})
+            raise CheckpointError(
+                f"looks like the authors' dense (detection/segmentation) EfficientFormer model "
+                f"(backbone.patch_embed.N.weight{', with ' + ', '.join(parts[:4]) if parts else ''})"
+                f" but mmeff converts their ImageNet classification files (patch_embed.*, "
+                f"network.*) and mmpretrain's backbones (backbone.patch_embed.N.conv.*); convert "
+                f"the ImageNet checkpoint the dense model started from instead")
         return 'mmpretrain'
     if any(k.startswith('patch_embed.') for k in keys) and any(k.startswith('network.') for k in keys):
         return 'authors'
     if any(k.startswith('stem.conv1.') for k in keys) and any(k.startswith('stages.') for k in keys):
         return 'timm'
     raise CheckpointError('unknown checkpoint layout: not mmeff, authors, timm or mmpretrain '
-                          f'EfficientFormer (first keys: {keys[:4]})')
+                          f'EfficientFormer or EfficientFormerV2 (first keys: {keys[:4]})')
+
+
+def _stem_family(sd: Dict[str, torch.Tensor], layout: str) -> Optional[str]:
+    """The family the stem's key names point to (timm/mmeff only: V1's stem is plain
+    ``conv1``/``norm1``, V2's ``conv1.conv``/``conv1.bn``), or None when they do not tell."""
+    if layout not in ('timm', 'mmeff'):
+        return None
+    prefix = 'backbone.stem.' if layout == 'mmeff' else 'stem.'
+    if any(k.startswith(prefix + 'conv1.conv.') for k in sd):
+        return 'v2'
+    if any(k.startswith(prefix + 'norm1.') for k in sd):
+        return 'v1'
+    return None
+
+
+def detect_family(sd: Dict[str, torch.Tensor], layout: Optional[str] = None) -> str:
+    """``'v1'`` (EfficientFormer L1/L3/L7) or ``'v2'`` (EfficientFormerV2 S0/S1/S2/L).
+
+    V2 blocks all have a depthwise ``mlp.mid`` conv; timm's and mmeff's V2 stems are
+    ``conv1.conv``/``conv1.bn`` where V1's are ``conv1``/``norm1``. A state dict whose blocks
+    and stem disagree, or an mmpretrain one with V2 blocks (mmpretrain has no V2), is refused.
+    """
+    layout = layout or detect_layout(sd)
+    blocks = 'v2' if is_v2(sd) else 'v1'
+    stem = _stem_family(sd, layout)
+    if stem is not None and stem != blocks:
+        found = ('a V2 stem (stem.conv1.conv.*) but no V2 FFN blocks (mlp.mid.*)' if stem == 'v2'
+                 else 'V2 FFN blocks (mlp.mid.*) but a V1 stem (stem.conv1.*, stem.norm1.*)')
+        raise CheckpointError(
+            f"looks like a {layout}-layout {_FAMILY_NAME[stem]} checkpoint but has {found}: "
+            f"a mix of EfficientFormer and EfficientFormerV2 tensors, or a truncated file; "
+            f"convert the original file")
+    if layout == 'mmpretrain' and blocks == 'v2':
+        raise CheckpointError('looks like an mmpretrain-layout checkpoint but has '
+                              'EfficientFormerV2 blocks (mlp.mid.*); mmpretrain has no V2: '
+                              "convert the authors' or timm's V2 file instead")
+    return blocks
 
 
 def _compact_blocks(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -89,9 +145,14 @@ _HEAD = {'norm': 'head.norm', 'head': 'head.head', 'dist_head': 'head.dist_head'
 
 
 def convert_authors(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """snap-research/EfficientFormer layout -> mmeff (``network`` even = stages, odd = downsample)."""
+    """snap-research/EfficientFormer layout -> mmeff (``network`` even = stages, odd = downsample).
+
+    V2 files (``eformer_s0_450.pth``) go to :func:`~mmeff.converters.v2.convert_authors_v2`.
+    """
     if detect_layout(sd) == 'mmeff':
         return OrderedDict(sd)
+    if detect_family(sd, 'authors') == 'v2':
+        return convert_authors_v2(sd)
     stem = {'0': 'conv1', '1': 'norm1', '3': 'conv2', '4': 'norm2'}
     out = OrderedDict()
     for k, v in sd.items():
@@ -119,9 +180,12 @@ def convert_authors(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def convert_timm(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """timm ``efficientformer_l*`` layout -> mmeff."""
+    """timm ``efficientformer_l*`` layout -> mmeff; ``efficientformerv2_*`` state dicts go to
+    :func:`~mmeff.converters.v2.convert_timm_v2`."""
     if detect_layout(sd) == 'mmeff':
         return OrderedDict(sd)
+    if detect_family(sd, 'timm') == 'v2':
+        return convert_timm_v2(sd)
     out = OrderedDict()
     for k, v in sd.items():
         if k.startswith(('stem.', 'stages.')):
@@ -139,6 +203,7 @@ def convert_mmpretrain(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """mmpretrain ``EfficientFormer`` (+ ``EfficientFormerClsHead``) layout -> mmeff."""
     if detect_layout(sd) == 'mmeff':
         return OrderedDict(sd)
+    detect_family(sd, 'mmpretrain')  # refuses V2 blocks: mmpretrain has no V2
     has_head = any(k.startswith('head.head.') for k in sd)
     out = OrderedDict()
     for k, v in sd.items():
@@ -172,20 +237,45 @@ CONVERTERS = {'authors': convert_authors, 'timm': convert_timm,
               'mmpretrain': convert_mmpretrain, 'mmeff': lambda sd: OrderedDict(sd)}
 
 
+def _check_structure(out: Dict[str, torch.Tensor], layout: str, family: str) -> None:
+    """Refuse a converted state dict that lacks whole stages (a truncated file, another
+    model's keys that happen to share the prefixes): it would load as a model with widths 0."""
+    arch = infer_arch(out, family)
+    empty = [i for i, (d, w) in enumerate(zip(arch['depths'], arch['widths'])) if not d or not w]
+    if empty:
+        raise CheckpointError(
+            f'looks like a {layout}-layout {_FAMILY_NAME[family]} checkpoint but stage(s) '
+            f"{empty} have no blocks or no width (depths {arch['depths']}, widths "
+            f"{arch['widths']}): a truncated or partial file; convert the complete checkpoint")
+
+
 def convert_state_dict(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Detect the layout of ``sd`` and convert it to mmeff's. Returns (state_dict, layout)."""
+    """Detect the layout (and family) of ``sd`` and convert it to mmeff's. Returns
+    ``(state_dict, layout)``; :func:`detect_family` of either tells V1 from V2.
+
+    Raises:
+        CheckpointError: the layout is unknown, mixes V1 and V2, or lacks whole stages; the
+            message names what was found.
+    """
     layout = detect_layout(sd)
-    return CONVERTERS[layout](sd), layout
+    family = detect_family(sd, layout)
+    out = CONVERTERS[layout](sd)
+    _check_structure(out, layout, family)
+    return out, layout
 
 
-def infer_arch(sd: Dict[str, torch.Tensor]) -> dict:
-    """Recover the ``EfficientFormer`` arch dict from an mmeff-layout state dict.
+def infer_arch(sd: Dict[str, torch.Tensor], family: Optional[str] = None) -> dict:
+    """Recover the arch dict from an mmeff-layout state dict.
 
+    V2 state dicts (``family='v2'``, detected when None) give
+    :func:`~mmeff.converters.v2.infer_arch_v2`'s dict. For V1 (``EfficientFormer``):
     ``num_vit`` counts the MHSA blocks (``token_mixer.qkv``) of stages 3 and 4, so the archs
     of the slimming search space, whose MB3D blocks may reach into stage 3, come back too.
     ``mlp_ratios`` (from the MLPs' hidden widths) is included only when some stage's ratio is
     not the default 4, so the dicts of L1/L3/L7 are ``depths``/``widths``/``num_vit`` only.
     """
+    if (family or ('v2' if is_v2(sd) else 'v1')) == 'v2':
+        return infer_arch_v2(sd)
     depths, widths, ratios = [], [], []
     num_vit = 0
     for i in range(4):
@@ -206,9 +296,12 @@ def infer_arch(sd: Dict[str, torch.Tensor]) -> dict:
 
 
 def arch_name(sd: Dict[str, torch.Tensor]):
-    """``'l1'``/``'l3'``/``'l7'`` if the state dict matches one, else the arch dict."""
+    """``'l1'``/``'l3'``/``'l7'`` (V1) or ``'s0'``/``'s1'``/``'s2'``/``'l'`` (V2) if the
+    mmeff-layout state dict matches one, else the arch dict."""
+    if is_v2(sd):
+        return arch_name_v2(sd)
     from mmeff.models.backbones.efficientformer import EfficientFormer
-    arch = infer_arch(sd)
+    arch = infer_arch(sd, 'v1')
     for name, setting in EfficientFormer.arch_settings.items():
         if 'mlp_ratios' not in arch and all(setting[k] == arch[k]
                                             for k in ('depths', 'widths', 'num_vit')):
@@ -216,6 +309,14 @@ def arch_name(sd: Dict[str, torch.Tensor]):
     return arch
 
 
-__all__ = ['LAYOUTS', 'CheckpointError', 'unwrap_state_dict', 'load_checkpoint_file',
+def family_name(sd: Dict[str, torch.Tensor]) -> str:
+    """``'EfficientFormer'`` or ``'EfficientFormerV2'``: the backbone class a state dict of
+    any layout is for."""
+    return _FAMILY_NAME[detect_family(sd)]
+
+
+__all__ = ['LAYOUTS', 'FAMILIES', 'CheckpointError', 'unwrap_state_dict', 'load_checkpoint_file',
            'save_checkpoint_atomic', 'detect_layout', 'convert_authors', 'convert_timm',
-           'convert_mmpretrain', 'convert_state_dict', 'infer_arch', 'arch_name']
+           'convert_mmpretrain', 'convert_state_dict', 'infer_arch', 'arch_name',
+           'detect_family', 'family_name', 'convert_authors_v2', 'convert_timm_v2',
+           'infer_arch_v2', 'arch_name_v2']

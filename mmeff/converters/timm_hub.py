@@ -1,4 +1,5 @@
-"""timm's published EfficientFormer weights (``efficientformer_l{1,3,7}.snap_dist_in1k``).
+"""timm's published EfficientFormer weights (``efficientformer_l{1,3,7}.snap_dist_in1k``,
+``efficientformerv2_{s0,s1,s2,l}.snap_dist_in1k``).
 
 timm hosts the authors' distilled ImageNet-1K weights on the Hugging Face hub. This module gets
 them through timm's own loader (``timm.create_model(name, pretrained=True)``: download, cache,
@@ -6,9 +7,10 @@ timm's checkpoint filter, strict load), so what comes out is exactly the state d
 model with those weights; :func:`mmeff.converters.convert_timm` then maps it to mmeff's layout.
 
 Offline, pass the weight file (``model.safetensors`` / ``pytorch_model.bin`` of the hub repo,
-or the authors' ``efficientformer_l*_300d.pth``) as ``file``: timm reads it instead of
+or, for V1, the authors' ``efficientformer_l*_300d.pth``) as ``file``: timm reads it instead of
 downloading (its ``pretrained_cfg_overlay=dict(file=...)``), through the same filter and strict
-load.
+load. timm has no filter for the authors' V2 files (``eformer_s0_450.pth``): convert those
+directly (``tools/convert_checkpoint.py FILE DST``).
 """
 import os.path as osp
 from typing import Dict, List, Optional
@@ -38,10 +40,10 @@ class WeightsDownloadError(CheckpointError):
 
 
 def timm_pretrained_names() -> List[str]:
-    """The pretrained EfficientFormer (V1) weights timm knows, e.g.
-    ``efficientformer_l1.snap_dist_in1k``."""
+    """The pretrained EfficientFormer (V1 and V2) weights timm knows, e.g.
+    ``efficientformer_l1.snap_dist_in1k``, ``efficientformerv2_s0.snap_dist_in1k``."""
     import timm
-    return timm.list_pretrained('efficientformer_l*')
+    return timm.list_pretrained('efficientformer_l*') + timm.list_pretrained('efficientformerv2_*')
 
 
 def timm_hub_page(name: str) -> str:
@@ -92,10 +94,13 @@ def load_timm_pretrained(name: str, file: Optional[str] = None) -> Dict[str, tor
         first = (str(exc).strip().splitlines() or [''])[0].split('. ')[0][:200]
         reason = f'{type(exc).__name__}: {first}'
         if file is not None:  # unreadable, or another model's weights (strict load)
+            authors = ("the authors' .pth of the same variant" if 'v2' not in name else
+                       "(the authors' eformer_*.pth files are not in timm's layout: convert "
+                       "them directly with tools/convert_checkpoint.py FILE DST)")
             raise CheckpointError(
                 f'weights file {file!r} does not load into timm\'s {name} ({reason}); it must be '
-                f'that model\'s weights: the hub\'s model.safetensors / pytorch_model.bin or the '
-                f'authors\' .pth of the same variant') from exc
+                f'that model\'s weights: the hub\'s model.safetensors / pytorch_model.bin or '
+                f'{authors}') from exc
         if _is_download_error(exc):
             raise WeightsDownloadError(name, timm_hub_page(name), reason) from exc
         raise
