@@ -8,28 +8,37 @@
 # - warm-up from lr x 1e-2 (V2's --warmup-lr 1e-5 for lr 1e-3; V1's was 1e-6);
 # - SyncBN across GPUs (V2's --sync-bn, on by default);
 # - `max_epochs`: 300 here; the authors also trained 450 epochs (their released eformer_*_450
-#   weights): see configs/classification/README.md for the options that make this config the
-#   450-epoch run.
+#   weights, the ones their detection/segmentation configs start from):
+#   `--cfg-options train_cfg.max_epochs=450 param_scheduler.1.end=450` makes this config the
+#   450-epoch run (configs/classification/README.md).
 # Not reproduced: V2's adaptive gradient clipping (timm `--clip-mode agc --clip-grad 0.01`);
 # mmengine's optimiser wrappers clip by global norm or by value only (see the README).
 # s1/s2/l inherit this file.
 _base_ = './effformer_l1_in1k.py'
 
-max_epochs = 300  # the authors' 300-epoch runs; the README lists the 450-epoch options
+max_epochs = 300  # or 450 (the options above)
 warmup_epochs = 5
 
 model = dict(
     backbone=dict(type='mmeff.EfficientFormerV2', arch='s0', drop_path_rate=0.))
 
 # 5 warm-up epochs from lr x 1e-2 (V2's main.py: --warmup-lr 1e-5, --lr 1e-3 per 1024 images),
-# then cosine down to 1e-5 (--min-lr), updated every iteration.
+# then cosine down to 1e-5 (--min-lr), updated every iteration. The cosine's period is its
+# span (mmengine: T_max = end - begin when unset), so changing its `end` with
+# train_cfg.max_epochs is all a longer schedule needs.
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=True, begin=0, end=warmup_epochs,
          convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=1e-5,
-         by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=warmup_epochs,
+         end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+
+# Weight decay as timm's create_optimizer gives it in V2's main.py: none on 1-D parameters
+# (biases, BN), but on the layer scales, which the authors' V2 stores as (C, 1, 1) tensors
+# (mmeff's `gamma` is 1-D: decayed by name), and on the 2-D attention bias tables.
+optim_wrapper = dict(
+    paramwise_cfg=dict(flat_decay_mult=0., custom_keys={'.gamma': dict(decay_mult=1.)}))
 
 # BatchNorm statistics synchronised across GPUs in distributed runs (mmengine's Runner converts
 # the model's BN layers; single-process runs keep plain BN).
