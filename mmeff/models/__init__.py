@@ -5,8 +5,9 @@ from mmeff import compat
 
 compat.apply_all()
 
-from .backbones import EfficientFormer, load_backbone_state_dict  # noqa: E402
+from .backbones import EfficientFormer, EfficientFormerV2, load_backbone_state_dict  # noqa: E402
 from .classifiers import EfficientFormerClassifier  # noqa: E402
 from mmeff import segmentation  # noqa: E402,F401  (registers mmeff.SegDataCheckHook)
 
-__all__ = ['EfficientFormer', 'EfficientFormerClassifier', 'load_backbone_state_dict']
+__all__ = ['EfficientFormer', 'EfficientFormerV2', 'EfficientFormerClassifier',
+           'load_backbone_state_dict']

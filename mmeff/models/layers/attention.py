@@ -21,6 +21,32 @@ import torch.nn.functional as F
 _BIAS_MODES = ('bicubic', 'bilinear')
 
 
+def check_bias_interpolation(mode: str) -> str:
+    """``mode`` if it is a valid ``bias_interpolation``, else a ValueError naming the choices."""
+    if mode not in _BIAS_MODES:
+        raise ValueError(f'bias_interpolation must be one of {_BIAS_MODES}, got {mode!r}')
+    return mode
+
+
+def resize_bias_table(table: torch.Tensor, src_grid: Tuple[int, int], dst_grid: Tuple[int, int],
+                      mode: str = 'bicubic') -> torch.Tensor:
+    """Resize a bias table ``(heads, src_h*src_w)`` over offsets to ``(heads, dst_h*dst_w)``.
+
+    The table is viewed as an image ``(heads, src_h, src_w)`` over offsets ``(|dy|, |dx|)`` and
+    resized with ``F.interpolate(mode, align_corners=True)`` (offset 0 and the largest offset map
+    onto each other exactly). At ``src_grid == dst_grid`` the table itself is returned. Runs in
+    float32 and casts back to the table's dtype (safe under fp16/bf16 autocast). Shared by V1's
+    :class:`Attention` and every V2 attention (``mmeff.models.layers.v2``).
+    """
+    src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
+    if src_grid == dst_grid:
+        return table
+    heads = table.shape[0]
+    image = table.float().reshape(1, heads, *src_grid)
+    image = F.interpolate(image, size=dst_grid, mode=mode, align_corners=True)
+    return image.reshape(heads, dst_grid[0] * dst_grid[1]).to(table.dtype)
+
+
 def relative_offset_index(height: int, width: int, device=None) -> torch.Tensor:
     """Index ``|dy| * width + |dx|`` for every pair of tokens of a ``height x width`` grid."""
     ys = torch.arange(height, device=device)
@@ -51,9 +77,7 @@ class Attention(nn.Module):
                  resolution=7,
                  bias_interpolation: str = 'bicubic'):
         super().__init__()
-        if bias_interpolation not in _BIAS_MODES:
-            raise ValueError(f'bias_interpolation must be one of {_BIAS_MODES}, '
-                             f'got {bias_interpolation!r}')
+        check_bias_interpolation(bias_interpolation)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.scale = key_dim**-0.5
@@ -83,12 +107,8 @@ class Attention(nn.Module):
 
     def table_for_grid(self, height: int, width: int) -> torch.Tensor:
         """Bias table ``(heads, height*width)`` over offsets for a ``height x width`` grid."""
-        if (height, width) == self.resolution:
-            return self.attention_biases
-        table = self.attention_biases.float().reshape(1, self.num_heads, *self.resolution)
-        table = F.interpolate(
-            table, size=(height, width), mode=self.bias_interpolation, align_corners=True)
-        return table.reshape(self.num_heads, height * width).to(self.attention_biases.dtype)
+        return resize_bias_table(self.attention_biases, self.resolution, (height, width),
+                                 self.bias_interpolation)
 
     def get_bias(self, height: int, width: int) -> torch.Tensor:
         """Attention bias ``(heads, N, N)`` for a ``height x width`` token grid."""
