@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     from mmeff.benchmark.latency import RUNTIMES, TASKS
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--archs', nargs='+', default=['l1'], choices=('l1', 'l3', 'l7'))
+    p.add_argument('--archs', nargs='+', default=['l1'],
+                   choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'))
     p.add_argument('--input-sizes', nargs='+', default=['224'],
                    help="sizes as N or HxW, e.g. 224 512x512 800x1333 (default 224)")
     p.add_argument('--batch-sizes', nargs='+', type=int, default=[1])

@@ -27,7 +27,7 @@ def _print_proxies(args, info) -> None:
     from mmeff.benchmark.coreml import paper_reference, proxy_latency
     from mmeff.benchmark.latency import device_label
     arch, task = args.arch or info.get('arch'), args.task or info.get('task')
-    if arch not in ('l1', 'l3', 'l7'):
+    if arch not in ('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'):
         print('PROXIES: not measured: the package has no mmeff arch metadata; pass --arch '
               '(and --task) to measure them')
         return
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument('--reps', type=int, default=1000, help=f'timed predictions (>= {MIN_REPS})')
     p.add_argument('--out-json', help='write the timings as a latency results file '
                                       '(for tools/plot_latency.py)')
-    p.add_argument('--arch', choices=('l1', 'l3', 'l7'),
+    p.add_argument('--arch', choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'),
                    help='override the arch read from the package metadata')
     p.add_argument('--task', choices=('classifier', 'backbone'),
                    help='override the task read from the package metadata')
