@@ -1,0 +1,552 @@
+"""Export a whole mmdet detector with an mmeff backbone: image in, ``boxes, scores, labels`` out.
+
+What is exported (:class:`DetectorExport`), for one fixed input size ``(H, W)``:
+
+1. ``(image - mean) / std`` with the config's ``data_preprocessor`` statistics: the input is
+   an RGB image with pixel values 0-255, already resized and padded to ``(H, W)``
+   (:func:`preprocess_detection_image`).
+2. The fused backbone (:func:`mmeff.deploy.fuse_model`: BN and layer scales folded, attention
+   biases cached for the grid of ``(H, W)``), the neck and the head, as trained.
+3. The anchors of ``(H, W)``, computed once by the head's own ``prior_generator``, as
+   constants; box decoding with the arithmetic of mmdet's ``DeltaXYWHBBoxCoder`` (means/stds,
+   the ``wh_ratio_clip`` clamp, boxes clipped to the image); per-class sigmoid scores.
+4. NMS, and outputs padded to ``max_dets`` rows: ``boxes (max_dets, 4)`` (x1, y1, x2, y2 in
+   input pixels), ``scores (max_dets,)``, ``labels (max_dets,)``; padding rows have score 0,
+   label -1 and a zero box. Rows are sorted by score.
+
+   * ONNX: mmdet's test-time post-processing step by step: the ``nms_pre`` best
+     (anchor, class) pairs per level (``TopK``), boxes with zero width or height dropped
+     (``min_bbox_size=0``), class-aware NMS as mmdet's ``batched_nms`` does it (boxes of
+     different classes offset apart) through torchvision's ``nms``, which exports as ONNX
+     ``NonMaxSuppression``, then the ``score_thr`` and the ``max_dets`` best.
+   * Core ML: Core ML's own ``non_maximum_suppression`` op (per-class suppression) on every
+     anchor's box and class scores, emitted by a converter registered for the custom op
+     ``mmeff::coreml_nms`` (eager implementation below, for the torch side). No ``TopK`` and no
+     ``gather``. Core ML's NMS gives every anchor one class, its best: an anchor whose second
+     class also passes ``score_thr`` yields one detection where mmdet (and the ONNX export)
+     may yield two; and there is no ``nms_pre`` step (all anchors go to the op).
+
+Only single-stage detectors whose head mmdet decodes with anchors and ``DeltaXYWHBBoxCoder``
+(RetinaNet) are exported; other detectors, and backbones that are not mmeff's, are refused with
+the reason. Mask R-CNN: see docs/deployment.md ("Whole detector").
+"""
+import copy
+import os
+import os.path as osp
+import time
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .export import (coreml_problems, export_friendly_norms_, file_size, inspect_coreml,
+                     nonfinite, require)
+from .fuse import fuse_model, fusion_report, parse_input_size
+
+FORMATS = ('onnx', 'coreml')
+DETECTORS = ('RetinaNet',)
+BACKBONES = ('EfficientFormer', 'EfficientFormerV2')
+OUTPUT_NAMES = ('boxes', 'scores', 'labels')
+MIN_SIZE = 32  # one token after the stride-32 stage
+
+
+# ----------------------------------------------------------------------------- building
+def _short_type(t) -> str:
+    return str(t).split('.')[-1]
+
+
+def load_detector_config(config: str):
+    """Read ``config`` and check that it is a detector this module exports; returns the
+    :class:`mmengine.Config`."""
+    from mmengine.config import Config
+    if not isinstance(config, str) or not config.endswith('.py'):
+        raise ValueError(f'config must be the path of an mmdet config file (.py), got {config!r}')
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file {config!r} does not exist')
+    cfg = Config.fromfile(config)
+    model = cfg.get('model')
+    if model is None:
+        raise ValueError(f'config {config!r} has no `model` dict')
+    backbone = model.get('backbone') or {}
+    btype = backbone.get('type') if isinstance(backbone, dict) else None
+    if _short_type(btype) not in BACKBONES:
+        raise ValueError(
+            f'config {config!r}: model.backbone is {btype!r}, not an mmeff backbone '
+            f"({', '.join('mmeff.' + b for b in BACKBONES)}). export_detector folds and caches "
+            f'what is specific to EfficientFormer; export other backbones with mmdeploy')
+    mtype = _short_type(model.get('type'))
+    if mtype not in DETECTORS:
+        hint = (' Mask R-CNN is not exported whole (docs/deployment.md, "Whole detector", '
+                'says why); export its backbone with --task backbone.'
+                if 'RCNN' in mtype or 'RCNN' in mtype.upper() else '')
+        raise ValueError(f'config {config!r}: model.type {mtype!r} cannot be exported as a whole '
+                         f'detector; supported: {DETECTORS}.{hint}')
+    head = model.get('bbox_head') or {}
+    coder = _short_type((head.get('bbox_coder') or {}).get('type'))
+    if coder != 'DeltaXYWHBBoxCoder':
+        raise ValueError(f'config {config!r}: bbox_head.bbox_coder is {coder!r}; the exported '
+                         f'box decoding is that of DeltaXYWHBBoxCoder')
+    return cfg
+
+
+def build_detector(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Module, object,
+                                                                         str]:
+    """Build the detector of ``config`` (mmdet's registry) in eval mode, with the weights of
+    ``checkpoint`` when given (the whole model, checked by :func:`mmeff.checkpoint.
+    check_model_fit`: a file that does not fit is an error naming what differs).
+
+    Returns:
+        tuple: ``(model, cfg, weights)``, ``weights`` a one-line description.
+    """
+    cfg = load_detector_config(config)
+    import mmeff.models  # noqa: F401  (registers mmeff.EfficientFormer*)
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
+    register_all_modules(init_default_scope=False)
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.init_cfg = None  # weights come from `checkpoint` (or stay random)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(model_cfg)
+    weights = 'random (no checkpoint given)'
+    if checkpoint:
+        from mmeff.checkpoint import check_model_fit, mmengine_state_dict, read_checkpoint
+        sd = mmengine_state_dict(read_checkpoint(checkpoint))
+        fit = check_model_fit(model, sd, str(checkpoint), purpose='exact',
+                              hint=f'export_detector needs the checkpoint tools/train.py saved '
+                                   f'with {config}.')
+        model.load_state_dict(sd, strict=False)
+        weights = f'{checkpoint} ({len(fit.matched)} tensors)'
+    return model.eval(), cfg, weights
+
+
+def check_input_size(input_size, divisor: int = 32) -> Tuple[int, int]:
+    """``(H, W)`` if a detector can be exported for it: both sides at least 32 pixels (one
+    token after stride 32) and multiples of ``divisor`` (the config's
+    ``data_preprocessor.pad_size_divisor``: mmdet pads every image to it, so the trained model
+    never saw other sizes and its FPN levels only align at multiples of it)."""
+    h, w = parse_input_size(input_size)
+    if min(h, w) < MIN_SIZE:
+        raise ValueError(f'input size {h}x{w} is too small: the backbone needs at least '
+                         f'{MIN_SIZE} pixels per side (stride 32); use e.g. 512x512')
+    if h % divisor or w % divisor:
+        up = lambda s: -(-s // divisor) * divisor  # noqa: E731
+        raise ValueError(f'input size {h}x{w} cannot be taken by this detector: both sides must '
+                         f'be multiples of {divisor} (data_preprocessor.pad_size_divisor); '
+                         f'use {up(h)}x{up(w)} and pad the image (preprocess_detection_image)')
+    return h, w
+
+
+# ----------------------------------------------------------------------------- NMS for Core ML
+@torch.library.custom_op('mmeff::coreml_nms', mutates_args=())
+def coreml_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+               score_threshold: float, max_boxes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """What Core ML's ``non_maximum_suppression`` (per-class suppression) computes, in torch.
+
+    Every box takes its best class; boxes whose best score is below ``score_threshold`` are
+    dropped; NMS runs within each class; the ``max_boxes`` best survivors are returned, padded
+    with zero rows. Args: ``boxes (N, 4)`` x1y1x2y2, ``scores (N, C)``. Returns ``(boxes
+    (max_boxes, 4), scores (max_boxes, C))``. In a Core ML export this call becomes the op.
+    """
+    from torchvision.ops import batched_nms
+    best, label = scores.max(1)
+    keep = torch.nonzero(best >= score_threshold).squeeze(1)
+    order = batched_nms(boxes[keep], best[keep], label[keep], iou_threshold)[:max_boxes]
+    keep = keep[order]
+    out_boxes = boxes.new_zeros(max_boxes, 4)
+    out_scores = scores.new_zeros(max_boxes, scores.shape[1])
+    out_boxes[:len(keep)] = boxes[keep]
+    out_scores[:len(keep)] = scores[keep]
+    return out_boxes, out_scores
+
+
+@coreml_nms.register_fake
+def _coreml_nms_fake(boxes, scores, iou_threshold, score_threshold, max_boxes):
+    return boxes.new_empty(max_boxes, 4), scores.new_empty(max_boxes, scores.shape[1])
+
+
+def _register_coreml_nms() -> None:
+    """Teach coremltools' torch frontend ``mmeff::coreml_nms`` -> MIL ``non_maximum_suppression``
+    (iOS 15 op, per-class suppression; boxes converted to the op's centre/size layout)."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY, register_torch_op)
+    if _TORCH_OPS_REGISTRY.get_func('mmeff::coreml_nms') is not None:
+        return
+
+    @register_torch_op(torch_alias=['mmeff::coreml_nms'])
+    def mmeff_coreml_nms(context, node):
+        boxes, scores, iou, score_thr, max_boxes = _get_inputs(context, node, expected=5)
+        x1, y1, x2, y2 = mb.split(x=boxes, num_splits=4, axis=-1)
+        w, h = mb.sub(x=x2, y=x1), mb.sub(x=y2, y=y1)
+        cxcywh = mb.concat(values=[mb.add(x=x1, y=mb.mul(x=w, y=0.5)),
+                                   mb.add(x=y1, y=mb.mul(x=h, y=0.5)), w, h], axis=-1)
+        out_boxes, out_scores, _, _ = mb.non_maximum_suppression(
+            boxes=mb.expand_dims(x=cxcywh, axes=[0]), scores=mb.expand_dims(x=scores, axes=[0]),
+            iou_threshold=float(iou.val), score_threshold=float(score_thr.val),
+            max_boxes=int(max_boxes.val), per_class_suppression=True)
+        out_boxes = mb.squeeze(x=out_boxes, axes=[0])
+        cx, cy, bw, bh = mb.split(x=out_boxes, num_splits=4, axis=-1)
+        half_w, half_h = mb.mul(x=bw, y=0.5), mb.mul(x=bh, y=0.5)
+        xyxy = mb.concat(values=[mb.sub(x=cx, y=half_w), mb.sub(x=cy, y=half_h),
+                                 mb.add(x=cx, y=half_w), mb.add(x=cy, y=half_h)], axis=-1,
+                         name=node.outputs[0])
+        context.add(xyxy)
+        context.add(mb.squeeze(x=out_scores, axes=[0], name=node.outputs[1]))
+
+
+# ----------------------------------------------------------------------------- the graph
+class DetectorExport(nn.Module):
+    """Image (1, 3, H, W), RGB 0-255, resized/padded to the export size -> ``boxes, scores,
+    labels`` (see the module docstring). Built from an mmdet RetinaNet-style detector.
+
+    Args:
+        detector (nn.Module): The mmdet detector (eval mode; fused or not).
+        input_size (tuple[int, int]): ``(H, W)``.
+        nms (str): ``'onnx'`` (mmdet's steps, torchvision NMS) or ``'coreml'`` (Core ML's op).
+        max_dets (int): Rows of the outputs (mmdet's ``max_per_img``).
+        score_thr (float): Score threshold (mmdet's ``score_thr``).
+        iou_thr (float): NMS IoU threshold.
+        nms_pre (int): Candidates per level before NMS (ONNX only; mmdet's ``nms_pre``).
+    """
+
+    def __init__(self, detector: nn.Module, input_size: Tuple[int, int], nms: str = 'onnx',
+                 max_dets: int = 100, score_thr: float = 0.05, iou_thr: float = 0.5,
+                 nms_pre: int = 1000):
+        super().__init__()
+        if nms not in FORMATS:
+            raise ValueError(f'nms must be one of {FORMATS}, got {nms!r}')
+        self.backbone, self.neck, self.head = detector.backbone, detector.neck, detector.bbox_head
+        self.nms, self.max_dets, self.score_thr, self.iou_thr = nms, max_dets, score_thr, iou_thr
+        self.height, self.width = input_size
+        self.num_classes = self.head.cls_out_channels
+        pre = detector.data_preprocessor
+        mean, std = pre.mean.view(1, 3, 1, 1).float(), pre.std.view(1, 3, 1, 1).float()
+        self.register_buffer('mean', mean.clone())
+        self.register_buffer('inv_std', 1. / std)
+        coder = self.head.bbox_coder
+        self.register_buffer('coder_means', torch.tensor(coder.means).view(1, 4).float())
+        self.register_buffer('coder_stds', torch.tensor(coder.stds).view(1, 4).float())
+        self.max_ratio = float(abs(np.log(16 / 1000)))  # DeltaXYWHBBoxCoder's wh_ratio_clip
+        self.clip_border = bool(coder.clip_border)
+        self.add_ctr_clamp, self.ctr_clamp = bool(coder.add_ctr_clamp), float(coder.ctr_clamp)
+        with torch.no_grad():  # the feature sizes of (H, W), hence the anchors: constants
+            x = torch.zeros(1, 3, self.height, self.width)
+            cls_scores, _ = self.head(self.neck(self.backbone(x)))
+        sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+        anchors = self.head.prior_generator.grid_priors(sizes, device='cpu')
+        self.level_sizes = [len(a) for a in anchors]
+        anchors = torch.cat(anchors).float()
+        self.register_buffer('anchor_centres', (anchors[:, :2] + anchors[:, 2:]) * 0.5)
+        self.register_buffer('anchor_sizes', anchors[:, 2:] - anchors[:, :2])
+        self.nms_pre = [min(nms_pre, n * self.num_classes) if nms_pre > 0
+                        else n * self.num_classes for n in self.level_sizes]
+
+    def decode(self, deltas: torch.Tensor) -> torch.Tensor:
+        """mmdet's ``delta2bbox`` for every anchor at once: (N, 4) deltas -> (N, 4) boxes."""
+        d = deltas * self.coder_stds + self.coder_means
+        dxy_wh = self.anchor_sizes * d[:, :2]
+        if self.add_ctr_clamp:
+            dxy_wh = dxy_wh.clamp(min=-self.ctr_clamp, max=self.ctr_clamp)
+            dwh = d[:, 2:].clamp(max=self.max_ratio)
+        else:
+            dwh = d[:, 2:].clamp(min=-self.max_ratio, max=self.max_ratio)
+        gxy = self.anchor_centres + dxy_wh
+        half = self.anchor_sizes * dwh.exp() * 0.5
+        x1y1, x2y2 = gxy - half, gxy + half
+        if self.clip_border:
+            # max_shape is the (padded) input: the exported model does not know the image's
+            # extent inside the padding
+            # (relu, not clamp(min=0): a one-sided clamp becomes a clip to +inf in Core ML,
+            # a constant FP16 cannot hold)
+            lim = torch.tensor([self.width, self.height], dtype=deltas.dtype)
+            x1y1 = torch.minimum(torch.relu(x1y1), lim)
+            x2y2 = torch.minimum(torch.relu(x2y2), lim)
+        return torch.cat([x1y1, x2y2], dim=1)
+
+    def raw(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Decoded boxes (N, 4) and sigmoid scores (N, C) of every anchor, before NMS."""
+        if image.shape[0] != 1:
+            raise ValueError(f'the exported detector takes one image, got a batch of '
+                             f'{image.shape[0]}')
+        x = (image - self.mean) * self.inv_std
+        cls_scores, bbox_preds = self.head(self.neck(self.backbone(x)))
+        scores = torch.cat([c.permute(0, 2, 3, 1).reshape(-1, self.num_classes)
+                            for c in cls_scores]).sigmoid()
+        deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, 4) for b in bbox_preds])
+        return self.decode(deltas), scores
+
+    def forward(self, image: torch.Tensor):
+        boxes, scores = self.raw(image)
+        # min_bbox_size=0: mmdet drops boxes of zero width or height (clipped to a border)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        nonempty = ((wh[:, 0] > 0) & (wh[:, 1] > 0)).to(scores.dtype)
+        scores = scores * nonempty[:, None]
+        if self.nms == 'coreml':
+            out_boxes, out_scores = torch.ops.mmeff.coreml_nms(
+                boxes, scores, self.iou_thr, self.score_thr, self.max_dets)
+            score, label = out_scores.max(1)
+        else:
+            out_boxes, score, label = self._onnx_nms(boxes, scores)
+        valid = score > self.score_thr
+        label = torch.where(valid, label, torch.full_like(label, -1))
+        score = score * valid.to(score.dtype)
+        return out_boxes * valid.to(out_boxes.dtype)[:, None], score, label
+
+    def _onnx_nms(self, boxes: torch.Tensor, scores: torch.Tensor):
+        from torchvision.ops import nms
+        C, start, cand = self.num_classes, 0, []
+        for n, k in zip(self.level_sizes, self.nms_pre):  # mmdet: nms_pre pairs per level
+            _, idx = scores[start:start + n].reshape(-1).topk(k)
+            cand.append(idx + start * C)
+            start += n
+        idx = torch.cat(cand)
+        anchor, label = torch.div(idx, C, rounding_mode='floor'), idx % C
+        score = scores.reshape(-1)[idx]
+        cand_boxes = boxes[anchor]
+        # class-aware NMS as mmdet's batched_nms: classes offset apart (boxes lie in the image)
+        offset = (label.to(cand_boxes.dtype) * float(max(self.height, self.width) + 1))[:, None]
+        keep = nms(cand_boxes + offset, score, self.iou_thr)[:self.max_dets]
+        pad = self.max_dets
+        out_boxes = torch.cat([cand_boxes[keep], cand_boxes.new_zeros(pad, 4)])[:pad]
+        out_score = torch.cat([score[keep], score.new_zeros(pad)])[:pad]
+        out_label = torch.cat([label[keep], label.new_full((pad,), -1)])[:pad]
+        return out_boxes, out_score, out_label
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def preprocess_detection_image(image: np.ndarray, input_size, mean=(123.675, 116.28, 103.53)
+                               ) -> Tuple[np.ndarray, float]:
+    """Fit an RGB ``(h, w, 3)`` image into the export size as mmdet's test pipeline with
+    ``Resize(scale=(W, H), keep_ratio=True)`` does (mmcv ``imrescale``, bilinear), then pad at
+    the bottom/right with the mean colour (0 after the normalisation in the graph, as mmdet
+    pads). Returns ``(input (1, 3, H, W) float32, scale)``: divide the output boxes by
+    ``scale`` to get original-image pixels."""
+    import mmcv
+    H, W = parse_input_size(input_size)
+    resized, scale = mmcv.imrescale(image, (W, H), return_scale=True, backend='cv2')
+    if resized.shape[0] > H or resized.shape[1] > W:
+        raise ValueError(f'image of {image.shape[:2]} does not fit {H}x{W} with its ratio kept')
+    padded = np.empty((H, W, 3), np.float32)
+    padded[...] = np.asarray(mean, np.float32)
+    padded[:resized.shape[0], :resized.shape[1]] = resized
+    return padded.transpose(2, 0, 1)[None].copy(), float(scale)
+
+
+# ----------------------------------------------------------------------------- export
+def compare_detections(a: Sequence[np.ndarray], b: Sequence[np.ndarray], box_tol: float = 0.05
+                       ) -> dict:
+    """How far two ``(boxes, scores, labels)`` outputs agree: ``matched`` counts the rows of
+    ``a`` (padding excluded) that have a row in ``b`` with the same label and every box
+    coordinate within ``box_tol`` pixels (order-free: near-equal scores may swap rows)."""
+    va, vb = np.asarray(a[2]) >= 0, np.asarray(b[2]) >= 0
+    ba, sa, la = (np.asarray(t)[va] for t in a)
+    bb, sb, lb = (np.asarray(t)[vb] for t in b)
+    used, matched, box_err, score_err = np.zeros(len(lb), bool), 0, 0., 0.
+    for i in range(len(la)):
+        diff = np.abs(bb - ba[i]).max(1) if len(lb) else np.zeros(0)
+        cand = np.flatnonzero((lb == la[i]) & (diff <= box_tol) & ~used)
+        if len(cand):
+            j = cand[np.argmin(diff[cand])]
+            used[j], matched = True, matched + 1
+            box_err = max(box_err, float(diff[j]))
+            score_err = max(score_err, float(abs(sa[i] - sb[j])))
+    return dict(detections_a=int(va.sum()), detections_b=int(vb.sum()), matched=matched,
+                max_abs_err_boxes=box_err, max_abs_err_scores=score_err)
+
+
+def _onnx_report(module: nn.Module, x: torch.Tensor, path: str) -> dict:
+    """Write ``module`` to ``path`` (ONNX), check it with onnx.checker and ONNX Runtime."""
+    onnx = require('onnx')
+    ort = require('onnxruntime')
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        # The TorchScript exporter: torchvision registers ONNX NonMaxSuppression for its nms
+        # there; the torch.export-based one cannot trace NMS's data-dependent output size.
+        torch.onnx.export(module, (x,), path, input_names=['image'],
+                          output_names=list(OUTPUT_NAMES), opset_version=17, dynamo=False)
+    export_s = time.perf_counter() - t0
+    proto = onnx.load(path)
+    for out in proto.graph.output:  # NMS hides the static count from the exporter
+        out.type.tensor_type.shape.dim[0].dim_value = module.max_dets
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    from collections import Counter
+    hist = Counter(n.op_type for n in proto.graph.node)
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = sess.run(None, {'image': x.numpy()})
+    with torch.no_grad():
+        ref = [t.numpy() for t in module(x)]
+    agree = compare_detections(ref, got)
+    problems = []
+    if agree['matched'] < 0.99 * max(agree['detections_a'], 1):
+        problems.append(f"ONNX Runtime's detections differ from torch's: {agree}")
+    bad = nonfinite([(f'onnxruntime output {k!r}', torch.from_numpy(np.asarray(v, np.float64)))
+                     for k, v in zip(OUTPUT_NAMES, got)])
+    if bad:
+        problems.append(f'NaN/Inf in the outputs: {bad}')
+    if 'NonMaxSuppression' not in hist:
+        problems.append('no NonMaxSuppression op in the graph')
+    return dict(format='onnx', path=osp.abspath(path), exporter='torchscript', opset=17,
+                export_s=round(export_s, 2), op_histogram=dict(hist.most_common()),
+                gather_ops=sum(v for k, v in hist.items() if 'Gather' in k),
+                inputs=[dict(name=i.name, shape=i.shape, dtype=i.type) for i in sess.get_inputs()],
+                outputs=[dict(name=o.name, shape=o.shape, dtype=o.type)
+                         for o in sess.get_outputs()],
+                file_size_bytes=file_size(path), onnxruntime=agree, problems=problems)
+
+
+def _coreml_report(module: nn.Module, x: torch.Tensor, path: str, precision: str,
+                   image_input: bool) -> dict:
+    ct = require('coremltools')
+    _register_coreml_nms()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        traced = torch.jit.trace(module, (x,), check_trace=False)
+        if image_input:  # 8-bit RGB pixels as they are (0-255): the graph normalises
+            inp = ct.ImageType(name='image', shape=tuple(x.shape), scale=1.,
+                               color_layout=ct.colorlayout.RGB)
+        else:
+            inp = ct.TensorType(name='image', shape=tuple(x.shape), dtype=np.float32)
+        mlmodel = ct.convert(
+            traced, inputs=[inp],
+            outputs=[ct.TensorType(name='boxes', dtype=np.float32),
+                     ct.TensorType(name='scores', dtype=np.float32),
+                     ct.TensorType(name='labels', dtype=np.int32)],
+            convert_to='mlprogram', minimum_deployment_target=ct.target.iOS16,
+            compute_precision=(ct.precision.FLOAT16 if precision == 'fp16'
+                               else ct.precision.FLOAT32),
+            skip_model_load=True)
+    convert_s = time.perf_counter() - t0
+    mlmodel.user_defined_metadata.update({
+        'mmeff.task': 'detector', 'mmeff.input_shape': 'x'.join(map(str, x.shape)),
+        'mmeff.precision': precision, 'mmeff.image_input': str(bool(image_input)),
+        'mmeff.outputs': 'boxes (x1,y1,x2,y2 input pixels), scores, labels (-1: padding)'})
+    mlmodel.short_description = (f'mmeff detector, input RGB 0-255 {x.shape[2]}x{x.shape[3]}, '
+                                 f'outputs boxes, scores, labels')
+    if osp.exists(path):
+        import shutil
+        shutil.rmtree(path)
+    mlmodel.save(path)
+    report = inspect_coreml(path)
+    # The FPN's upsample scale factors are op parameters, FP32 by the op's definition
+    from .segmentor import _scale_factor_consts, _tensor_name
+    params = _scale_factor_consts(path)
+    report['non_fp16_tensors'] = [t for t in report['non_fp16_tensors']
+                                  if _tensor_name(t) not in params]
+    report.update(method='trace', convert_s=round(convert_s, 2), fp32_op_parameters=sorted(params))
+    problems = coreml_problems(report, expect_fp16=precision == 'fp16')
+    if 'non_maximum_suppression' not in report['op_histogram']:
+        problems.append('no non_maximum_suppression op in the Core ML program')
+    report['problems'] = problems
+    return report
+
+
+def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'onnx',
+                    input_size=(512, 512), out: Optional[str] = None, max_dets: int = 100,
+                    score_thr: float = 0.05, iou_thr: float = 0.5, precision: str = 'fp16',
+                    image_input: bool = False, nms_pre: Optional[int] = None) -> dict:
+    """Export the whole detector of an mmdet config with an mmeff backbone (module docstring).
+
+    Args:
+        config (str): mmdet config (RetinaNet with ``mmeff.EfficientFormer`` or
+            ``mmeff.EfficientFormerV2``).
+        checkpoint (str | None): The whole model's weights (what ``tools/train.py`` saved);
+            ``None`` keeps random weights (latency only).
+        fmt (str): ``'onnx'`` or ``'coreml'``. Defaults to ``'onnx'``.
+        input_size: ``(H, W)``, ``512`` or ``'512x640'``; multiples of the config's
+            ``pad_size_divisor`` (32). Defaults to (512, 512).
+        out (str | None): Output file (``.onnx``) or package (``.mlpackage``); default
+            ``work_dirs/export/<config>_detector_<H>x<W>.<ext>``.
+        max_dets (int): Output rows (mmdet's ``max_per_img``). Defaults to 100.
+        score_thr (float): Score threshold. Defaults to 0.05 (RetinaNet's test_cfg).
+        iou_thr (float): NMS IoU threshold. Defaults to 0.5 (RetinaNet's test_cfg).
+        precision (str): Core ML compute precision, ``'fp16'`` or ``'fp32'`` (ONNX: fp32).
+        image_input (bool): Core ML ``ImageType`` input (RGB, 0-255 pixels as they are).
+        nms_pre (int | None): Candidates per level before NMS (ONNX); ``None`` reads the
+            config's ``test_cfg.nms_pre``.
+
+    Returns:
+        dict: The export report (``path``, ``inputs``/``outputs``, ``op_histogram``,
+        ``gather_ops``, ``problems`` and, for ONNX, ``onnxruntime`` agreement with torch),
+        plus ``detector``, ``weights``, ``fusion``, ``postprocess`` (what was exported and how
+        it differs from mmdet's test_cfg).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
+    if precision not in ('fp16', 'fp32'):
+        raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
+    if not isinstance(max_dets, int) or max_dets < 1:
+        raise ValueError(f'max_dets must be a positive int, got {max_dets!r}')
+    if not 0 <= score_thr < 1 or not 0 < iou_thr <= 1:
+        raise ValueError(f'need 0 <= score_thr < 1 and 0 < iou_thr <= 1, got {score_thr}, '
+                         f'{iou_thr}')
+    cfg = load_detector_config(config)
+    divisor = int((cfg.model.get('data_preprocessor') or {}).get('pad_size_divisor', 32) or 1)
+    h, w = check_input_size(input_size, divisor)
+    model, cfg, weights = build_detector(config, checkpoint)
+    test_cfg = dict(model.bbox_head.test_cfg or {})
+    if nms_pre is None:
+        nms_pre = int(test_cfg.get('nms_pre', 1000))
+    try:
+        fused = fuse_model(model, (h, w))
+    except ValueError:  # no V1 EfficientFormer inside (V2): exported as trained
+        fused = copy.deepcopy(model)
+    if fmt == 'onnx':  # two-step GroupNorm statistics (ONNX Runtime's one-pass sum drifts);
+        export_friendly_norms_(fused)  # Core ML converts nn.GroupNorm as it is
+    module = DetectorExport(fused, (h, w), nms=fmt, max_dets=max_dets, score_thr=score_thr,
+                            iou_thr=iou_thr, nms_pre=nms_pre).eval()
+    name = osp.splitext(osp.basename(config))[0]
+    ext = '.onnx' if fmt == 'onnx' else '.mlpackage'
+    out = out or osp.join('work_dirs', 'export', f'{name}_detector_{h}x{w}{ext}')
+    if not str(out).endswith(ext):
+        raise ValueError(f'a {fmt} export is written to a path ending in {ext}, got {out!r}')
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    if fmt == 'onnx':
+        report = _onnx_report(module, x, out)
+    else:
+        report = _coreml_report(module, x, out, precision, image_input)
+    nms = test_cfg.get('nms') or {}
+    report.update(
+        detector=_short_type(cfg.model.type), config=config, weights=weights,
+        input_size=[h, w], fusion=fusion_report(fused),
+        postprocess=dict(
+            max_dets=max_dets, score_thr=score_thr, iou_thr=iou_thr,
+            nms_pre=nms_pre if fmt == 'onnx' else None,
+            nms=('ONNX NonMaxSuppression, class-aware (offsets)' if fmt == 'onnx'
+                 else 'Core ML non_maximum_suppression, per_class_suppression, best class '
+                      'per anchor'),
+            mmdet_test_cfg=dict(nms_pre=test_cfg.get('nms_pre'),
+                                score_thr=test_cfg.get('score_thr'),
+                                iou_threshold=nms.get('iou_threshold'),
+                                max_per_img=test_cfg.get('max_per_img'),
+                                min_bbox_size=test_cfg.get('min_bbox_size'))))
+    return report
+
+
+def detections_to_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                        scale, image_hw: Sequence[int], clip: bool = True
+                        ) -> Dict[str, np.ndarray]:
+    """The exported model's outputs (padding rows dropped) in original-image pixels: boxes
+    divided by the preprocessing ``scale`` (a float, or mmdet's ``(w_scale, h_scale)``) and,
+    with ``clip``, clipped to the image (mmdet's ``rescale`` does not clip again: boxes of
+    padded inputs may end in the padding)."""
+    keep = np.asarray(labels) >= 0
+    sx, sy = (scale, scale) if np.isscalar(scale) else tuple(scale)
+    b = np.asarray(boxes, np.float32)[keep] / np.array([sx, sy, sx, sy], np.float32)
+    if clip:
+        b[:, 0::2] = b[:, 0::2].clip(0, image_hw[1])
+        b[:, 1::2] = b[:, 1::2].clip(0, image_hw[0])
+    return dict(bboxes=b, scores=np.asarray(scores, np.float32)[keep],
+                labels=np.asarray(labels)[keep].astype(np.int64))
+
+
+__all__ = ['FORMATS', 'DETECTORS', 'BACKBONES', 'OUTPUT_NAMES', 'DetectorExport',
+           'build_detector', 'compare_detections', 'check_input_size', 'coreml_nms', 'detections_to_image',
+           'export_detector', 'load_detector_config', 'preprocess_detection_image']
