@@ -1,14 +1,19 @@
-"""Params and MACs of EfficientFormer variants, beside the paper's and timm's figures.
+"""Params and MACs of EfficientFormer (V1) and EfficientFormerV2 variants, beside the papers' and timm's figures.
 
-    python tools/analyze.py [--archs l1 l3 l7] [--shape 224 224] [--no-head] [--out FILE.json]
-    python tools/analyze.py --archs '{"depths": [1, 1, 3, 2], "widths": [32, 64, 96, 128], "num_vit": 3}'
+    .venv/bin/python tools/analyze.py [--archs l1 l3 l7 s0 s1 s2 l] [--shape 224 224] [--no-head]
+        [--count-timm] [--out FILE.json]
+    .venv/bin/python tools/analyze.py --archs '{"depths": [1, 1, 3, 2], "widths": [32, 64, 96, 128], "num_vit": 3}'
 
-An ``--archs`` entry is a name or an arch dict as JSON (e.g. one that ``tools/slim.py`` found).
+An ``--archs`` entry is a name (V1: l1, l3, l7; V2: s0, s1, s2, l) or a V1 arch dict as JSON
+(e.g. one that ``tools/slim.py`` found).
 
-With the classification head (default) at 224x224 the figures must agree with the paper
-(12.3M/1.3G, 31.3M/3.9G, 82.1M/10.2G) and timm (12.29M/1.30G, 31.41M/3.93G, 82.23M/10.17G).
-MACs are counted by mmengine's FlopAnalyzer (one multiply-add = 1). For whole detectors or
-segmentors use tools/analyze_dense.py.
+With the classification head (default) at 224x224 the figures must agree with the papers
+(V1: 12.3M/1.3G, 31.3M/3.9G, 82.1M/10.2G; V2: 3.5/6.1/12.6/26.1M, 0.40/0.65/1.25/2.56G, the
+paper's params without the distillation head) and timm (V1: 12.29M/1.30G, 31.41M/3.93G,
+82.23M/10.17G; V2 with both heads: 3.60/6.19/12.71/26.32M). ``--count-timm`` also builds timm's
+models and counts them here the same way (timm's models only run at the size they are built
+for; they are built for ``--shape``). MACs are counted by mmengine's FlopAnalyzer (one
+multiply-add = 1). For whole detectors or segmentors use tools/analyze_dense.py.
 """
 import argparse
 import json
@@ -32,22 +37,43 @@ def parse_arch(text: str):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--archs', nargs='+', default=['l1', 'l3', 'l7'], type=parse_arch,
-                        help='names (l1, l3, l7) or arch dicts as JSON')
+    parser.add_argument('--archs', nargs='+', default=['l1', 'l3', 'l7', 's0', 's1', 's2', 'l'],
+                        type=parse_arch,
+                        help='names (V1: l1, l3, l7; V2: s0, s1, s2, l) or V1 arch dicts as JSON')
     parser.add_argument('--shape', nargs=2, type=int, default=[224, 224], metavar=('H', 'W'))
     parser.add_argument('--no-head', action='store_true', help='backbone only')
+    parser.add_argument('--count-timm', action='store_true',
+                        help="also count timm's model of every named arch here (with heads)")
     parser.add_argument('--out', help='also write the table as JSON')
     args = parser.parse_args(argv)
-    from mmeff.benchmark.complexity import PAPER, TIMM, complexity_table
+    from mmeff.benchmark.complexity import (PAPER, TIMM, V1_ARCHS, V2_ARCHS, complexity_table,
+                                            timm_complexity)
     rows = complexity_table(args.archs, tuple(args.shape), with_head=not args.no_head)
+    counted = {}
+    if args.count_timm:
+        counted = {a: timm_complexity(a, tuple(args.shape)) for a in rows
+                   if a in V1_ARCHS + V2_ARCHS}
+        for a, c in counted.items():
+            rows[a]['timm_counted'] = c
     what = 'backbone only' if args.no_head else 'with classification head'
-    print(f'EfficientFormer, {what}, input {args.shape[0]}x{args.shape[1]}')
-    print('| arch | params (M) | GMACs | paper params (M) | paper GMACs | timm params (M) | timm GMACs |')
-    print('|---|---|---|---|---|---|---|')
+    print(f'EfficientFormer (V1: l1/l3/l7) and EfficientFormerV2 (s0/s1/s2/l), {what}, input '
+          f'{args.shape[0]}x{args.shape[1]}')
+    extra = ' timm counted here: params (M) / GMACs |' if counted else ''
+    print('| arch | params (M) | GMACs | paper params (M) | paper GMACs | '
+          f'timm params (M) | timm GMACs | family |{extra}')
+    print('|---|---|---|---|---|---|---|---|' + ('---|' if counted else ''))
     for arch, r in rows.items():
         p, t = PAPER.get(arch, {}), TIMM.get(arch, {})
-        print(f"| {arch} | {r['params_m']:.2f} | {r['gmacs']:.2f} | {p.get('params_m', '-')} | "
-              f"{p.get('gmacs', '-')} | {t.get('params_m', '-')} | {t.get('gmacs', '-')} |")
+        family = 'V2' if arch in V2_ARCHS else 'V1'
+        line = (f"| {arch} | {r['params_m']:.2f} | {r['gmacs']:.2f} | "
+                f"{p.get('params_m', '-')} | {p.get('gmacs', '-')} | {t.get('params_m', '-')} | "
+                f"{t.get('gmacs', '-')} | {family} |")
+        if counted:
+            c = counted.get(arch)
+            line += f" {c['params_m']:.2f} / {c['gmacs']:.2f} |" if c else ' - |'
+        print(line)
+    if args.no_head:
+        print("(paper and timm figures include the classification head; this table does not)")
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(input=args.shape, with_head=not args.no_head, rows=rows), f, indent=2)

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .complexity import PAPER
+from .complexity import PAPER, display_name
 from .latency import SCHEMA, machine_info, summarize
 
 MIN_REPS = 500
@@ -67,12 +67,14 @@ def paper_reference(info: dict) -> Tuple[Optional[float], str]:
     """The paper's iPhone 12 latency for this model, and whether it is comparable."""
     arch = info.get('arch')
     if arch not in PAPER:
-        return None, 'no paper figure (not an L1/L3/L7 model exported by mmeff)'
+        return None, ('no paper figure (not an L1/L3/L7 or V2 S0/S1/S2/L model exported by '
+                      'mmeff)')
     ms = PAPER[arch]['iphone12_ms']
+    name = display_name(arch)
     same = info.get('task') == 'classifier' and info['input_shape'] == [1, 3, 224, 224]
     if same:
-        return ms, f'paper, iPhone 12, Core ML, ALL compute units: {ms} ms ({arch.upper()})'
-    return ms, (f'paper, iPhone 12: {ms} ms for the {arch.upper()} classifier at 1x3x224x224 '
+        return ms, f'paper, iPhone 12, Core ML, ALL compute units: {ms} ms ({name})'
+    return ms, (f'paper, iPhone 12: {ms} ms for the {name} classifier at 1x3x224x224 '
                 f'(this model is the {info.get("task")} at '
                 f"{'x'.join(map(str, info['input_shape']))}: not directly comparable)")
 

@@ -1,10 +1,12 @@
-"""Latency and throughput of EfficientFormer under several runtimes, beside timm's model.
+"""Latency and throughput of EfficientFormer (V1 and V2) under several runtimes, beside timm's.
 
 For every (arch, input size, batch size) the same weights run under:
 
-* ``timm``: ``timm.create_model('efficientformer_<arch>')`` (the reference implementation);
-  mmeff's models load its weights through ``mmeff.converters.convert_timm``. timm's attention
-  bias is fixed to the 7x7 grid of a 224x224 input: at other sizes the row says
+* ``timm``: ``timm.create_model('efficientformer_<arch>')`` for V1 (``l1``/``l3``/``l7``),
+  ``'efficientformerv2_<arch>'`` for V2 (``s0``/``s1``/``s2``/``l``), the reference
+  implementations; mmeff's models load their weights through
+  ``mmeff.converters.convert_timm``. timm's attention biases are fixed to the token grids of
+  the 224x224 input its models are built for: at other sizes the row says
   ``unsupported: <timm's error>`` instead of a number.
 * ``eager``: mmeff, as trained (BN, layer scales, bias computed per call).
 * ``fused``: :func:`mmeff.deploy.fuse_model` (BN and layer scales folded, bias cached).
@@ -26,6 +28,10 @@ latency-driven slimming (:mod:`mmeff.slimming.lut`) times its pieces with the sa
 
 Tasks: ``'classifier'`` (image -> logits; timm's ``forward``) or ``'backbone'`` (the four
 stage maps, mmeff without output norms; timm's ``forward_intermediates``).
+
+The papers' iPhone 12 latencies (Core ML, classifier at 224x224) of the archs timed are
+reported beside the measurements (``paper_iphone12_ms``): a device of another class, for
+orientation only.
 """
 import datetime
 import json
@@ -161,24 +167,30 @@ def build_models(arch: str, task: str = 'classifier', seed: int = 0
                  ) -> Tuple[nn.Module, nn.Module, Callable]:
     """``(mmeff_model, timm_model, timm_forward)`` with identical weights, in eval mode.
 
-    The weights are timm's own initialisation (``pretrained=False``, seeded), converted to
-    mmeff's layout with ``convert_timm`` and loaded strictly.
+    ``arch`` is a V1 (``l1``/``l3``/``l7``) or V2 (``s0``/``s1``/``s2``/``l``) name. The
+    weights are timm's own initialisation (``pretrained=False``, seeded), converted to mmeff's
+    layout with ``convert_timm`` and loaded strictly.
     """
     import timm
     from mmeff.converters import convert_timm
-    from mmeff.models import EfficientFormer
+    from mmeff.models import EfficientFormer, EfficientFormerV2
+    from .complexity import backbone_type, timm_name
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    name = timm_name(arch)  # ValueError naming both families' archs
+    btype = backbone_type(arch)
     torch.manual_seed(seed)
-    ref = timm.create_model(f'efficientformer_{arch}', pretrained=False).eval()
+    ref = timm.create_model(name, pretrained=False).eval()
     sd = convert_timm(ref.state_dict())
     if task == 'classifier':
         from mmeff.models.classifiers import EfficientFormerClassifier
-        cls = EfficientFormerClassifier(backbone=dict(arch=arch), num_classes=ref.num_classes)
+        cls = EfficientFormerClassifier(backbone=dict(type=btype, arch=arch),
+                                        num_classes=ref.num_classes)
         cls.load_state_dict(sd, strict=True)
         model = cls.as_inference_module()
         return model.eval(), ref, ref
-    model = EfficientFormer(arch, out_norm_cfg=None)
+    backbone_cls = EfficientFormerV2 if btype.endswith('V2') else EfficientFormer
+    model = backbone_cls(arch, out_norm_cfg=None)
     model.load_state_dict({k[len('backbone.'):]: v for k, v in sd.items()
                            if k.startswith('backbone.')}, strict=True)
 
@@ -284,7 +296,8 @@ def benchmark(archs: Sequence[str] = ('l1',),
     """Time every runtime on every (arch, input size, batch size); see the module docstring.
 
     Args:
-        archs (Sequence[str]): ``'l1'``, ``'l3'``, ``'l7'``.
+        archs (Sequence[str]): V1 ``'l1'``, ``'l3'``, ``'l7'`` and V2 ``'s0'``, ``'s1'``,
+            ``'s2'``, ``'l'``, in any mix.
         input_sizes (Sequence): Sizes as accepted by :func:`mmeff.deploy.parse_input_size`
             (``224``, ``(800, 1333)``, ``'512x512'``).
         batch_sizes (Sequence[int]): Batch sizes.
@@ -300,12 +313,16 @@ def benchmark(archs: Sequence[str] = ('l1',),
         log (callable): Progress messages. Defaults to ``print``.
 
     Returns:
-        dict: ``schema``, ``machine`` (:func:`machine_info`), ``settings`` and ``results``: one
+        dict: ``schema``, ``machine`` (:func:`machine_info`), ``settings``, ``results``: one
         row per (arch, size, batch, runtime) with ``status`` (``'ok'``, ``'unsupported: ...'``
         or ``'error: ...'``), timings (:func:`summarize`), ``setup_s`` and
-        ``rel_err_vs_eager``.
+        ``rel_err_vs_eager``; and ``paper_iphone12_ms`` (arch -> the paper's iPhone 12
+        latency of its classifier at 224x224, for the archs that have one).
     """
     from mmeff.deploy import parse_input_size
+    from .complexity import timm_name
+    for arch in archs:
+        timm_name(arch)  # an unknown arch fails now, not after the first arch's timings
     unknown = set(runtimes) - set(RUNTIMES)
     if unknown:
         raise ValueError(f'unknown runtimes {sorted(unknown)}; choose from {RUNTIMES}')
@@ -367,7 +384,15 @@ def benchmark(archs: Sequence[str] = ('l1',),
                     weights='timm initialisation (pretrained=False), the same weights in every '
                             'runtime via convert_timm')
     machine['load_avg_1m_end'] = _load_avg()
-    return dict(schema=SCHEMA, machine=machine, settings=settings, results=rows)
+    return dict(schema=SCHEMA, machine=machine, settings=settings, results=rows,
+                paper_iphone12_ms=paper_iphone12_ms(archs))
+
+
+def paper_iphone12_ms(archs: Sequence[str]) -> Dict[str, float]:
+    """The papers' iPhone 12 latency (ms; Core ML, classifier, 1x3x224x224) of each arch that
+    has one (:data:`mmeff.benchmark.complexity.PAPER`)."""
+    from .complexity import PAPER
+    return {a: PAPER[a]['iphone12_ms'] for a in archs if a in PAPER}
 
 
 # ----------------------------------------------------------------------------- reports
@@ -406,6 +431,12 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {r['arch']} | {size} | {r['batch_size']} | {r['runtime']}{extra} | "
                      f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput_img_s']:.1f} | "
                      f"{speedup} | {r['rel_err_vs_eager']:.1e} |")
+    paper = result.get('paper_iphone12_ms') or {}
+    if paper:
+        from .complexity import display_name
+        lines += ['', "Papers' iPhone 12 latency (Core ML, iOS 16, all compute units; "
+                      'classifier at 1x3x224x224; another device, for orientation only): '
+                  + ', '.join(f'{display_name(a)} {ms} ms' for a, ms in paper.items()) + '.']
     return '\n'.join(lines) + '\n'
 
 

@@ -2,15 +2,18 @@
 
 Two tasks:
 
-* ``'backbone'``: :class:`~mmeff.models.EfficientFormer` returning its stage maps (what
-  detection/segmentation models run); from an arch name it uses the backbone's defaults, from a
-  config the ``model.backbone`` dict (mmdet/mmseg configs) or a bare backbone ``model`` dict.
+* ``'backbone'``: :class:`~mmeff.models.EfficientFormer` (V1: ``l1``/``l3``/``l7``) or
+  :class:`~mmeff.models.EfficientFormerV2` (V2: ``s0``/``s1``/``s2``/``l``) returning its stage
+  maps (what detection/segmentation models run); from an arch name it uses the backbone's
+  defaults, from a config the ``model.backbone`` dict (mmdet/mmseg configs) or a bare backbone
+  ``model`` dict.
 * ``'classifier'``: ``EfficientFormerClassifier(...).as_inference_module()`` (image -> logits),
   from ``mmeff.models.classifiers``.
 
 Checkpoints in any layout ``mmeff.converters`` knows (mmeff, authors', timm's, mmpretrain's,
-or a whole mmdet/mmseg model whose backbone keys start with ``backbone.``) are converted and
-loaded; a file that does not fit the model is an error, never silently random weights.
+V1 or V2, or a whole mmdet/mmseg model whose backbone keys start with ``backbone.``) are
+converted and loaded; a file that does not fit the model is an error, never silently random
+weights.
 """
 import copy
 import os.path as osp
@@ -19,7 +22,14 @@ from typing import Optional, Sequence, Tuple
 import torch.nn as nn
 
 TASKS = ('backbone', 'classifier')
-_BACKBONE_TYPES = ('EfficientFormer', 'mmeff.EfficientFormer')
+_BACKBONES = ('EfficientFormer', 'EfficientFormerV2')
+
+
+def _backbone_class(btype) -> str:
+    """``'EfficientFormer'``/``'EfficientFormerV2'`` for a backbone type in any scope
+    (``'mmeff.EfficientFormerV2'``, ``'EfficientFormer'``), else ``''``."""
+    name = str(btype).split('.')[-1]
+    return name if name in _BACKBONES else ''
 
 
 def _classifier_cls():
@@ -43,13 +53,13 @@ def _model_cfg_from_config(path: str, task: str) -> Tuple[dict, str]:
     model_cfg = copy.deepcopy(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
     mtype = str(model_cfg.get('type', ''))
     if task == 'backbone':
-        if mtype.split('.')[-1] == 'EfficientFormer':
+        if _backbone_class(mtype):
             return model_cfg, osp.splitext(osp.basename(path))[0]
         backbone = model_cfg.get('backbone')
         btype = backbone.get('type') if isinstance(backbone, dict) else None
-        if str(btype).split('.')[-1] != 'EfficientFormer':
-            raise ValueError(f'config {path!r}: model.backbone is not an EfficientFormer '
-                             f'(type {btype!r})')
+        if not _backbone_class(btype):
+            raise ValueError(f'config {path!r}: model.backbone is not an EfficientFormer or '
+                             f'EfficientFormerV2 (type {btype!r})')
         return backbone, osp.splitext(osp.basename(path))[0]
     if mtype.split('.')[-1] != 'EfficientFormerClassifier':
         raise ValueError(f'config {path!r}: task "classifier" needs model.type '
@@ -70,8 +80,8 @@ def _load_weights(model: nn.Module, checkpoint: str, task: str) -> str:
     except CheckpointError:
         _, description, _ = describe_checkpoint(raw)
         raise CheckpointMismatchError(
-            f'{checkpoint} cannot be exported: it is {description}, not EfficientFormer weights '
-            f'in a layout mmeff converts (mmeff, authors\', timm\'s, mmpretrain\'s)') from None
+            f'{checkpoint} cannot be exported: it is {description}, not EfficientFormer(V2) '
+            f'weights in a layout mmeff converts (mmeff, authors\', timm\'s, mmpretrain\'s)') from None
     if task == 'backbone':
         bb = backbone_part(sd, 'backbone.', checkpoint)
         return f'{layout} layout: ' + load_backbone_state_dict(model, bb, source=checkpoint)
@@ -90,10 +100,11 @@ def build_model(model: str = 'l1',
                 checkpoint: Optional[str] = None,
                 out_indices: Optional[Sequence[int]] = None,
                 num_classes: int = 1000) -> Tuple[nn.Module, dict]:
-    """Build an EfficientFormer for export/benchmarking.
+    """Build an EfficientFormer (V1 or V2) for export/benchmarking.
 
     Args:
-        model (str): ``'l1'``, ``'l3'``, ``'l7'`` or the path of a config (``.py``).
+        model (str): ``'l1'``, ``'l3'``, ``'l7'`` (V1), ``'s0'``, ``'s1'``, ``'s2'``, ``'l'``
+            (V2) or the path of a config (``.py``).
         task (str): ``'backbone'`` or ``'classifier'``. Defaults to ``'backbone'``.
         checkpoint (str | None): Weights in any layout ``mmeff.converters`` converts; ``None``
             keeps random weights (fine for latency, meaningless for accuracy).
@@ -108,7 +119,7 @@ def build_model(model: str = 'l1',
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
     import mmeff.models  # noqa: F401  (registers the models)
-    from mmeff.models import EfficientFormer
+    from mmeff.models import EfficientFormer, EfficientFormerV2
     from mmeff.registry import MODELS
 
     is_config = str(model).endswith('.py')
@@ -119,7 +130,7 @@ def build_model(model: str = 'l1',
         # init_cfg (e.g. Pretrained) only acts in init_weights(), which is not called here:
         # weights come from `checkpoint`.
         if task == 'backbone':
-            cfg['type'] = 'mmeff.EfficientFormer'
+            cfg['type'] = 'mmeff.' + _backbone_class(cfg.get('type', 'EfficientFormer'))
             if out_indices is not None:
                 cfg['out_indices'] = tuple(out_indices)
         # Built in mmeff's scope whatever scope is current (another library's default scope,
@@ -127,19 +138,27 @@ def build_model(model: str = 'l1',
         from mmengine.registry import DefaultScope
         with DefaultScope.overwrite_default_scope('mmeff'):
             net = MODELS.build(cfg)
-        arch = cfg.get('arch', 'l1') if task == 'backbone' else \
-            cfg.get('backbone', {}).get('arch', 'l1')
+        bcfg = cfg if task == 'backbone' else cfg.get('backbone', {})
+        default = 's0' if _backbone_class(bcfg.get('type')) == 'EfficientFormerV2' else 'l1'
+        arch = bcfg.get('arch', default)
     else:
         arch = str(model).lower()
-        if arch not in EfficientFormer.arch_settings:
-            raise ValueError(f'model must be one of {sorted(EfficientFormer.arch_settings)} or a '
-                             f'config file path ending in .py, got {model!r}')
-        name = arch
+        if arch in EfficientFormerV2.arch_settings:
+            cls, btype = EfficientFormerV2, 'mmeff.EfficientFormerV2'
+        elif arch in EfficientFormer.arch_settings:
+            cls, btype = EfficientFormer, 'mmeff.EfficientFormer'
+        else:
+            raise ValueError(
+                f'model must be an EfficientFormerV2 arch {sorted(EfficientFormerV2.arch_settings)}'
+                f', an EfficientFormer (V1) arch: one of {sorted(EfficientFormer.arch_settings)} '
+                f'or a config file path ending in .py, got {model!r}')
+        name = arch if cls is EfficientFormer else f'v2_{arch}'
         if task == 'backbone':
             kwargs = {} if out_indices is None else dict(out_indices=tuple(out_indices))
-            net = EfficientFormer(arch, **kwargs)
+            net = cls(arch, **kwargs)
         else:
-            net = _classifier_cls()(backbone=dict(arch=arch), num_classes=num_classes)
+            net = _classifier_cls()(backbone=dict(type=btype, arch=arch),
+                                    num_classes=num_classes)
     weights = 'random (no checkpoint given)'
     if checkpoint:
         weights = f'{checkpoint} ({_load_weights(net, checkpoint, task)})'

@@ -7,8 +7,15 @@
   ``torch.jit.trace``) -> coremltools ``mlprogram`` (``.mlpackage``), minimum deployment target
   iOS 16, FP16 compute precision, FP32 inputs/outputs (a cast at each end). Then
   :func:`inspect_coreml` reloads the spec from disk and :func:`coreml_problems` checks it: no
-  ``gather`` (attention biases are precomputed for the export size), every float tensor FP16
-  except the I/O casts.
+  ``gather`` (attention biases are precomputed for the export size), no bicubic resize, every
+  float tensor FP16 except the I/O casts.
+
+Bicubic resizing: EfficientFormerV2 resizes its ImageNet bias tables to other token grids with
+bicubic interpolation. coremltools cannot convert ``upsample_bicubic2d`` (the authors' dense V2
+models could not be exported for this reason), so every bias must be precomputed for the export
+size (:func:`mmeff.deploy.cache_attention_bias`, done by :func:`prepare_for_export`). The
+graph handed to the converters is checked for it (:func:`forbidden_torch_ops`), and the
+written ONNX / Core ML graphs for bicubic resizes and gathers, each named in the error.
 
 Compute units are not stored in a Core ML model: they are chosen when the model is loaded
 (``ct.models.MLModel(path, compute_units=...)``, or by the app). ``ALL`` lets Core ML use CPU,
@@ -131,8 +138,9 @@ def export_friendly_norms_(model: nn.Module) -> nn.Module:
 
 def default_output_names(model: nn.Module, num_outputs: int) -> List[str]:
     """``stage{i}`` for a backbone's maps, ``logits`` for a single output, else ``output{i}``."""
-    from mmeff.models import EfficientFormer
-    if isinstance(model, EfficientFormer) and len(model.out_indices) == num_outputs:
+    from mmeff.models import EfficientFormer, EfficientFormerV2
+    if (isinstance(model, (EfficientFormer, EfficientFormerV2))
+            and len(model.out_indices) == num_outputs):
         return [f'stage{i}' for i in model.out_indices]
     if num_outputs == 1:
         return ['logits']
@@ -159,6 +167,31 @@ def prepare_for_export(model: nn.Module, input_shape, fuse: bool = True,
     with torch.no_grad():
         outs = _as_tuple(wrapper(x))
     return wrapper, x, default_output_names(model, len(outs))
+
+
+def _is_forbidden(op_name: str) -> bool:
+    name = op_name.lower()
+    return 'bicubic' in name or 'gather' in name
+
+
+def forbidden_torch_ops(program) -> Dict[str, int]:
+    """Ops no deployment graph may hold, with their counts: bicubic resizes (an uncached
+    V2 bias resize; coremltools cannot convert them) and gathers (an uncached bias lookup), in
+    an ``ExportedProgram`` or a traced ``ScriptModule``."""
+    if isinstance(program, torch.export.ExportedProgram):
+        names = [str(node.target) for node in program.graph.nodes
+                 if node.op == 'call_function']
+    else:
+        names = [node.kind() for node in program.inlined_graph.nodes()]
+    return dict(Counter(n for n in names if _is_forbidden(n)))
+
+
+def _forbidden_error(where: str, found: Dict[str, int]) -> RuntimeError:
+    ops = ', '.join(f'{op} x{n}' for op, n in sorted(found.items()))
+    return RuntimeError(
+        f'{where} holds {ops}: attention biases must be precomputed for the export size '
+        f'(bicubic bias resizing and bias gathers cannot run in Core ML); export through '
+        f'prepare_for_export/fuse_model, or call mmeff.deploy.cache_attention_bias(model, size)')
 
 
 def file_size(path: str) -> int:
@@ -245,14 +278,15 @@ def export_onnx(model: nn.Module,
             run torch and ONNX Runtime on a random input, check that both outputs are finite
             and compare them; raise, naming the tensors and how many NaN/Inf values they hold,
             or if the relative error exceeds ``rtol``: ``ValueError`` when the model given is
-            at fault (its weights or outputs), ``RuntimeError`` when the export is.
-            Defaults to True.
+            at fault (its weights or outputs), ``RuntimeError`` when the export is. A graph
+            with a gather or a bicubic ``Resize`` left (:func:`onnx_problems`) is a
+            ``RuntimeError`` naming them. Defaults to True.
         rtol (float): Allowed relative error (L2 norm ratio). Defaults to 1e-4.
 
     Returns:
-        dict: ``path``, ``exporter``, ``op_histogram``, ``gather_ops``, ``inputs``/``outputs``
-        (name and shape), ``file_size_bytes``, ``export_s`` and, when checked,
-        ``onnxruntime`` (``max_abs_err``, ``rel_err``).
+        dict: ``path``, ``exporter``, ``op_histogram``, ``gather_ops``, ``bicubic_ops``,
+        ``problems``, ``inputs``/``outputs`` (name and shape), ``file_size_bytes``,
+        ``export_s`` and, when checked, ``onnxruntime`` (``max_abs_err``, ``rel_err``).
     """
     require('onnx')
     import onnx
@@ -294,6 +328,12 @@ def export_onnx(model: nn.Module,
                   file_size_bytes=file_size(path) + sum(
                       file_size(osp.join(osp.dirname(path), f)) for f in external_files),
                   export_s=round(export_s, 2), fused=fuse, fusion=fusion_report(wrapper))
+    report['bicubic_ops'] = sum(
+        node.op_type == 'Resize' and any(a.name == 'mode' and a.s == b'cubic'
+                                         for a in node.attribute) for node in proto.graph.node)
+    report['problems'] = onnx_problems(report)
+    if check and report['problems']:
+        raise RuntimeError(f'{path}: ' + '; '.join(report['problems']))
     if check:
         from onnx import numpy_helper
         weights = [(f'initialiser {init.name!r}', numpy_helper.to_array(init))
@@ -322,6 +362,19 @@ def export_onnx(model: nn.Module,
             raise RuntimeError(f'ONNX Runtime output differs from torch: relative error '
                                f'{errs["rel_err"]:.2e} > {rtol:.0e} ({path})')
     return report
+
+
+def onnx_problems(report: dict) -> List[str]:
+    """What is wrong with an :func:`export_onnx` report (empty list: all checks pass)."""
+    problems = []
+    if report['gather_ops']:
+        gathers = {op: n for op, n in report['op_histogram'].items() if 'gather' in op.lower()}
+        problems.append(f'gather op(s) remain ({gathers}): attention bias not cached for the '
+                        f'export size')
+    if report.get('bicubic_ops'):
+        problems.append(f"{report['bicubic_ops']} bicubic Resize op(s) remain (mode cubic): "
+                        f'attention bias resized in the graph instead of cached')
+    return problems
 
 
 # ----------------------------------------------------------------------------- Core ML
@@ -391,6 +444,9 @@ def export_coreml(model: nn.Module,
         raise ValueError(f'ImageType input needs 3 (RGB) channels, the model has {x.shape[1]}')
     t0 = time.perf_counter()
     program, used, reason = _to_mlprogram_input(wrapper, x, method)
+    found = forbidden_torch_ops(program)
+    if found:  # coremltools would stop at a bicubic resize with a less telling error
+        raise _forbidden_error(f'the graph to convert ({used})', found)
     if image_input:
         inp = ct.ImageType(name='image', shape=tuple(x.shape), scale=1 / 255.,
                            color_layout=ct.colorlayout.RGB)
@@ -483,8 +539,8 @@ def inspect_coreml(path: str) -> dict:
                   metadata=dict(spec.description.metadata.userDefined),
                   file_size_bytes=file_size(path))
     if report['model_type'] != 'mlProgram':
-        report.update(op_histogram={}, gather_ops=0, float_dtypes={}, non_fp16_tensors=[],
-                      io_tensors=[], nonfinite_constants=[])
+        report.update(op_histogram={}, gather_ops=0, bicubic_ops=0, float_dtypes={},
+                      non_fp16_tensors=[], io_tensors=[], nonfinite_constants=[])
         return report
     func = spec.mlProgram.functions['main']
     main = func.block_specializations[func.opset]
@@ -531,6 +587,7 @@ def inspect_coreml(path: str) -> dict:
                 non_fp16.append(f'{op.type} -> {name}: {mil.DataType.Name(dt)}')
     report.update(op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
                   gather_ops=sum(n for op, n in hist.items() if 'gather' in op),
+                  bicubic_ops=sum(n for op, n in hist.items() if 'bicubic' in op),
                   float_dtypes=dict(dtypes), non_fp16_tensors=non_fp16, io_tensors=io_tensors_found,
                   opset=func.opset, nonfinite_constants=_coreml_nonfinite_constants(path, spec))
     return report
@@ -563,8 +620,13 @@ def coreml_problems(report: dict, expect_fp16: bool = True) -> List[str]:
     if report['spec_version'] < 7:
         problems.append(f"spec version {report['spec_version']} is below iOS 16's (7)")
     if report['gather_ops']:
-        problems.append(f"{report['gather_ops']} gather op(s) remain (attention bias not "
-                        f'cached for the export size?)')
+        gathers = {op: n for op, n in report['op_histogram'].items() if 'gather' in op}
+        problems.append(f"{report['gather_ops']} gather op(s) remain ({gathers}; attention "
+                        f'bias not cached for the export size?)')
+    bicubic = {op: n for op, n in report['op_histogram'].items() if 'bicubic' in op}
+    if bicubic:
+        problems.append(f'bicubic resize op(s) remain ({bicubic}): attention bias resized in '
+                        f'the graph instead of cached')
     bad = report.get('nonfinite_constants')
     if bad:
         problems.append(f'{len(bad)} constant(s) hold NaN or Inf (broken weights, or values '
@@ -598,7 +660,8 @@ def format_report(report: dict) -> str:
                      f"{f['cached_bias_grids']}")
     ops = ', '.join(f'{k} {v}' for k, v in report['op_histogram'].items())
     lines.append(f'  ops: {ops}')
-    lines.append(f"  gather ops: {report['gather_ops']}")
+    lines.append(f"  gather ops: {report['gather_ops']}, bicubic resize ops: "
+                 f"{report.get('bicubic_ops', 0)}")
     if report['format'] == 'coreml':
         lines.append(f"  conversion: {report['method']}"
                      + (f" (fallback: {report['fallback_reason']})"
