@@ -490,6 +490,7 @@ def export_coreml(model: nn.Module,
 
 
 _PREPROCESSING_OPS = ('mul', 'add', 'sub', 'real_div')
+_FP32_PARAMS = ('scale_factor_height', 'scale_factor_width')
 
 
 def _blocks(block):
@@ -561,6 +562,11 @@ def inspect_coreml(path: str) -> dict:
     # that produce the outputs. A chain that never reaches a cast is not an I/O end.
     ops = [op for block in _blocks(main) for op in block.operations]
     consumers = Counter(name for op in ops for name in args_of(op))
+    # Scalars that parameterise an op rather than flow through the network (the scale
+    # factors of upsample_bilinear, e.g. V2's strided attention) keep the FP32 type the MIL
+    # op declares for them; they are not FP16 computations left in FP32.
+    as_param = Counter(a.name for op in ops for param, arg in op.inputs.items()
+                       if param in _FP32_PARAMS for a in arg.arguments if a.name)
     input_side, chain, io_tensors = set(input_names), set(), set()
     for op in ops:
         args = args_of(op)
@@ -583,7 +589,8 @@ def inspect_coreml(path: str) -> dict:
                                            and io_consumed[name] == consumers[name])
             if is_io:
                 io_tensors_found.append(f'{op.type} -> {name}: {mil.DataType.Name(dt)}')
-            elif dt != mil.FLOAT16:
+            elif dt != mil.FLOAT16 and not (op.type == 'const' and consumers[name]
+                                            and as_param[name] == consumers[name]):
                 non_fp16.append(f'{op.type} -> {name}: {mil.DataType.Name(dt)}')
     report.update(op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
                   gather_ops=sum(n for op, n in hist.items() if 'gather' in op),
