@@ -28,6 +28,23 @@ unfused model to ~1e-7 relative error):
 
 LayerNorm (MB3D blocks, head) is not folded: the normalisation is input-dependent, which is
 exactly why the paper keeps it out of the 4D part.
+
+EfficientFormerV2 (:class:`~mmeff.models.EfficientFormerV2`), all exact in real arithmetic too:
+
+* **BatchNorm folding** of every conv unit (``ConvNorm``: ``conv`` + ``bn``): the stem, the
+  downsamples, every FFN's ``fc1``/``mid``/``fc2``, every attention's ``q``/``k``/``v``/
+  ``v_local``/``proj`` and stage 3's ``stride_conv``. The activations after them stay.
+* **The attention downsample's query pool** (``AvgPool2d(1, 2)``, i.e. the pixel at the centre
+  tap of the depthwise 3x3 stride-2 ``local`` conv) is folded into ``local`` (centre weight
+  + 1): one conv instead of conv + pool + add.
+* **Layer scales** ``ls1`` into ``token_mixer.proj`` and ``ls2`` into ``mlp.fc2`` (every V2
+  branch ends in a conv, so none is kept).
+* **The classifier head's BatchNorm** (``EfficientFormerV2ClsHead``: BN -> average pool ->
+  linear) into ``head`` and ``dist_head`` (a per-channel affine map commutes with the mean).
+* **Bias caching** for every attention kind (stage 3's strided Attention4D, the attention
+  downsample, stage 4's Attention4D; ``fix_bias`` with the size of the map each receives,
+  :meth:`~mmeff.models.EfficientFormerV2.attention_input_sizes`): no gather and no bicubic
+  resize left in a graph traced at that size.
 """
 import copy
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -37,7 +54,14 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmeff.models.backbones.efficientformer import Downsample, EfficientFormer, Stem
+from mmeff.models.backbones.efficientformer_v2 import EfficientFormerV2
+from mmeff.models.classifiers.efficientformer_classifier import EfficientFormerV2ClsHead
 from mmeff.models.layers import Attention, LayerScale, Meta3D, Meta4D
+from mmeff.models.layers.v2 import BlockV2, ConvNorm, LocalGlobalQuery, ResizableBiasAttention
+
+# Modules with a resizable, cacheable bias (``fix_bias``/``cached_bias``): V1's MHSA, V2's
+# Attention4D (strided or not) and attention downsample.
+_BIAS_ATTENTIONS = (Attention, ResizableBiasAttention)
 
 SizeLike = Union[int, Sequence[int]]
 
@@ -72,13 +96,20 @@ def token_grid(height: int, width: int, num_halvings: int = 5) -> Tuple[int, int
 
 
 def attention_grids(model: nn.Module, input_size: SizeLike) -> Dict[int, Tuple[int, int]]:
-    """``id(attention) -> (h, w)``: the token grid every MHSA of ``model`` sees for an input of
-    ``input_size``, from the stride of the EfficientFormer stage holding it. An MHSA outside
-    any EfficientFormer stage gets the stride-32 grid."""
+    """``id(attention) -> (h, w)``: what every attention's ``fix_bias`` takes for an input of
+    ``input_size``. V1: the token grid every MHSA sees, from the stride of the EfficientFormer
+    stage holding it (an MHSA outside any EfficientFormer stage gets the stride-32 grid). V2:
+    the size of the map each attention receives
+    (:meth:`~mmeff.models.EfficientFormerV2.attention_input_sizes`); a V2 attention outside an
+    EfficientFormerV2 gets no entry."""
     height, width = parse_input_size(input_size)
     grids = {id(m): token_grid(height, width) for m in model.modules()
              if isinstance(m, Attention)}
     for backbone in _efficientformers(model):
+        if isinstance(backbone, EfficientFormerV2):
+            grids.update({id(m): size
+                          for m, size in backbone.attention_input_sizes(height, width)})
+            continue
         for stride, stage in zip(backbone.strides, backbone.stages):
             grid = token_grid(height, width, stride.bit_length() - 1)  # log2(stride) halvings
             grids.update({id(m): grid for m in stage.modules() if isinstance(m, Attention)})
@@ -145,8 +176,55 @@ def _fold_layer_scale(block: nn.Module, ls_name: str, layer: nn.Module) -> int:
     return 1
 
 
+@torch.no_grad()
+def fold_pool_into_local_(query: LocalGlobalQuery) -> bool:
+    """In place: ``local(x) + AvgPool2d(1, 2)(x)`` as one conv (centre tap + 1). The pool takes
+    pixel ``(2i, 2j)``, the centre tap of the depthwise 3x3 stride-2 pad-1 ``local`` conv at
+    output ``(i, j)``, so this is exact. Returns whether it folded."""
+    conv, pool = query.local, query.pool
+    if not (isinstance(pool, nn.AvgPool2d) and isinstance(conv, nn.Conv2d)
+            and conv.groups == conv.in_channels == conv.out_channels
+            and conv.kernel_size == (3, 3) and conv.stride == (2, 2) and conv.padding == (1, 1)
+            and pool.kernel_size in (1, (1, 1)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0))):
+        return False
+    conv.weight[:, 0, 1, 1] += 1
+    query.pool = None
+    return True
+
+
+@torch.no_grad()
+def fold_bn_into_linear_heads_(head: EfficientFormerV2ClsHead) -> bool:
+    """In place: V2's ``BN -> mean -> linear`` as ``mean -> linear`` (BN in eval is a per-channel
+    affine map, which commutes with the spatial mean). Returns whether it folded."""
+    bn = head.norm
+    if not isinstance(bn, _BatchNorm) or bn.running_mean is None:
+        return False
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    for linear in (head.head, head.dist_head):
+        w = linear.weight.double()
+        linear.bias.copy_((linear.bias.double() + w @ shift).to(linear.bias.dtype))
+        linear.weight.copy_((w * scale).to(linear.weight.dtype))
+    head.norm = nn.Identity()
+    return True
+
+
+def _fuse_block_v2(block: BlockV2) -> None:
+    if block.token_mixer is not None and isinstance(block.token_mixer.proj.bn, nn.Identity):
+        _fold_layer_scale(block, 'ls1', block.token_mixer.proj.conv)
+    if isinstance(block.mlp.fc2.bn, nn.Identity):  # an unfoldable norm keeps the scale after it
+        _fold_layer_scale(block, 'ls2', block.mlp.fc2.conv)
+    block.mlp.drop = nn.Identity()
+    block.drop_path = nn.Identity()
+
+
 def _efficientformers(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, EfficientFormer)]
+    return [m for m in model.modules() if isinstance(m, (EfficientFormer, EfficientFormerV2))]
 
 
 @torch.no_grad()
@@ -156,8 +234,9 @@ def fuse_model(model: nn.Module,
     """Fold BN and layer scales, and cache attention biases, for inference (see module doc).
 
     Args:
-        model (nn.Module): An :class:`EfficientFormer` or any module containing one or more
-            (classifier, detector, ``as_inference_module()`` wrapper).
+        model (nn.Module): An :class:`EfficientFormer` / :class:`EfficientFormerV2` or any
+            module containing one or more (classifier, detector, ``as_inference_module()``
+            wrapper).
         input_size (int | tuple[int, int] | str | None): Image size the model will run at;
             caches every attention bias for its token grid (needed for a gather-free export).
             ``None`` leaves the biases dynamic. Defaults to None.
@@ -181,8 +260,9 @@ def fuse_model(model: nn.Module,
         raise TypeError(f'fuse_model expects an nn.Module, got {type(model).__name__}')
     backbones = _efficientformers(model)
     if not backbones:
-        raise ValueError(f'{type(model).__name__} contains no mmeff EfficientFormer backbone; '
-                         f'fuse_model only knows how to reparameterise EfficientFormer')
+        raise ValueError(f'{type(model).__name__} contains no mmeff EfficientFormer or '
+                         f'EfficientFormerV2 backbone; fuse_model only knows how to '
+                         f'reparameterise those')
     if not inplace:
         model = copy.deepcopy(model)
     grids = attention_grids(model, input_size) if input_size is not None else {}
@@ -206,8 +286,20 @@ def fuse_model(model: nn.Module,
             _fold_layer_scale(module, 'ls2', module.mlp.fc2)
             module.mlp.drop = nn.Identity()
             module.drop_path = nn.Identity()
-        elif isinstance(module, Attention) and id(module) in grids:
+        elif isinstance(module, _BIAS_ATTENTIONS) and id(module) in grids:
             module.fix_bias(*grids[id(module)])
+    # V2: conv units first (children before the blocks that fold into them), then the rest.
+    for module in list(model.modules()):
+        if isinstance(module, ConvNorm):
+            _maybe_fuse(module, 'conv', 'bn')
+        elif isinstance(module, LocalGlobalQuery):
+            fold_pool_into_local_(module)
+        elif isinstance(module, EfficientFormerV2ClsHead):
+            fold_bn_into_linear_heads_(module)
+            module.drop = nn.Identity()
+    for module in list(model.modules()):
+        if isinstance(module, BlockV2):
+            _fuse_block_v2(module)
     return model
 
 
@@ -221,26 +313,30 @@ def cache_attention_bias(model: nn.Module, input_size: SizeLike,
         model = copy.deepcopy(model)
     grids = attention_grids(model, input_size)
     for module in model.modules():
-        if isinstance(module, Attention):
+        if isinstance(module, _BIAS_ATTENTIONS) and id(module) in grids:
             module.fix_bias(*grids[id(module)])
     return model.eval()
 
 
 def fusion_report(model: nn.Module) -> Dict[str, object]:
-    """What is left to fold in ``model`` (a fused model has no BN and only MB4D ``ls1``).
+    """What is left to fold in ``model`` (a fused V1 model has no BN and only MB4D ``ls1``, a
+    fused V2 model neither BN nor layer scale).
 
     Returns a dict with ``batchnorms`` (count), ``layer_scales`` (count of LayerScale modules),
-    ``mb4d_ls1`` (how many of those are the kept MB4D ``ls1``), ``attention`` (count) and
-    ``cached_bias_grids`` (sorted list of the (h, w) grids attention biases are cached for).
+    ``mb4d_ls1`` (how many of those are the kept MB4D ``ls1``), ``attention`` (count of
+    attentions with a bias table: V1 MHSA, V2 Attention4D and attention downsample) and
+    ``cached_bias_grids`` (sorted list of the (h, w) sizes attention biases are cached for: V1
+    token grids, V2 input sizes of the attentions).
     """
     bns = sum(isinstance(m, _BatchNorm) for m in model.modules())
     lss = sum(isinstance(m, LayerScale) for m in model.modules())
     kept = sum(isinstance(m, Meta4D) and isinstance(m.ls1, LayerScale) for m in model.modules())
-    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    attns = [m for m in model.modules() if isinstance(m, _BIAS_ATTENTIONS)]
     grids = sorted({m._cached_grid for m in attns if m.cached_bias is not None})
     return dict(batchnorms=bns, layer_scales=lss, mb4d_ls1=kept, attention=len(attns),
                 cached_bias_grids=grids)
 
 
 __all__ = ['fuse_model', 'cache_attention_bias', 'fuse_conv_bn', 'fold_output_scale_',
-           'fusion_report', 'parse_input_size', 'token_grid', 'attention_grids']
+           'fold_pool_into_local_', 'fold_bn_into_linear_heads_', 'fusion_report',
+           'parse_input_size', 'token_grid', 'attention_grids']

@@ -1,9 +1,10 @@
-"""EfficientFormer ImageNet classifier (mmengine ``BaseModel``) for pretraining with the
-authors' DeiT recipe.
+"""EfficientFormer (V1 and V2) ImageNet classifier (mmengine ``BaseModel``) for pretraining
+with the authors' DeiT recipe.
 
 Structure as the authors' and timm's ``EfficientFormer``: backbone (last stage only, no output
 norm) -> LayerNorm over the tokens -> token mean -> ``head`` and ``dist_head``; in eval the
-logits are the average of the two heads. The state dict is mmeff's checkpoint layout
+logits are the average of the two heads. V2 (``EfficientFormerV2``) as the authors' and timm's
+``EfficientFormerV2``: BatchNorm2d -> global average pool -> the same two heads. The state dict is mmeff's checkpoint layout
 (``mmeff.converters``): ``backbone.*``, ``head.norm.*``, ``head.head.*``, ``head.dist_head.*``,
 so converted authors'/timm/mmpretrain checkpoints load with no missing key and the
 ``backbone.*`` part initialises detection/segmentation backbones (``prefix='backbone.'``).
@@ -25,6 +26,8 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from mmeff.registry import MODELS
+from ..backbones import EfficientFormerV2
+from ..layers.blocks import build_norm
 from .distillation import DISTILLATION_TYPES, TeacherRef, build_teacher, distillation_loss
 
 # Mixup/CutMix arguments the config may set; ``num_classes`` and ``label_smoothing`` come
@@ -58,6 +61,42 @@ class EfficientFormerClsHead(BaseModule):
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) last-stage map -> (B, C) normalised mean token."""
         return self.drop(self.norm(x.flatten(2).transpose(1, 2)).mean(dim=1))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(head logits, dist_head logits)``."""
+        x = self.pre_logits(x)
+        return self.head(x), self.dist_head(x)
+
+
+@MODELS.register_module()
+class EfficientFormerV2ClsHead(BaseModule):
+    """EfficientFormerV2's head: BatchNorm2d on the last stage's map, global average pool,
+    ``head`` and ``dist_head`` (timm's ``norm``/``head``/``head_dist``, the authors' ``norm``/
+    ``head``/``dist_head``).
+
+    Args:
+        in_channels (int): Channels of the last backbone stage.
+        num_classes (int): Number of classes.
+        dropout (float): Dropout before the linear heads. Defaults to 0.
+        norm_cfg (dict): The norm before pooling. Defaults to BN.
+        init_cfg (dict | list[dict] | None): Defaults to truncated-normal linear layers
+            (std 0.02, zero bias), as the authors and timm.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.,
+                 norm_cfg: dict = dict(type='BN'),
+                 init_cfg=dict(type='TruncNormal', layer='Linear', std=.02, bias=0.)):
+        super().__init__(init_cfg=copy.deepcopy(init_cfg))
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.norm = build_norm(norm_cfg, in_channels)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(in_channels, num_classes)
+        self.dist_head = nn.Linear(in_channels, num_classes)
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) last-stage map -> (B, C) pooled normalised features."""
+        return self.drop(self.norm(x).mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(head logits, dist_head logits)``."""
@@ -112,9 +151,13 @@ class EfficientFormerClassifier(BaseModel):
     """EfficientFormer ImageNet classifier with a DeiT distillation head.
 
     Args:
-        backbone (dict): ``EfficientFormer`` arguments (``arch``, ``drop_path_rate``, ...);
-            ``type`` defaults to ``'mmeff.EfficientFormer'``. The classifier uses the last
-            stage only, without output norm (``out_indices=(3,)``, ``out_norm_cfg=None``).
+        backbone (dict): ``EfficientFormer`` or ``EfficientFormerV2`` arguments (``arch``,
+            ``drop_path_rate``, ...); ``type`` defaults to ``'mmeff.EfficientFormerV2'`` for
+            the V2 archs (``'s0'``, ``'s1'``, ``'s2'``, ``'l'``), else to
+            ``'mmeff.EfficientFormer'``. The classifier uses the last stage only, without
+            output norm (``out_indices=(3,)``, ``out_norm_cfg=None``). The head follows the
+            family: :class:`EfficientFormerClsHead` (LayerNorm, token mean) for V1,
+            :class:`EfficientFormerV2ClsHead` (BatchNorm, average pool) for V2.
         num_classes (int): Number of classes. Defaults to 1000.
         dropout (float): Dropout before the heads. Defaults to 0.
         label_smoothing (float): Label smoothing (DeiT: 0.1). With ``mixup`` it is applied to
@@ -166,9 +209,14 @@ class EfficientFormerClassifier(BaseModel):
                                  f'norm: leave backbone.{key} unset (it is {required!r}), got '
                                  f'{backbone[key]!r}')
             backbone[key] = required
-        backbone.setdefault('type', 'mmeff.EfficientFormer')
+        if 'type' not in backbone:
+            arch = backbone.get('arch')
+            v2 = isinstance(arch, str) and arch.lower() in EfficientFormerV2.arch_settings
+            backbone['type'] = 'mmeff.EfficientFormerV2' if v2 else 'mmeff.EfficientFormer'
         self.backbone = MODELS.build(backbone)
-        self.head = EfficientFormerClsHead(self.backbone.out_channels[-1], num_classes, dropout)
+        head_cls = (EfficientFormerV2ClsHead if isinstance(self.backbone, EfficientFormerV2)
+                    else EfficientFormerClsHead)
+        self.head = head_cls(self.backbone.out_channels[-1], num_classes, dropout)
 
         self.mixup = self._build_mixup(mixup)
         self.distillation = self._parse_distillation(distillation)
