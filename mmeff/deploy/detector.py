@@ -489,6 +489,12 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
     cfg = load_detector_config(config)
     divisor = int((cfg.model.get('data_preprocessor') or {}).get('pad_size_divisor', 32) or 1)
     h, w = check_input_size(input_size, divisor)
+    name = osp.splitext(osp.basename(config))[0]
+    ext = '.onnx' if fmt == 'onnx' else '.mlpackage'
+    out = out or osp.join('work_dirs', 'export', f'{name}_detector_{h}x{w}{ext}')
+    if not str(out).endswith(ext):
+        raise ValueError(f"{'an ONNX' if fmt == 'onnx' else 'a Core ML'} export is written to "
+                         f'a path ending in {ext}, got {out!r}')
     model, cfg, weights = build_detector(config, checkpoint)
     test_cfg = dict(model.bbox_head.test_cfg or {})
     if nms_pre is None:
@@ -501,11 +507,6 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
         export_friendly_norms_(fused)  # Core ML converts nn.GroupNorm as it is
     module = DetectorExport(fused, (h, w), nms=fmt, max_dets=max_dets, score_thr=score_thr,
                             iou_thr=iou_thr, nms_pre=nms_pre).eval()
-    name = osp.splitext(osp.basename(config))[0]
-    ext = '.onnx' if fmt == 'onnx' else '.mlpackage'
-    out = out or osp.join('work_dirs', 'export', f'{name}_detector_{h}x{w}{ext}')
-    if not str(out).endswith(ext):
-        raise ValueError(f'a {fmt} export is written to a path ending in {ext}, got {out!r}')
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
     if fmt == 'onnx':
