@@ -105,7 +105,7 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config!r} does not exist')
     import mmeff.models  # noqa: F401  (registers mmeff's backbones)
-    from mmengine.config import Config
+    from mmengine.config import Config, ConfigDict
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
 
@@ -135,7 +135,7 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
     backbone_cfg = model_cfg['backbone']
     backbone_cfg['init_cfg'] = None  # the weights come from `checkpoint`, not a pretrained file
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmseg')):
-        model = MODELS.build(model_cfg)
+        model = MODELS.build(ConfigDict(model_cfg))  # mmseg reads test_cfg.mode etc.
     if not isinstance(model.backbone, _backbone_classes()):
         raise ValueError(f'config {config!r}: the built backbone is '
                          f'{type(model.backbone).__name__}, not one of {", ".join(supported)}')
@@ -144,10 +144,7 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
         from mmeff.checkpoint import check_model_fit, mmengine_state_dict, read_checkpoint
         raw = read_checkpoint(checkpoint)
         state_dict = mmengine_state_dict(raw)
-        fit = check_model_fit(
-            model, state_dict, str(checkpoint), purpose='exact',
-            hint=f'The segmentor export needs the checkpoint tools/train.py saved with '
-                 f'{osp.basename(config)} (or the config it was trained with).')
+        fit = check_model_fit(model, state_dict, str(checkpoint), purpose='exact')
         model.load_state_dict(state_dict, strict=False)
         weights = f'{checkpoint} ({len(fit.matched)} tensors loaded)'
         meta = raw.get('meta') if isinstance(raw, dict) else None
@@ -593,6 +590,79 @@ def _coreml(module, x, ref, path, output, precision, compute_units, image_input,
     return report
 
 
+def evaluate_onnx_segmentor(path: str, config: str, data_root: Optional[str] = None,
+                            mode: str = 'keep_ratio') -> dict:
+    """mmseg's metric of an exported ONNX segmentor on the test set of ``config``.
+
+    Every image of the config's test dataset goes through
+    :func:`mmeff.deploy.preprocess.preprocess_image` (to the export's input size), ONNX Runtime
+    and back (:func:`~mmeff.deploy.preprocess.labels_to_image`, or for a logits output
+    :func:`~mmeff.deploy.preprocess.logits_to_image` and argmax); the labels go as
+    ``pred_sem_seg``, with the dataset's own ground truth (the config's ``LoadAnnotations``,
+    e.g. ``reduce_zero_label``), into the config's ``test_evaluator`` (``IoUMetric``).
+
+    Args:
+        path (str): The ``.onnx`` file (:func:`export_segmentor`, normalisation in the graph).
+        config (str): The segmentation config it was exported from.
+        data_root (str | None): Overrides the test dataset's ``data_root``.
+        mode (str): Preprocessing, ``'keep_ratio'`` or ``'stretch'``. Defaults to
+            ``'keep_ratio'``.
+
+    Returns:
+        dict: ``metrics`` (the evaluator's, e.g. ``mIoU``), ``labels`` (``img_path`` -> the
+        ``(h, w)`` label map), ``input_size`` (H, W).
+    """
+    import cv2
+    from mmengine.config import Config
+    from mmengine.evaluator import Evaluator
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from .preprocess import labels_to_image, logits_to_image, preprocess_image
+    ort = require('onnxruntime')
+    import mmeff.models  # noqa: F401  (the config's custom_imports)
+    cfg = Config.fromfile(config)
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    if data_root is not None:
+        loader_cfg.dataset.data_root = data_root
+    # Images are read and resized here; the dataset only gives paths and the ground truth at
+    # the image's own size (the config's LoadAnnotations, without its resizing steps).
+    loader_cfg.dataset.pipeline = [t for t in loader_cfg.dataset.pipeline if t['type'] in (
+        'LoadAnnotations', 'PackSegInputs')]
+    loader_cfg.batch_size, loader_cfg.num_workers, loader_cfg.persistent_workers = 1, 0, False
+    preprocessor = cfg.model.get('data_preprocessor', {})
+    to_rgb = bool(preprocessor.get('bgr_to_rgb', False))
+    align_corners = bool(cfg.model.decode_head.get('align_corners', False))
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmseg')):
+        loader = Runner.build_dataloader(loader_cfg)
+        evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
+    evaluator.dataset_meta = loader.dataset.metainfo
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    size = tuple(int(s) for s in inp.shape[-2:])
+    labels_by_path = {}
+    for batch in loader:
+        samples = []
+        for sample in batch['data_samples']:
+            image = cv2.imread(sample.img_path)
+            if image is None:
+                raise FileNotFoundError(f'cannot read image {sample.img_path!r}')
+            x, meta = preprocess_image(image[:, :, ::-1] if to_rgb else image, size, mode)
+            (y,) = sess.run(None, {inp.name: x})
+            labels = labels_to_image(y, meta) if out.name == 'labels' else \
+                logits_to_image(y, meta, align_corners).argmax(0)
+            labels_by_path[sample.img_path] = labels
+            pred = SegDataSample(metainfo=sample.metainfo)
+            pred.gt_sem_seg = sample.gt_sem_seg
+            pred.pred_sem_seg = PixelData(data=torch.from_numpy(labels.astype(np.int64))[None])
+            samples.append(pred)
+        evaluator.process(samples, batch)
+    metrics = evaluator.evaluate(len(loader.dataset))
+    return dict(metrics=metrics, labels=labels_by_path, input_size=size)
+
+
 _PARAMETER_INPUTS = ('scale_factor_height', 'scale_factor_width')
 
 
@@ -643,4 +713,4 @@ def format_segmentor_report(report: dict) -> str:
 
 __all__ = ['OUTPUTS', 'MIN_INPUT_SIDE', 'supported_backbone_types', 'load_segmentor',
            'check_input_size', 'SegmentorExportModule', 'export_segmentor', 'compare_outputs',
-           'format_segmentor_report']
+           'evaluate_onnx_segmentor', 'format_segmentor_report']
