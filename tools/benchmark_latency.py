@@ -4,6 +4,9 @@
         [--batch-sizes 1 8] [--device cpu|cuda] [--runtimes timm eager fused compile onnxruntime]
         [--task classifier|backbone] [--warmup 10] [--reps 100] [--threads N] [--settle-ms 10]
         [--out-dir benchmarks] [--name NAME] [--plot]
+    python tools/benchmark_latency.py --whole-model CONFIG [--checkpoint CKPT]
+        [--whole-task detector|segmentor] [--input-sizes 512x512 640x640] [--warmup 5] [--reps 50]
+        [--threads N] [--out-dir benchmarks] [--name NAME]
 
 Every runtime runs the same weights on the same input (timm's initialisation, converted with
 mmeff.converters.convert_timm), beside timm's own model built in this process. timm supports
@@ -14,6 +17,11 @@ synchronised.
 Writes <out-dir>/<name>.json and <name>.md (and <name>.png with --plot: accuracy vs latency
 beside the paper's iPhone 12 points). These figures are of this machine, not of an iPhone:
 see docs/deployment.md.
+
+With --whole-model CONFIG (an mmdet RetinaNet or mmseg segmentor config with an mmeff backbone)
+it times, in ONNX Runtime, the whole exported model (tools/export.py --task detector|segmentor)
+beside the config's backbone alone, at 512x512 and 640x640 unless --input-sizes says otherwise
+(mmeff.benchmark.whole_model), and writes <name>.json and <name>.md.
 """
 import argparse
 import os
@@ -28,8 +36,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--archs', nargs='+', default=['l1'],
                    choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'))
-    p.add_argument('--input-sizes', nargs='+', default=['224'],
-                   help="sizes as N or HxW, e.g. 224 512x512 800x1333 (default 224)")
+    p.add_argument('--input-sizes', nargs='+',
+                   help="sizes as N or HxW, e.g. 224 512x512 800x1333 (default 224; with "
+                        "--whole-model 512x512 640x640)")
     p.add_argument('--batch-sizes', nargs='+', type=int, default=[1])
     p.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
     p.add_argument('--runtimes', nargs='+', default=list(RUNTIMES), choices=RUNTIMES)
@@ -44,7 +53,18 @@ def main(argv=None) -> int:
     p.add_argument('--out-dir', default='work_dirs/benchmark')
     p.add_argument('--name', help='file stem (default latency_<task>_<device>)')
     p.add_argument('--plot', action='store_true', help='also draw <name>.png')
+    p.add_argument('--whole-model', metavar='CONFIG',
+                   help='time the whole exported detector/segmentor of this config beside its '
+                        'backbone (ONNX Runtime); the runtime/arch options do not apply')
+    p.add_argument('--whole-task', choices=('detector', 'segmentor'),
+                   help='with --whole-model: the task (default: from the config\'s model.type)')
+    p.add_argument('--checkpoint', help='with --whole-model: the whole model\'s weights')
     args = p.parse_args(argv)
+    if args.whole_model:
+        return _whole_model(args)
+    if args.whole_task or args.checkpoint:
+        p.error('--whole-task and --checkpoint go with --whole-model CONFIG')
+    args.input_sizes = args.input_sizes or ['224']
     if any(b < 1 for b in args.batch_sizes):
         raise SystemExit(f'error: batch sizes must be >= 1, got {args.batch_sizes}')
     if args.settle_ms < 0:
@@ -67,6 +87,27 @@ def main(argv=None) -> int:
         print(f'{len(failed)} runtime(s) failed: '
               + '; '.join(f"{r['runtime']} {r['arch']}: {r['status']}" for r in failed),
               file=sys.stderr)
+        return 1
+    return 0
+
+
+def _whole_model(args) -> int:
+    from mmeff.benchmark.whole_model import DEFAULT_SIZES, save_results, to_markdown
+    from mmeff.benchmark.whole_model import whole_model_latency
+    if args.settle_ms < 0:
+        raise SystemExit(f'error: --settle-ms must be >= 0, got {args.settle_ms}')
+    result = whole_model_latency(args.whole_model, args.whole_task,
+                                 args.input_sizes or DEFAULT_SIZES, checkpoint=args.checkpoint,
+                                 warmup=args.warmup, reps=args.reps, threads=args.threads,
+                                 settle_s=args.settle_ms / 1e3)
+    config = os.path.splitext(os.path.basename(args.whole_model))[0]
+    stem = args.name or f"latency_whole_{result['settings']['task']}_{config}"
+    json_path, md_path = save_results(result, args.out_dir, stem)
+    print(to_markdown(result))
+    print(f'Wrote {json_path} and {md_path}')
+    failed = [r for r in result['results'] if r['status'] != 'ok']
+    if failed:
+        print(f"{len(failed)} measurement(s) failed: {failed[0]['status']}", file=sys.stderr)
         return 1
     return 0
 

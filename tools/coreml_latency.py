@@ -11,7 +11,11 @@ ms, L7 7.0 ms). A Mac is not an iPhone: for the iPhone 12 figure, open the packa
 and run a Core ML Performance Report on the phone (docs/deployment.md).
 
 Anywhere else it cannot run Core ML: it says why, prints PROXIES (the fused model in torch and
-ONNX Runtime on this machine's CPU; not iPhone figures) and exits with status 3.
+ONNX Runtime on this machine's CPU; not iPhone figures) and exits with status 3. For a whole
+detector or segmentor (tools/export.py --task detector|segmentor) the proxies are the whole
+model and its backbone alone in ONNX Runtime, exported from the config recorded in the package
+(or --whole-model CONFIG) at the package's input size. On a Mac, time the backbone package and
+the whole-model package one after the other to compare them in Core ML.
 """
 import argparse
 import json
@@ -21,11 +25,40 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 EXIT_NO_COREML = 3  # distinct from argparse usage errors (2)
+WHOLE_TASKS = ('detector', 'segmentor')
+
+
+def _print_whole_model_proxies(args, info) -> None:
+    from mmeff.benchmark.latency import device_label
+    from mmeff.benchmark.whole_model import whole_model_latency
+    config = args.whole_model or info.get('config')
+    if not config or not os.path.isfile(config):
+        print(f"PROXIES: not measured: the package's config {config!r} is not a file here; "
+              f'pass --whole-model CONFIG')
+        return
+    shape = info['input_shape']
+    result = whole_model_latency(config, info['task'], [tuple(shape[2:])],
+                                 warmup=args.proxy_warmup, reps=args.proxy_reps,
+                                 threads=args.threads, log=lambda msg: None)
+    where = device_label(result['machine'])
+    print(f"PROXIES for the whole {info['task']} of {config} at {'x'.join(map(str, shape))} -- "
+          f'measured on this machine ({where}), ONNX Runtime fp32, {args.proxy_reps} reps: NOT '
+          f'iPhone 12 / Core ML figures')
+    for row in result['results']:
+        name = f"onnxruntime {'whole' if row['part'] == 'whole' else 'backbone'}"
+        if row['status'] == 'ok':
+            print(f"  PROXY {name:22s} median {row['median_ms']:8.2f} ms, p90 "
+                  f"{row['p90_ms']:8.2f} ms ({where})")
+        else:
+            print(f"  PROXY {name:22s} {row['status']}")
 
 
 def _print_proxies(args, info) -> None:
     from mmeff.benchmark.coreml import paper_reference, proxy_latency
     from mmeff.benchmark.latency import device_label
+    if (args.task or info.get('task')) in WHOLE_TASKS:
+        _print_whole_model_proxies(args, dict(info, task=args.task or info.get('task')))
+        return
     arch, task = args.arch or info.get('arch'), args.task or info.get('task')
     if arch not in ('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'):
         print('PROXIES: not measured: the package has no mmeff arch metadata; pass --arch '
@@ -62,8 +95,11 @@ def main(argv=None) -> int:
                                       '(for tools/plot_latency.py)')
     p.add_argument('--arch', choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'),
                    help='override the arch read from the package metadata')
-    p.add_argument('--task', choices=('classifier', 'backbone'),
+    p.add_argument('--task', choices=('classifier', 'backbone') + WHOLE_TASKS,
                    help='override the task read from the package metadata')
+    p.add_argument('--whole-model', metavar='CONFIG',
+                   help='config of a whole detector/segmentor package, for its proxies '
+                        '(default: the config recorded in the package)')
     p.add_argument('--proxy-reps', type=int, default=50, help='reps of the proxies (non-macOS)')
     p.add_argument('--proxy-warmup', type=int, default=5)
     p.add_argument('--threads', type=int, help='CPU threads of the proxies')
@@ -77,6 +113,8 @@ def main(argv=None) -> int:
     from mmeff.benchmark.coreml import (coreml_results, coreml_runtime_status, package_info,
                                         paper_reference, time_coreml)
     info = package_info(args.package)
+    from mmeff.deploy import inspect_coreml
+    info['config'] = inspect_coreml(args.package)['metadata'].get('mmeff.config')
     if args.arch:
         info['arch'] = args.arch
     if args.task:

@@ -401,7 +401,7 @@ def _onnx_report(module: nn.Module, x: torch.Tensor, path: str) -> dict:
 
 
 def _coreml_report(module: nn.Module, x: torch.Tensor, path: str, precision: str,
-                   image_input: bool) -> dict:
+                   image_input: bool, metadata: Optional[dict] = None) -> dict:
     ct = require('coremltools')
     _register_coreml_nms()
     t0 = time.perf_counter()
@@ -424,6 +424,7 @@ def _coreml_report(module: nn.Module, x: torch.Tensor, path: str, precision: str
             skip_model_load=True)
     convert_s = time.perf_counter() - t0
     mlmodel.user_defined_metadata.update({
+        **{k: str(v) for k, v in (metadata or {}).items()},
         'mmeff.task': 'detector', 'mmeff.input_shape': 'x'.join(map(str, x.shape)),
         'mmeff.precision': precision, 'mmeff.image_input': str(bool(image_input)),
         'mmeff.outputs': 'boxes (x1,y1,x2,y2 input pixels), scores, labels (-1: padding)'})
@@ -512,7 +513,10 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
     if fmt == 'onnx':
         report = _onnx_report(module, x, out)
     else:
-        report = _coreml_report(module, x, out, precision, image_input)
+        arch = cfg.model.backbone.get('arch', 'l1')
+        report = _coreml_report(module, x, out, precision, image_input, metadata={
+            'mmeff.config': config, 'mmeff.weights': weights,
+            'mmeff.arch': arch if isinstance(arch, str) else 'custom'})
     nms = test_cfg.get('nms') or {}
     report.update(
         detector=_short_type(cfg.model.type), config=config, weights=weights,
