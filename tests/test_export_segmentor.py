@@ -169,7 +169,15 @@ def _mmseg_reference(model, data_root):
     return batches, predictions, evaluator.evaluate(len(loader.dataset)), loader.dataset.metainfo
 
 
-def test_onnx_miou_equals_mmseg_through_iou_metric(trained):
+@pytest.fixture(scope='module')
+def fpn_onnx(trained):
+    """The trained model exported with the default output (labels), and the report."""
+    from mmeff.deploy.segmentor import export_segmentor
+    path = str(trained['tmp'] / 'fpn.onnx')
+    return path, export_segmentor(DEMO_FPN, trained['checkpoint'], 'onnx', EXPORT_SIZE, out=path)
+
+
+def test_onnx_miou_equals_mmseg_through_iou_metric(trained, fpn_onnx):
     """The export (labels, argmax in the graph) run by ONNX Runtime on the generated validation
     images through the preprocessing helpers, its labels fed as pred_sem_seg into mmseg's
     IoUMetric (evaluate_onnx_segmentor): the same mIoU as the PyTorch model through mmseg's own
@@ -179,9 +187,8 @@ def test_onnx_miou_equals_mmseg_through_iou_metric(trained):
     logits_to_image is mmseg's mapping exactly (>= 99.9% there too)."""
     from mmeff.deploy.preprocess import logits_to_image, preprocess_image
     from mmeff.deploy.segmentor import (SegmentorExportModule, evaluate_onnx_segmentor,
-                                        export_segmentor, load_segmentor)
-    path = str(trained['tmp'] / 'fpn.onnx')
-    report = export_segmentor(DEMO_FPN, trained['checkpoint'], 'onnx', EXPORT_SIZE, out=path)
+                                        load_segmentor)
+    path, report = fpn_onnx
     assert report['outputs'] == [dict(name='labels', shape=[1, 96, 128], dtype='INT32')]
     assert report['gather_ops'] == 0 and report['onnxruntime']['label_agreement'] >= 0.999
     assert report['fusion']['batchnorms'] == 0 and report['model']['classes'][0] == 'wall'
@@ -207,6 +214,31 @@ def test_onnx_miou_equals_mmseg_through_iou_metric(trained):
     assert len(unscaled) == 2 and len(scaled) == 2
     assert min(unscaled) >= 0.999 and min(via_logits) >= 0.999
     assert min(scaled) >= 0.98
+
+
+def test_demo_step_compares_runtimes_and_draws_both(trained, fpn_onnx, tmp_path):
+    """tools/run_demo.py's segmentor step: the PyTorch predictions as tools/test.py --out dumps
+    them (here mmseg's keep-ratio pipeline at the export size), the ONNX Runtime mIoU, the
+    agreement and the side-by-side picture."""
+    from mmengine.fileio import dump
+
+    from mmeff.deploy.segmentor import load_segmentor
+    model, _ = load_segmentor(DEMO_FPN, trained['checkpoint'])
+    batches, preds, metrics, _ = _mmseg_reference(model, trained['data']['data_root'])
+    samples = [s for batch in batches for s in batch['data_samples']]
+    pkl = str(tmp_path / 'predictions.pkl')
+    dump([dict(img_path=s.img_path, pred_sem_seg=dict(data=torch.from_numpy(p)[None]))
+          for s, p in zip(samples, preds)], pkl)
+    picture = str(tmp_path / 'pictures' / 'seg_pytorch_vs_onnxruntime.png')
+    demo = load_tool(ROOT, 'run_demo')
+    out = demo.compare_segmentor_runtimes(fpn_onnx[0], DEMO_FPN, trained['checkpoint'],
+                                          trained['data']['data_root'], pkl, metrics['mIoU'],
+                                          picture)
+    assert out['images'] == 4 and out['pixels'] == sum(h * w for h, w in SIZES)
+    assert abs(out['onnx_miou'] - out['torch_miou']) <= 0.1 and out['agreement'] >= 0.99
+    drawn = cv2.imread(picture)
+    h, w = SIZES[0]  # the first image (sorted), 4x larger, twice, with a title row
+    assert drawn.shape == (4 * h + 28, 2 * 4 * w + 8, 3)
 
 
 # ---------------------------------------------------------------------------- UPerNet, Core ML

@@ -13,12 +13,16 @@
    with tools/test.py (mmdet's CocoMetric, bbox + segm), draws predictions with tools/demo.py
    and prints them beside the paper with tools/compare_results.py;
 4. the same for Semantic FPN + L1 (configs/demo/fpn_effformer_l1_synthetic.py; mmseg's
-   IoUMetric, a coloured overlay);
+   IoUMetric, a coloured overlay); then exports the whole trained segmentor to ONNX
+   (tools/export.py --task segmentor, argmax in the graph), runs it with ONNX Runtime on the
+   generated validation images (mmeff.deploy.evaluate_onnx_segmentor: mmeff.deploy.preprocess,
+   labels into mmseg's IoUMetric) and draws its labels next to the PyTorch model's;
 5. exports the trained detection backbone, fused, to ONNX (checked with onnxruntime) and Core ML
    (mlprogram FP16, spec checks) with tools/export.py;
 6. writes OUT/REPORT.md with the metrics, the paper comparisons and the export checks.
 
-Every step runs the same command-line tool a user would run; logs go to OUT/logs/.
+Every step runs the same command-line tool a user would run (the ONNX Runtime evaluation of the
+segmentor runs in this process); logs go to OUT/logs/.
 """
 import argparse
 import json
@@ -59,6 +63,64 @@ def last_checkpoint(work_dir):
 def metrics_of(log):
     lines = [ln for ln in log.splitlines() if ln.startswith('Metrics:')]
     return lines or ['(no metrics line found, see the step\'s log)']
+
+
+def test_metrics(test_dir):
+    """The metrics tools/test.py wrote (WORK_DIR/<timestamp>/<timestamp>.json), latest run."""
+    import glob
+    paths = sorted(glob.glob(osp.join(test_dir, '*', '*.json')))
+    if not paths:
+        raise FileNotFoundError(f'no metrics JSON under {test_dir}')
+    with open(paths[-1]) as f:
+        return json.load(f)
+
+
+def compare_segmentor_runtimes(onnx_path, config, checkpoint, data_root, torch_preds_pkl,
+                               torch_miou, picture):
+    """The exported segmentor with ONNX Runtime on the validation images against the PyTorch
+    model's predictions (tools/test.py --out): mIoU through mmseg's IoUMetric, per-pixel
+    agreement, and the first image's two predictions side by side in ``picture``."""
+    import cv2
+    import numpy as np
+    import torch
+    from mmengine.fileio import load
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from mmeff.checkpoint import read_checkpoint
+    from mmeff.deploy import evaluate_onnx_segmentor
+    from mmeff.visualization.seg import ReadableSegLocalVisualizer
+    onnx = evaluate_onnx_segmentor(onnx_path, config, data_root=data_root)
+    torch_preds = {d['img_path']: np.asarray(d['pred_sem_seg']['data'])[0]
+                   for d in load(torch_preds_pkl)}
+    same = sum(int((onnx['labels'][p] == t).sum()) for p, t in torch_preds.items())
+    total = sum(t.size for t in torch_preds.values())
+    first = sorted(torch_preds)[0]
+    meta = read_checkpoint(checkpoint)['meta']['dataset_meta']
+    vis = ReadableSegLocalVisualizer(name=f'demo_onnx_{time.time()}', alpha=0.5)
+    vis.dataset_meta = dict(classes=meta['classes'], palette=meta['palette'])
+    image = cv2.imread(first)[:, :, ::-1]
+    zoom = 4  # the generated images are 96x128: drawn 4x larger, so the names stay readable
+    big = cv2.resize(image, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+    panels = []
+    onnx_miou = float(onnx['metrics']['mIoU'])
+    for title, labels in ((f'PyTorch (val mIoU {torch_miou:.2f})', torch_preds[first]),
+                          (f'ONNX Runtime (val mIoU {onnx_miou:.2f})', onnx['labels'][first])):
+        sample = SegDataSample()
+        labels = np.kron(labels, np.ones((zoom, zoom), labels.dtype))
+        sample.pred_sem_seg = PixelData(data=torch.from_numpy(labels.astype(np.int64))[None])
+        vis.add_datasample(title, big, sample, draw_gt=False)
+        panel = np.ascontiguousarray(vis.get_image()[:, :, ::-1])
+        header = np.full((28, panel.shape[1], 3), 255, np.uint8)
+        cv2.putText(header, title, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        panels.append(np.vstack([header, panel]))
+    os.makedirs(osp.dirname(picture), exist_ok=True)
+    cv2.imwrite(picture, np.hstack([panels[0], np.full((panels[0].shape[0], 8, 3), 255,
+                                                       np.uint8), panels[1]]))
+    return dict(onnx_miou=onnx_miou, torch_miou=float(torch_miou),
+                agreement=same / total, pixels=total, images=len(torch_preds),
+                input_size=onnx['input_size'], picture=picture, image=first)
 
 
 def main(argv=None):
@@ -133,15 +195,32 @@ def main(argv=None):
                            f'data_root={ade_root}', f'pretrained={cls_ckpt}'], logs)
     seg_ckpt = last_checkpoint(seg_dir)
     seg_test_dir = osp.join(out, 'test_seg')
+    seg_preds = osp.join(seg_test_dir, 'predictions.pkl')
     seg_metrics = metrics_of(run_step('seg_test', [
-        'tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--cfg-options',
-        f'data_root={ade_root}'], logs))
+        'tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--out', seg_preds,
+        '--cfg-options', f'data_root={ade_root}'], logs))
     run_step('seg_draw', ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0],
                           '--out-dir', pictures, '--device', 'cpu', '--cfg-options',
                           f'data_root={ade_root}'], logs)
     seg_compare = run_step('seg_compare', ['tools/compare_results.py', seg_test_dir, '--arch', 'l1',
                                            '--task', 'segmentation', '--json',
                                            osp.join(out, 'compare_seg.json')], logs)
+
+    # The whole segmentor, exported at the generated images' size (the test pipeline's too:
+    # 96x128 stays 96x128), run with ONNX Runtime.
+    seg_onnx = osp.join(out, 'export', 'fpn_l1_segmentor_96x128.onnx')
+    seg_onnx_report = osp.join(out, 'export', 'segmentor_onnx_report.json')
+    run_step('seg_export', [
+        'tools/export.py', SEG_CONFIG, '--task', 'segmentor', '--checkpoint', seg_ckpt,
+        '--format', 'onnx', '--input-size', '96x128', '--out', seg_onnx,
+        '--report-json', seg_onnx_report], logs)
+    t0 = time.time()
+    seg_runtime = compare_segmentor_runtimes(
+        seg_onnx, SEG_CONFIG, seg_ckpt, ade_root, seg_preds,
+        test_metrics(seg_test_dir)['mIoU'], osp.join(pictures, 'seg_pytorch_vs_onnxruntime.png'))
+    print(f"[demo] seg_onnxruntime: mIoU PyTorch {seg_runtime['torch_miou']:.2f}, ONNX Runtime "
+          f"{seg_runtime['onnx_miou']:.2f}, labels agree on {100 * seg_runtime['agreement']:.3f}% "
+          f"of the pixels; {seg_runtime['picture']} ({time.time() - t0:.0f} s)", flush=True)
 
     # 5. Export of the detection backbone.
     exports = {}
@@ -172,8 +251,22 @@ def main(argv=None):
              f'Config `{SEG_CONFIG}` (60 iterations from the pretrained backbone), checkpoint '
              f'`{seg_ckpt}`.', '', '```', *seg_metrics, '```', '',
              '```', seg_compare.strip(), '```',
+             '', '### The whole segmentor on ONNX Runtime (tools/export.py --task segmentor)',
+             '', f'`{seg_onnx}`: fused backbone, FPN, head, resize and argmax in one graph, '
+             f'input {seg_runtime["input_size"][0]}x{seg_runtime["input_size"][1]} RGB pixels '
+             f'(normalisation in the graph), output int32 labels (full report: '
+             f'`{seg_onnx_report}`). Run with ONNX Runtime on the {seg_runtime["images"]} '
+             f'validation images (mmeff.deploy.evaluate_onnx_segmentor), its labels fed into '
+             f"mmseg's IoUMetric:", '',
+             '| model | runtime | mIoU |', '|---|---|---|',
+             f"| PyTorch (tools/test.py) | torch | {seg_runtime['torch_miou']:.2f} |",
+             f"| exported ONNX | ONNX Runtime | {seg_runtime['onnx_miou']:.2f} |", '',
+             f"Per-pixel labels agree on {100 * seg_runtime['agreement']:.3f}% of the "
+             f"{seg_runtime['pixels']} validation pixels. Both predictions of "
+             f"`{seg_runtime['image']}`, side by side: `{seg_runtime['picture']}`.",
              '', '## Predictions (tools/demo.py)', '',
-             f'Pictures (boxes and masks; the segmentation overlay) in `{pictures}`.',
+             f'Pictures (boxes and masks; the segmentation overlay; PyTorch vs ONNX Runtime) '
+             f'in `{pictures}`.',
              '', '## 4. Export of the trained detection backbone, fused, 800x1333 '
              '(tools/export.py)', '']
     keys = ('format', 'exporter', 'method', 'inputs', 'outputs', 'op_histogram', 'gather_ops',

@@ -37,7 +37,7 @@ import os.path as osp
 import time
 import warnings
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
