@@ -140,6 +140,11 @@ def test_retinanet_onnx_map_equals_mmdet(detector, coco):
                              out=out)
     assert report['problems'] == []
     assert report['op_histogram']['NonMaxSuppression'] == 1
+    assert report['gather_ops'] == 0  # none in backbone/neck/head; TopK/NMS selection gathers
+    assert report['postprocess_gather_ops'] > 0
+    from mmeff.deploy.detector import format_detector_report
+    text = format_detector_report(report)
+    assert 'gather ops in the network: 0' in text and 'checks: all passed' in text
     assert report['outputs'] == [dict(name='boxes', shape=[100, 4], dtype='tensor(float)'),
                                  dict(name='scores', shape=[100], dtype='tensor(float)'),
                                  dict(name='labels', shape=[100], dtype='tensor(int64)')]

@@ -391,9 +391,14 @@ def _onnx_report(module: nn.Module, x: torch.Tensor, path: str) -> dict:
         problems.append(f'NaN/Inf in the outputs: {bad}')
     if 'NonMaxSuppression' not in hist:
         problems.append('no NonMaxSuppression op in the graph')
+    # Gathers of the network (scopes /backbone, /neck, /head) would be a fault, as in the
+    # backbone export; those of the post-processing (top-level scope: picking the TopK
+    # candidates' boxes, NonMaxSuppression's selected indices) are how ONNX selects.
+    gathers = [n.name for n in proto.graph.node if 'Gather' in n.op_type]
+    network = [g for g in gathers if g.startswith(('/backbone/', '/neck/', '/head/'))]
     return dict(format='onnx', path=osp.abspath(path), exporter='torchscript', opset=17,
                 export_s=round(export_s, 2), op_histogram=dict(hist.most_common()),
-                gather_ops=sum(v for k, v in hist.items() if 'Gather' in k),
+                gather_ops=len(network), postprocess_gather_ops=len(gathers) - len(network),
                 inputs=[dict(name=i.name, shape=i.shape, dtype=i.type) for i in sess.get_inputs()],
                 outputs=[dict(name=o.name, shape=o.shape, dtype=o.type)
                          for o in sess.get_outputs()],
@@ -535,6 +540,39 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
     return report
 
 
+def format_detector_report(report: dict) -> str:
+    """Human-readable summary of an :func:`export_detector` report."""
+    lines = [f"{report['format']} whole detector ({report['detector']}, {report['config']}): "
+             f"{report['path']}",
+             f"  weights: {report['weights']}",
+             f"  file size: {report['file_size_bytes'] / 2**20:.1f} MiB"]
+    for kind in ('inputs', 'outputs'):
+        for io in report[kind]:
+            lines.append(f"  {kind[:-1]:6s} {io['name']}: {io['shape']} {io.get('dtype', '')}")
+    f = report['fusion']
+    lines.append(f"  backbone: {f['batchnorms']} BatchNorm and {f['layer_scales']} layer scales "
+                 f"left; attention bias cached for grid(s) {f['cached_bias_grids']}")
+    lines.append('  ops: ' + ', '.join(f'{k} {v}' for k, v in report['op_histogram'].items()))
+    lines.append(f"  gather ops in the network: {report['gather_ops']}"
+                 + (f"; in the post-processing (candidate/NMS selection): "
+                    f"{report['postprocess_gather_ops']}"
+                    if 'postprocess_gather_ops' in report else ''))
+    pp = report['postprocess']
+    lines.append(f"  post-processing: {pp['nms']}; max_dets {pp['max_dets']}, score_thr "
+                 f"{pp['score_thr']}, iou_thr {pp['iou_thr']}, nms_pre {pp['nms_pre']} "
+                 f"(mmdet test_cfg: {pp['mmdet_test_cfg']})")
+    if 'onnxruntime' in report:
+        e = report['onnxruntime']
+        lines.append(f"  onnxruntime vs torch (random image): {e['matched']} of "
+                     f"{e['detections_a']} detections matched, max box err "
+                     f"{e['max_abs_err_boxes']:.2e} px, max score err "
+                     f"{e['max_abs_err_scores']:.2e}")
+    problems = report.get('problems', [])
+    lines.append('  checks: ' + ('all passed' if not problems else
+                                 'FAILED: ' + '; '.join(problems)))
+    return '\n'.join(lines)
+
+
 def detections_to_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                         scale, image_hw: Sequence[int], clip: bool = True
                         ) -> Dict[str, np.ndarray]:
@@ -553,5 +591,5 @@ def detections_to_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
 
 
 __all__ = ['FORMATS', 'DETECTORS', 'BACKBONES', 'OUTPUT_NAMES', 'DetectorExport',
-           'build_detector', 'compare_detections', 'check_input_size', 'coreml_nms', 'detections_to_image',
+           'build_detector', 'compare_detections', 'format_detector_report', 'check_input_size', 'coreml_nms', 'detections_to_image',
            'export_detector', 'load_detector_config', 'preprocess_detection_image']
