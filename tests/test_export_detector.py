@@ -283,3 +283,38 @@ def test_bad_arguments_are_refused(tmp_path):
         export_detector(RETINANET, input_size=64, out=str(tmp_path / 'model.mlpackage'))
     with pytest.raises(FileNotFoundError, match="config file 'nope.py' does not exist"):
         export_detector('nope.py')
+
+
+@pytest.mark.slow
+def test_efficientformer_v2_retinanet_onnx_matches_mmdet(tmp_path):
+    """A RetinaNet with an EfficientFormerV2-S0 backbone: the ONNX export gives mmdet's own
+    detections on an image of the export size."""
+    import onnxruntime as ort
+    from mmdet.structures import DetDataSample
+
+    from mmeff.deploy.detector import build_detector, compare_detections, export_detector
+    cfg = tmp_path / 'retinanet_v2_s0.py'
+    cfg.write_text(textwrap.dedent(f"""
+        _base_ = {RETINANET!r}
+        model = dict(
+            backbone=dict(_delete_=True, type='mmeff.EfficientFormerV2', arch='s0',
+                          out_indices=(0, 1, 2, 3), init_cfg=None),
+            neck=dict(in_channels=[32, 48, 96, 176]))
+        """))
+    model, _, _ = build_detector(str(cfg))
+    ckpt = str(tmp_path / 'v2.pth')
+    torch.save({'state_dict': model.state_dict()}, ckpt)
+    out = str(tmp_path / 'v2.onnx')
+    report = export_detector(str(cfg), ckpt, input_size=SIZE, out=out)
+    assert report['problems'] == [] and report['gather_ops'] == 0
+    image = torch.randint(0, 256, (3,) + SIZE, generator=torch.Generator().manual_seed(1),
+                          dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(img_shape=SIZE, ori_shape=SIZE, scale_factor=(1., 1.)))
+    with torch.no_grad():
+        inst = model.test_step(dict(inputs=[image], data_samples=[sample]))[0].pred_instances
+    sess = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+    got = sess.run(None, {'image': image[[2, 1, 0]].float()[None].numpy()})  # BGR -> RGB
+    agree = compare_detections((inst.bboxes.numpy(), inst.scores.numpy(), inst.labels.numpy()),
+                               got)
+    assert agree['detections_a'] == agree['detections_b'] > 0
+    assert agree['matched'] >= agree['detections_a'] - 2, agree

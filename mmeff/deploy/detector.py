@@ -505,10 +505,7 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
     test_cfg = dict(model.bbox_head.test_cfg or {})
     if nms_pre is None:
         nms_pre = int(test_cfg.get('nms_pre', 1000))
-    try:
-        fused = fuse_model(model, (h, w))
-    except ValueError:  # no V1 EfficientFormer inside (V2): exported as trained
-        fused = copy.deepcopy(model)
+    fused = fuse_model(model, (h, w))
     if fmt == 'onnx':  # two-step GroupNorm statistics (ONNX Runtime's one-pass sum drifts);
         export_friendly_norms_(fused)  # Core ML converts nn.GroupNorm as it is
     module = DetectorExport(fused, (h, w), nms=fmt, max_dets=max_dets, score_thr=score_thr,
