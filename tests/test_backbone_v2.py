@@ -394,3 +394,11 @@ def test_pretrained_init_cfg_loads_timm_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match='does not exist'):
         EfficientFormerV2('s0', init_cfg=dict(type='Pretrained',
                                               checkpoint=str(tmp_path / 'x.pth'))).init_weights()
+
+
+def test_autocast_bf16_at_odd_grid():
+    model = EfficientFormerV2('s0').eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(torch.randn(1, 3, 48, 80))  # stride-16 grid 3x5: every table resized
+    assert [tuple(o.shape[1:]) for o in outs] == model.output_shape(48, 80)
+    assert all(torch.isfinite(o.float()).all() for o in outs)

@@ -229,7 +229,8 @@ class EfficientFormerV2(BaseModule):
             if (not isinstance(val, (list, tuple)) or len(val) != cls.num_stages
                     or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                for v in val)):
-                raise ValueError(f'arch[{key!r}] must be {cls.num_stages} positive ints, got {val!r}')
+                raise ValueError(f'arch[{key!r}] must be {cls.num_stages} positive ints, '
+                                 f'got {val!r}')
             arch[key] = list(val)
         depths = arch['depths']
         if arch['widths'][0] % 2:

@@ -4,9 +4,9 @@ with the authors' DeiT recipe.
 Structure as the authors' and timm's ``EfficientFormer``: backbone (last stage only, no output
 norm) -> LayerNorm over the tokens -> token mean -> ``head`` and ``dist_head``; in eval the
 logits are the average of the two heads. V2 (``EfficientFormerV2``) as the authors' and timm's
-``EfficientFormerV2``: BatchNorm2d -> global average pool -> the same two heads. The state dict is mmeff's checkpoint layout
-(``mmeff.converters``): ``backbone.*``, ``head.norm.*``, ``head.head.*``, ``head.dist_head.*``,
-so converted authors'/timm/mmpretrain checkpoints load with no missing key and the
+``EfficientFormerV2``: BatchNorm2d -> global average pool -> the same two heads. The state
+dict is mmeff's checkpoint layout (``mmeff.converters``): ``backbone.*``, ``head.norm.*``,
+``head.head.*``, ``head.dist_head.*`` (V2: timm's ``norm``, ``head``, ``head_dist``), so converted authors'/timm/mmpretrain checkpoints load with no missing key and the
 ``backbone.*`` part initialises detection/segmentation backbones (``prefix='backbone.'``).
 
 Training follows DeiT/the authors' ``main.py``: timm's ``Mixup`` (mixup + cutmix, with the
