@@ -15,9 +15,10 @@ def _check_row(arch, row):
     # timm's own model (both heads) has exactly our parameters; its results csv rounds MACs.
     assert row['params_m'] == pytest.approx(TIMM[arch]['params_m'], abs=6e-3)
     assert row['gmacs'] == pytest.approx(TIMM[arch]['gmacs'], rel=2.5e-2)
-    # the paper counts one head (3.5 vs 3.60 M with both) and rounds GMACs to 2 decimals
+    # The paper counts one head (3.5 vs 3.60 M with both) and 1-3 % fewer MACs than fvcore's
+    # rules give for timm's model and ours (0.40/0.65/1.25/2.56 vs 0.41/0.67/1.27/2.59).
     assert row['params_m'] == pytest.approx(PAPER[arch]['params_m'], rel=4e-2)
-    assert row['gmacs'] == pytest.approx(PAPER[arch]['gmacs'], rel=2e-2)
+    assert row['gmacs'] == pytest.approx(PAPER[arch]['gmacs'], rel=3.5e-2)
 
 
 def test_s0_params_and_macs_equal_timms_counted_alike():

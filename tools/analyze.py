@@ -7,10 +7,11 @@
 An ``--archs`` entry is a name (V1: l1, l3, l7; V2: s0, s1, s2, l) or a V1 arch dict as JSON
 (e.g. one that ``tools/slim.py`` found).
 
-With the classification head (default) at 224x224 the figures must agree with the papers
-(V1: 12.3M/1.3G, 31.3M/3.9G, 82.1M/10.2G; V2: 3.5/6.1/12.6/26.1M, 0.40/0.65/1.25/2.56G, the
-paper's params without the distillation head) and timm (V1: 12.29M/1.30G, 31.41M/3.93G,
-82.23M/10.17G; V2 with both heads: 3.60/6.19/12.71/26.32M). ``--count-timm`` also builds timm's
+With the classification head (default) at 224x224 the figures agree with timm's (V1:
+12.29M/1.30G, 31.41M/3.93G, 82.23M/10.17G; V2 with both heads: 3.60/6.19/12.71/26.32M,
+0.41/0.67/1.27/2.59G) and the papers' (V1: 12.3M/1.3G, 31.3M/3.9G, 82.1M/10.2G; V2:
+3.5/6.1/12.6/26.1M, the paper's params with one head, and 0.40/0.65/1.25/2.56G, 1-3 % below
+what these counting rules give for timm's model and ours). ``--count-timm`` also builds timm's
 models and counts them here the same way (timm's models only run at the size they are built
 for; they are built for ``--shape``). MACs are counted by mmengine's FlopAnalyzer (one
 multiply-add = 1). For whole detectors or segmentors use tools/analyze_dense.py.
