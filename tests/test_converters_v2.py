@@ -277,3 +277,15 @@ def test_convert_tool_v2(tmp_path, repo_root, capsys):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and 'looks like a timm-layout EfficientFormerV2' in lines[0], lines
     assert not (tmp_path / 'out.pth').exists()
+
+
+def test_bare_mmeff_v2_backbone_state_dict_converts():
+    """``EfficientFormerV2(...).state_dict()`` saved as it is (timm's keys plus the output
+    norms ``norm{i}``) converts to the ``backbone.`` layout and loads back strictly."""
+    from mmeff.models import EfficientFormerV2
+    model = EfficientFormerV2('s0', out_norm_cfg=dict(type='BN'))
+    out, layout = convert_state_dict(model.state_dict())
+    assert layout == 'timm' and arch_name(out) == 's0'
+    assert 'backbone.norm3.running_var' in out
+    fresh = EfficientFormerV2('s0', out_norm_cfg=dict(type='BN'))
+    fresh.load_state_dict({k[9:]: v for k, v in out.items()}, strict=True)

@@ -138,6 +138,9 @@ def convert_authors_v2(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 def convert_timm_v2(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """timm ``efficientformerv2_*`` layout -> mmeff (``backbone.`` prefix, head renamed).
 
+    A bare ``EfficientFormerV2(...).state_dict()`` has timm's keys too (plus the output norms
+    ``norm{i}``, kept as ``backbone.norm{i}``).
+
     Pure and idempotent, like :func:`convert_authors_v2`.
     """
     if _is_mmeff(sd):
@@ -146,8 +149,8 @@ def convert_timm_v2(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     for k, v in sd.items():
         if _drop(k):
             continue
-        if k.startswith(('stem.', 'stages.')):
-            out['backbone.' + k] = v
+        if k.startswith(('stem.', 'stages.')) or re.match(r'^norm\d\.', k):
+            out['backbone.' + k] = v  # norm{i}: an mmeff backbone's output norms, saved bare
             continue
         m = re.match(r'^(norm|head|head_dist)\.(.*)$', k)
         if m:
