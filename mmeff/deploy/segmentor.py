@@ -92,7 +92,8 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
 
     Returns:
         tuple[nn.Module, dict]: The segmentor in eval mode, and ``meta`` (``config``,
-        ``weights``, ``classes`` (the checkpoint's dataset classes, or None), ``backbone``).
+        ``weights``, ``classes`` (the checkpoint's dataset classes, or None), ``arch``,
+        ``backbone``).
 
     Raises:
         ValueError: The config is not an EncoderDecoder with a supported backbone, or the
@@ -151,9 +152,10 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
         dataset_meta = meta.get('dataset_meta') if isinstance(meta, dict) else None
         if isinstance(dataset_meta, dict) and dataset_meta.get('classes'):
             classes = [str(c) for c in dataset_meta['classes']]
+    arch = backbone_cfg.get('arch')
     meta = dict(config=config, weights=weights, classes=classes,
-                backbone=f'{type(model.backbone).__name__}'
-                         f"({backbone_cfg.get('arch', 'default arch')!r})")
+                arch=arch if isinstance(arch, str) else 'custom',
+                backbone=f'{type(model.backbone).__name__}({arch!r})')
     return model.eval(), meta
 
 
@@ -486,7 +488,8 @@ def export_segmentor(config: str,
     if fmt == 'onnx':
         report.update(_onnx(exported, x, ref, out, output, opset, dynamic_batch, rtol))
     else:
-        metadata = {'mmeff.task': 'segmentor', 'mmeff.output': output,
+        metadata = {'mmeff.task': 'segmentor', 'mmeff.arch': meta['arch'],
+                    'mmeff.output': output,
                     'mmeff.config': str(config), 'mmeff.weights': meta['weights'],
                     'mmeff.input': preprocessing['input'],
                     'mmeff.align_corners': str(exported.align_corners)}
