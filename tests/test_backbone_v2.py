@@ -371,8 +371,8 @@ def test_fix_bias_follows_device_and_dtype_and_is_not_saved():
     assert attn.cached_bias is None
 
 
+@pytest.mark.slow  # torch.export at odd grids runs in the default suite (tests/test_fuse_v2.py)
 def test_jit_trace_at_odd_grid():
-    # (torch.export at an odd grid: tests/test_fuse_v2.py exports the fused and unfused model)
     model = EfficientFormerV2('s0').eval()
     x = torch.randn(1, 3, 80, 112)  # stride-16 grid 5x7
     with torch.no_grad():
