@@ -35,7 +35,7 @@ import os
 import os.path as osp
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ def load_detector_config(config: str):
     if mtype not in DETECTORS:
         hint = (' Mask R-CNN is not exported whole (docs/deployment.md, "Whole detector", '
                 'says why); export its backbone with --task backbone.'
-                if 'RCNN' in mtype or 'RCNN' in mtype.upper() else '')
+                if 'RCNN' in mtype.upper() else '')
         raise ValueError(f'config {config!r}: model.type {mtype!r} cannot be exported as a whole '
                          f'detector; supported: {DETECTORS}.{hint}')
     head = model.get('bbox_head') or {}
@@ -588,5 +588,6 @@ def detections_to_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
 
 
 __all__ = ['FORMATS', 'DETECTORS', 'BACKBONES', 'OUTPUT_NAMES', 'DetectorExport',
-           'build_detector', 'compare_detections', 'format_detector_report', 'check_input_size', 'coreml_nms', 'detections_to_image',
-           'export_detector', 'load_detector_config', 'preprocess_detection_image']
+           'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
+           'detections_to_image', 'export_detector', 'format_detector_report',
+           'load_detector_config', 'preprocess_detection_image']
