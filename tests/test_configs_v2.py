@@ -6,9 +6,10 @@ the backbone itself; the classifier's parameter count equals timm's ``efficientf
 S0 then runs end to end through tools/train.py on generated data, with the shipped configs
 shrunk the way tests/test_detection.py, tests/test_segmentation.py and
 tests/test_classification.py shrink the V1 ones (data, image scale, iterations, workers):
-Mask R-CNN trains and is evaluated by mmdet's CocoMetric, Semantic FPN by mmseg's IoUMetric on
-test images whose resized sides are not multiples of 32, the classifier (mixup, distillation,
-EMA) by mmeff's Accuracy. The stock ADE20K test pipeline is also run at its real scale on a
+Mask R-CNN and Semantic FPN start from an authors'-layout ``eformer_s0_450.pth`` converted by
+tools/convert_checkpoint.py (the READMEs' path) and are evaluated by mmdet's CocoMetric and by
+mmseg's IoUMetric on test images whose resized sides are not multiples of 32; the classifier
+(mixup, distillation, EMA) by mmeff's Accuracy. The stock ADE20K test pipeline is also run at its real scale on a
 4:3 image (resized to 512x683, the size of the authors' issue #50).
 """
 import glob
@@ -77,13 +78,26 @@ def check_backbone(cfg_backbone, arch):
 
 @pytest.fixture(scope='module')
 def pretrained_s0(tmp_path_factory):
-    """An 'ImageNet' S0 checkpoint in mmeff's layout (``backbone.*`` keys, random weights)."""
-    from mmeff.models import EfficientFormerV2
+    """The dense configs' `pretrained` file made as their README says: an authors'-layout
+    ``eformer_s0_450.pth`` (timm's S0 with its own random init, mapped to the authors' keys by
+    tests/test_converters_v2.py's inverse) through tools/convert_checkpoint.py. Returns the
+    converted path and its backbone state (``backbone.`` stripped)."""
+    import timm
+
+    from helpers import load_tool
+    from test_converters_v2 import timm_v2_to_authors
+
+    from mmeff.converters import load_checkpoint_file
     torch.manual_seed(0)
-    state = EfficientFormerV2('s0').state_dict()
-    path = str(tmp_path_factory.mktemp('pretrained') / 'eformer_s0_mmeff.pth')
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in state.items()}, 'meta': {}}, path)
-    return path, state
+    ref = timm.create_model('efficientformerv2_s0', pretrained=False)
+    folder = tmp_path_factory.mktemp('pretrained')
+    src, dst = str(folder / 'eformer_s0_450.pth'), str(folder / 'eformer_s0_450_mmeff.pth')
+    torch.save({'model': timm_v2_to_authors(ref.state_dict())}, src)
+    load_tool(ROOT, 'convert_checkpoint').main([src, dst])
+    state = {k[len('backbone.'):]: v for k, v in load_checkpoint_file(dst).items()
+             if k.startswith('backbone.')}
+    assert torch.equal(state['stem.conv1.conv.weight'], ref.state_dict()['stem.conv1.conv.weight'])
+    return dst, state
 
 
 # ---------------------------------------------------------------------------- classification
