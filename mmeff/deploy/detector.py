@@ -21,10 +21,11 @@ What is exported (:class:`DetectorExport`), for one fixed input size ``(H, W)``:
      ``NonMaxSuppression``, then the ``score_thr`` and the ``max_dets`` best.
    * Core ML: Core ML's own ``non_maximum_suppression`` op (per-class suppression) on every
      anchor's box and class scores, emitted by a converter registered for the custom op
-     ``mmeff::coreml_nms`` (eager implementation below, for the torch side). No ``TopK`` and no
-     ``gather``. Core ML's NMS gives every anchor one class, its best: an anchor whose second
-     class also passes ``score_thr`` yields one detection where mmdet (and the ONNX export)
-     may yield two; and there is no ``nms_pre`` step (all anchors go to the op).
+     ``mmeff::coreml_nms`` (eager stand-in below, for the torch side). No ``TopK`` and no
+     ``gather``. Core ML's NMS returns boxes, each anchor at most once with its class scores,
+     labelled here with its best class: an anchor whose second class also passes
+     ``score_thr`` yields one detection where mmdet (and the ONNX export) may yield two; and
+     there is no ``nms_pre`` step (all anchors go to the op).
 
 Only single-stage detectors whose head mmdet decodes with anchors and ``DeltaXYWHBBoxCoder``
 (RetinaNet) are exported; other detectors, and backbones that are not mmeff's, are refused with
