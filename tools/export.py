@@ -149,12 +149,11 @@ def describe(report: dict) -> str:
 
 
 def problems_of(report: dict) -> list:
-    """Failed checks: the report's ``problems`` (Core ML's spec checks), and gather ops left in
-    an ONNX graph."""
-    found = list(report.get('problems', []))
-    if report['format'] == 'onnx' and report.get('gather_ops'):
-        found.append(f"{report['gather_ops']} gather ops")
-    return found
+    """Failed checks: the report's ``problems`` (the spec checks of Core ML, the gather and
+    bicubic checks of ONNX); a report without them fails on gather ops left in an ONNX graph."""
+    if 'problems' in report:
+        return list(report['problems'])
+    return [f"{report['gather_ops']} gather ops"] if report.get('gather_ops') else []
 
 
 def main(argv=None) -> int:

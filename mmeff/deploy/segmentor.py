@@ -45,7 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .export import (COMPUTE_UNITS, _to_mlprogram_input, coreml_problems, export_friendly_norms_,
-                     file_size, format_report, inspect_coreml, nonfinite, require)
+                     file_size, format_report, inspect_coreml, nonfinite, onnx_problems,
+                     require)
 from .fuse import cache_attention_bias, fuse_model, fusion_report, parse_input_size
 
 OUTPUTS = ('labels', 'logits')
@@ -427,8 +428,9 @@ def export_segmentor(config: str,
         dict: The export report: ``path``, ``format``, ``task`` (``'segmentor'``),
         ``output``, ``inputs``/``outputs``, ``op_histogram``, ``gather_ops``, ``fusion``,
         ``fused_vs_unfused`` (torch), ``preprocessing`` (what the input is), ``model``
-        (config, weights, classes) and per format ``onnxruntime`` (agreement with torch) or
-        the Core ML spec checks with ``problems`` (empty when all pass).
+        (config, weights, classes, arch), ``problems`` (empty when all checks pass: ONNX no
+        gather and no bicubic resize, :func:`~mmeff.deploy.export.onnx_problems`; Core ML
+        the spec checks) and for ONNX ``onnxruntime`` (agreement with torch).
     """
     if fmt not in FORMATS:
         raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
@@ -530,12 +532,17 @@ def _onnx(module, x, ref, path, output, opset, dynamic_batch, rtol) -> dict:
     (got,) = sess.run(None, {'image': x.numpy()})
     errs = compare_outputs(output, got, ref)
     _check_agreement(output, errs, rtol, f'ONNX Runtime ({path})')
-    return dict(path=osp.abspath(path), format='onnx', exporter=exporter, opset=opset,
-                op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
-                gather_ops=sum(n for op, n in hist.items() if 'gather' in op.lower()),
-                inputs=_onnx_io(proto.graph.input), outputs=_onnx_io(proto.graph.output),
-                file_size_bytes=file_size(path), export_s=round(export_s, 2),
-                onnxruntime=errs)
+    report = dict(path=osp.abspath(path), format='onnx', exporter=exporter, opset=opset,
+                  op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
+                  gather_ops=sum(n for op, n in hist.items() if 'gather' in op.lower()),
+                  bicubic_ops=sum(node.op_type == 'Resize' and any(
+                      a.name == 'mode' and a.s == b'cubic' for a in node.attribute)
+                      for node in proto.graph.node),
+                  inputs=_onnx_io(proto.graph.input), outputs=_onnx_io(proto.graph.output),
+                  file_size_bytes=file_size(path), export_s=round(export_s, 2),
+                  onnxruntime=errs)
+    report['problems'] = onnx_problems(report)
+    return report
 
 
 def _coreml(module, x, ref, path, output, precision, compute_units, image_input, method,
