@@ -76,19 +76,25 @@ def test_export_tool_onnx_v2_odd_grid(tmp_path, repo_root):
                    for op in rep['op_histogram'])
 
 
-def test_coreml_export_v2_odd_grid(tmp_path):
-    """S0 backbone to Core ML (mlprogram, iOS 16, FP16) at 144x176 (stride-16 grid 9x11):
-    every check passes, and no gather or bicubic op is in the spec."""
+@pytest.mark.parametrize('size,grids', [
+    ((128, 128), [(32, 32), (16, 16), (8, 8), (4, 4)]),
+    ((144, 176), [(36, 44), (18, 22), (9, 11), (5, 6)])])
+def test_coreml_export_v2_even_and_odd_grid(tmp_path, size, grids):
+    """S0 backbone to Core ML (mlprogram, iOS 16, FP16) with an even stride-16 grid (8x8:
+    torch.export writes the no-op crop after the strided attention's upsampling as an
+    ``alias``, which coremltools cannot convert) and an odd one (9x11): every check passes,
+    no gather or bicubic op is in the spec."""
     model, _ = build_model('s0', task='backbone')
-    report = export_coreml(model, str(tmp_path / 's0.mlpackage'), (1, 3, 144, 176),
+    report = export_coreml(model, str(tmp_path / 's0.mlpackage'), (1, 3) + size,
                            metadata={'mmeff.arch': 's0', 'mmeff.task': 'backbone'})
     assert report['problems'] == [], report['problems']
+    assert report['method'] == 'torch.export', report['fallback_reason']
     assert report['model_type'] == 'mlProgram' and report['spec_version'] >= 7
     assert report['gather_ops'] == 0 and report['bicubic_ops'] == 0
     assert not any('bicubic' in op or 'gather' in op for op in report['op_histogram'])
     assert report['float_dtypes'].get('FLOAT16') and not report['non_fp16_tensors']
-    assert [o['shape'] for o in report['outputs']] == [[1, 32, 36, 44], [1, 48, 18, 22],
-                                                       [1, 96, 9, 11], [1, 176, 5, 6]]
+    assert [o['shape'] for o in report['outputs']] == [
+        [1, c, h, w] for c, (h, w) in zip([32, 48, 96, 176], grids)]
 
 
 def test_uncached_bias_resize_is_caught_and_named():

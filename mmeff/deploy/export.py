@@ -378,6 +378,23 @@ def onnx_problems(report: dict) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- Core ML
+def _without_aliases(ep):
+    """``ep`` with its ``aten.alias`` nodes bypassed, in place. torch.export writes a slice
+    that keeps the whole tensor (V2's crop after the strided attention's upsampling, when
+    the grid is even) as ``alias``, which coremltools cannot convert ("Unsupported fx node
+    alias"); an alias is its input, so its users take the input instead."""
+    graph = ep.graph_module.graph
+    aliases = [n for n in graph.nodes
+               if n.op == 'call_function' and n.target == torch.ops.aten.alias.default]
+    for node in aliases:
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+    if aliases:
+        graph.lint()
+        ep.graph_module.recompile()
+    return ep
+
+
 def _to_mlprogram_input(wrapper, x, method: str):
     """``(program, method_used, fallback_reason)``: an ExportedProgram or a traced module."""
     reason = None
@@ -386,7 +403,7 @@ def _to_mlprogram_input(wrapper, x, method: str):
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 ep = torch.export.export(wrapper, (x,)).run_decompositions({})
-            return ep, 'torch.export', None
+            return _without_aliases(ep), 'torch.export', None
         except Exception as exc:
             if method == 'export':
                 raise
