@@ -80,10 +80,9 @@ def test_export_tool_onnx_v2_odd_grid(tmp_path, repo_root):
     ((128, 128), [(32, 32), (16, 16), (8, 8), (4, 4)]),
     ((144, 176), [(36, 44), (18, 22), (9, 11), (5, 6)])])
 def test_coreml_export_v2_even_and_odd_grid(tmp_path, size, grids):
-    """S0 backbone to Core ML (mlprogram, iOS 16, FP16) with an even stride-16 grid (8x8:
-    torch.export writes the no-op crop after the strided attention's upsampling as an
-    ``alias``, which coremltools cannot convert) and an odd one (9x11): every check passes,
-    no gather or bicubic op is in the spec."""
+    """S0 backbone to Core ML (mlprogram, iOS 16, FP16) with an even stride-16 grid (8x8, as
+    at 224) and an odd one (9x11, cropped after the strided attention's upsampling): every
+    check passes, no gather or bicubic op is in the spec."""
     model, _ = build_model('s0', task='backbone')
     report = export_coreml(model, str(tmp_path / 's0.mlpackage'), (1, 3) + size,
                            metadata={'mmeff.arch': 's0', 'mmeff.task': 'backbone'})
@@ -127,3 +126,20 @@ def test_export_all_variants(tmp_path, arch):
     clf, _ = build_model(arch, task='classifier')
     rep = export_coreml(clf, str(tmp_path / f'{arch}.mlpackage'), (1, 3, 224, 224))
     assert rep['problems'] == [] and rep['bicubic_ops'] == 0 and rep['gather_ops'] == 0
+
+
+def test_alias_nodes_are_bypassed_for_coremltools():
+    """A crop to the size a tensor already has is an ``aten.alias`` in torch.export's graph,
+    which coremltools refuses ("Unsupported fx node alias"); the bypass keeps the outputs."""
+    from mmeff.deploy.export import _without_aliases
+
+    class Crop(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :, :8, :8] * 2
+
+    x = torch.rand(1, 2, 8, 8)
+    ep = torch.export.export(Crop(), (x,)).run_decompositions({})
+    assert any('alias' in str(n.target) for n in ep.graph.nodes)
+    ep = _without_aliases(ep)
+    assert not any('alias' in str(n.target) for n in ep.graph.nodes)
+    assert torch.equal(ep.module()(x), x * 2)

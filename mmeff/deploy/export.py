@@ -380,9 +380,9 @@ def onnx_problems(report: dict) -> List[str]:
 # ----------------------------------------------------------------------------- Core ML
 def _without_aliases(ep):
     """``ep`` with its ``aten.alias`` nodes bypassed, in place. torch.export writes a slice
-    that keeps the whole tensor (V2's crop after the strided attention's upsampling, when
-    the grid is even) as ``alias``, which coremltools cannot convert ("Unsupported fx node
-    alias"); an alias is its input, so its users take the input instead."""
+    that keeps the whole tensor (e.g. a crop to the size a tensor already has) as ``alias``,
+    which coremltools cannot convert ("Unsupported fx node alias"); an alias is its input, so
+    its users take the input instead."""
     graph = ep.graph_module.graph
     aliases = [n for n in graph.nodes
                if n.op == 'call_function' and n.target == torch.ops.aten.alias.default]
