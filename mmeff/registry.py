@@ -8,6 +8,7 @@ from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import METRICS as MMENGINE_METRICS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
@@ -16,3 +17,5 @@ DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmeff', location
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmeff', locations=['mmeff.datasets'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mmeff', locations=['mmeff.evaluation'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmeff', locations=['mmeff.engine'])
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmeff',
+                          locations=['mmeff.engine.optim_wrappers'])

@@ -42,13 +42,18 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
         if cfg.get('optim_wrapper') is None:
             raise ValueError('--amp needs an optim_wrapper in the config')
         optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if optim_type not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp works with OptimWrapper, the config uses {optim_type}')
+        # Each wrapper and its mixed-precision twin.
+        amp_types = {'OptimWrapper': 'AmpOptimWrapper', 'AmpOptimWrapper': 'AmpOptimWrapper',
+                     'mmeff.AGCOptimWrapper': 'mmeff.AmpAGCOptimWrapper',
+                     'mmeff.AmpAGCOptimWrapper': 'mmeff.AmpAGCOptimWrapper'}
+        if optim_type not in amp_types:
+            raise ValueError(f'--amp works with {sorted(amp_types)}, the config uses '
+                             f'{optim_type}')
         if not _amp_device_available():
             raise ValueError("--amp needs a GPU: mmengine's AmpOptimWrapper runs on CUDA, NPU, "
                              'MLU or MUSA devices only (none is available here); run without '
                              '--amp on CPU')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.type = amp_types[optim_type]
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
         # Evaluation under autocast too (mmengine's ValLoop/TestLoop take fp16=True).
         for loop in ('val_cfg', 'test_cfg'):
