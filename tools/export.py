@@ -70,8 +70,9 @@ def parse_args(argv=None):
                    help='Core ML only: intended compute units, stored in the metadata '
                         '(default ALL = CPU+GPU+Neural Engine)')
     p.add_argument('--image-input', action='store_true',
-                   help='Core ML only: ImageType input (RGB pixels, /255 and ImageNet mean/std '
-                        'in the graph) instead of a float tensor')
+                   help='Core ML only: ImageType input (8-bit RGB pixels) instead of a float '
+                        'tensor, normalised in the graph (backbone/classifier: /255 and the '
+                        "ImageNet mean/std; segmentor/detector: the config's data_preprocessor)")
     p.add_argument('--method', default='auto', choices=('auto', 'export', 'trace'),
                    help='Core ML only: torch.export (auto falls back to torch.jit.trace)')
     p.add_argument('--opset', type=int, default=18, help='ONNX only')
