@@ -85,7 +85,7 @@ def preprocess_image(image: np.ndarray, size, mode: str = 'keep_ratio',
         ``img_shape`` (the resized h, w), ``pad_shape`` (H, W), ``mode``).
     """
     import cv2
-    image = np.asarray(image)
+    image = np.ascontiguousarray(image)  # e.g. a BGR -> RGB view [:, :, ::-1], for cv2
     if image.ndim != 3:
         raise ValueError(f'image must be (height, width, channels), got shape {image.shape}')
     h, w, c = image.shape
