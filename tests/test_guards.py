@@ -305,3 +305,28 @@ def test_training_stops_at_the_first_nan_loss_and_saves_nothing_after(tmp_path):
                      r'\(epoch 2, batch 2\); non-finite: loss, loss_cls', out), out[-3000:]
     assert f'the checkpoints in {work_dir} are from before this iteration' in out
     assert sorted(f for f in os.listdir(work_dir) if f.endswith('.pth')) == ['epoch_1.pth']
+
+
+# ---------------------------------------------------------------------------- V2 in the guards
+def test_v2_backbone_override_is_checked_against_the_neck():
+    s0 = config('detection', 'mask_rcnn_effformerv2_s0.py')
+    cfg = prepare_config(s0, cfg_options={'model.backbone.arch': 's2'})
+    with pytest.raises(ValueError) as info:
+        check_model_channels(cfg)
+    msg = str(info.value)
+    assert msg.startswith("model.backbone (EfficientFormerV2 arch='s2', out_indices=(0,1,2,3)) "
+                          'returns maps of [32, 64, 144, 288] channels'), msg
+    assert 'model.neck.in_channels=[32,64,144,288]' in msg
+    # The top-level variable: the suggestion names the neck's channels too.
+    with pytest.raises(ValueError) as info:
+        prepare_config(s0, cfg_options={'arch': 's2'})
+    fix = cli_options(str(info.value).split('--cfg-options ')[-1])
+    assert fix['model.neck.in_channels'] == [32, 64, 144, 288]
+    check_model_channels(prepare_config(s0, cfg_options=fix))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU-only path')
+def test_sync_bn_is_dropped_without_cuda(tmp_path):
+    cfg = prepare_config(config('classification', 'effformerv2_s0_in1k.py'),
+                         work_dir=str(tmp_path))
+    assert cfg.get('sync_bn') is None

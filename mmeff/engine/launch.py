@@ -63,6 +63,12 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
     if not torch.cuda.is_available():
         from mmeff.compat import sync_bn_to_bn
         sync_bn_to_bn(cfg.model)  # SyncBN needs CUDA, even under CPU DDP
+        if cfg.get('sync_bn'):
+            # mmengine's Runner would convert every BN to torch's SyncBatchNorm in a distributed
+            # run (the V2 ImageNet configs set sync_bn='torch'), which fails without CUDA.
+            print_log(f"sync_bn={cfg.sync_bn!r} ignored: SyncBatchNorm needs CUDA; plain BN "
+                      'statistics per process on CPU', logger='current', level=logging.WARNING)
+            cfg.sync_bn = None
     if launcher != 'none' and not torch.cuda.is_available():
         from mmeff.compat import cpu_ddp_model_wrapper_cfg, init_cpu_distributed
         init_cpu_distributed('gloo')
@@ -263,13 +269,17 @@ def check_variable_overrides(cfg: Config, cfg_options: dict) -> None:
 
 
 def _efficientformer_out_channels(backbone: dict) -> Optional[List[int]]:
-    """Channels of the maps an ``EfficientFormer`` config returns, from its ``arch`` and
-    ``out_indices`` (without building it); None for another backbone or an out_indices the
-    backbone itself will reject."""
-    if str(backbone.get('type', '')).split('.')[-1] != 'EfficientFormer':
+    """Channels of the maps an ``EfficientFormer`` or ``EfficientFormerV2`` config returns,
+    from its ``arch`` and ``out_indices`` (without building it); None for another backbone or
+    an out_indices the backbone itself will reject."""
+    import mmeff.models as models
+    family = {'EfficientFormer': (models.EfficientFormer, 'l1'),
+              'EfficientFormerV2': (models.EfficientFormerV2, 's0')}
+    kind = str(backbone.get('type', '')).split('.')[-1]
+    if kind not in family:
         return None
-    from mmeff.models import EfficientFormer
-    widths = EfficientFormer._parse_arch(backbone.get('arch', 'l1'))['widths']  # clear errors
+    cls, default_arch = family[kind]
+    widths = cls._parse_arch(backbone.get('arch', default_arch))['widths']  # clear errors
     indices = backbone.get('out_indices', (0, 1, 2, 3))
     indices = [indices] if isinstance(indices, int) else indices
     stages = len(widths)
@@ -342,7 +352,8 @@ def check_model_channels(cfg: Config) -> None:
     if not found:
         return
     bb = cfg.model.backbone
-    arch = bb.get('arch', 'l1')
+    kind = str(bb.get('type', 'EfficientFormer')).split('.')[-1]
+    arch = bb.get('arch', 's0' if kind == 'EfficientFormerV2' else 'l1')
     out = _efficientformer_out_channels(bb)
     details = '; '.join(
         f'{path} is {cli_value(have)}, the backbone needs {cli_value(want)}' if want is not None
@@ -353,7 +364,7 @@ def check_model_channels(cfg: Config) -> None:
     fix = f'Set --cfg-options {assignments}' if assignments else 'Set the in_index entries'
     indices = bb.get('out_indices', (0, 1, 2, 3))
     raise ValueError(
-        f'model.backbone (EfficientFormer arch={arch!r}, out_indices={cli_value(indices)}) '
+        f'model.backbone ({kind} arch={arch!r}, out_indices={cli_value(indices)}) '
         f'returns maps of {out} channels, which the modules after it do not take: {details}. '
         f'{fix} (or change the backbone back)')
 
