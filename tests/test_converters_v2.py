@@ -238,9 +238,12 @@ def test_refusals_name_what_was_found():
              'neck.lateral_convs.0.conv.weight': torch.zeros(1)}
     with pytest.raises(CheckpointError, match=r"looks like the authors' dense .* with neck"):
         convert_state_dict(dense)
-    # V1 timm files still convert (and are not taken for V2).
+    # V1 timm files still convert (and are not taken for V2); truncated ones are refused too.
     out, layout = convert_state_dict(v1)
     assert layout == 'timm' and detect_family(out) == 'v1' and arch_name(out) == 'l1'
+    with pytest.raises(CheckpointError, match=r'looks like a timm-layout EfficientFormer '
+                                              r'checkpoint but stage\(s\) \[1\]'):
+        convert_state_dict({k: v for k, v in v1.items() if not k.startswith('stages.1.')})
 
 
 def _run_tool(args, repo_root):
