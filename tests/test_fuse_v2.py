@@ -100,3 +100,35 @@ def test_fold_pool_into_local_is_exact():
         assert fold_pool_into_local_(q) and q.pool is None
         assert rel_err(q(x), expected) <= 1e-6
         assert not fold_pool_into_local_(q)  # already folded: nothing to do
+
+
+def coreml_ops(module: nn.Module, x: torch.Tensor):
+    """Op types of ``module`` traced at ``x`` and converted by coremltools (mlprogram, iOS 16,
+    FP16), as mmeff's detector export does."""
+    ct = pytest.importorskip('coremltools')
+    traced = torch.jit.trace(module.eval(), x, check_trace=False)
+    mlmodel = ct.convert(traced, inputs=[ct.TensorType(name='x', shape=tuple(x.shape))],
+                         convert_to='mlprogram', minimum_deployment_target=ct.target.iOS16,
+                         compute_precision=ct.precision.FLOAT16)
+    return {op.type for fn in mlmodel.get_spec().mlProgram.functions.values()
+            for block in fn.block_specializations.values() for op in block.operations}
+
+
+def test_attentions_convert_to_coreml_at_odd_grid():
+    """Every V2 attention, traced at an odd grid with its bias cached, converts (no size
+    arithmetic coremltools cannot fold) with no gather and no bicubic resize."""
+    from mmeff.models.layers import Attention4D, AttentionDownsample
+    x = torch.randn(1, 16, 13, 11)
+    for attn in (Attention4D(16, key_dim=8, num_heads=2, resolution=7, stride=2),
+                 AttentionDownsample(16, 24, key_dim=8, num_heads=2, resolution=14),
+                 Attention4D(16, key_dim=8, num_heads=2, resolution=7)):
+        attn.eval().fix_bias(13, 11)
+        ops = coreml_ops(attn, x)
+        assert 'matmul' in ops and not any('gather' in op or 'bicubic' in op for op in ops)
+
+
+@pytest.mark.slow
+def test_fused_backbone_converts_to_coreml_at_odd_grid(s0):
+    ops = coreml_ops(fuse_model(s0, (208, 176)), torch.randn(1, 3, 208, 176))
+    assert 'upsample_bilinear' in ops and 'slice_by_index' in ops  # stage 3's x2 + crop
+    assert not any('gather' in op or 'bicubic' in op for op in ops)

@@ -55,6 +55,11 @@ def _ceil_half(height: int, width: int) -> Tuple[int, int]:
     return (height + 1) // 2, (width + 1) // 2
 
 
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, heads * c, H, W) -> (B, heads, c, H * W)."""
+    return x.flatten(2).unflatten(1, (num_heads, -1))
+
+
 class ConvNorm(nn.Module):
     """Conv2d (with bias) -> norm (-> activation): timm's ``ConvNorm``/``ConvNormAct``.
 
@@ -208,26 +213,27 @@ class Attention4D(ResizableBiasAttention):
         return relative_offset_index(*self.table_grid(height, width), device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
+        H, W = x.shape[-2:]
         bias = self.get_bias(H, W)
         if self.stride_conv is not None:
             x = self.stride_conv(x)
-        h, w = x.shape[-2:]
-        n = h * w
-        q = self.q(x).reshape(B, self.num_heads, self.key_dim, n).transpose(2, 3)
-        k = self.k(x).reshape(B, self.num_heads, self.key_dim, n)
+        # Heads split with constant sizes and the map restored with reshape_as (no shape
+        # arithmetic in traced graphs: coremltools cannot cast folded sizes back to ints).
+        q = _split_heads(self.q(x), self.num_heads).transpose(2, 3)
+        k = _split_heads(self.k(x), self.num_heads)
         v = self.v(x)
         v_local = self.v_local(v)
-        v = v.reshape(B, self.num_heads, self.d, n).transpose(2, 3)
+        v = _split_heads(v, self.num_heads).transpose(2, 3)
 
         attn = (q @ k) * self.scale + bias.to(q.dtype)
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
-        x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+        x = (attn @ v).transpose(2, 3).reshape_as(v_local) + v_local
         if self.stride is not None:
             # x2 then crop (not ``size=(H, W)``): at odd sizes every pixel keeps the sampling
             # position it has at even sizes, where this equals the authors' nn.Upsample(x2).
             x = F.interpolate(x, scale_factor=2., mode='bilinear', align_corners=False)
-            x = x[:, :, :H, :W]
+            if x.shape[-2] != H or x.shape[-1] != W:  # odd input: drop the extra row/column
+                x = x[:, :, :int(H), :int(W)]
         return self.proj(self.act(x))
 
 
@@ -292,17 +298,15 @@ class AttentionDownsample(ResizableBiasAttention):
         return strided_query_offset_index(height, width, 2, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        bias = self.get_bias(H, W)
-        h, w = _ceil_half(H, W)
-        q = self.q(x).reshape(B, self.num_heads, self.key_dim, h * w).transpose(2, 3)
-        k = self.k(x).reshape(B, self.num_heads, self.key_dim, H * W)
+        bias = self.get_bias(*x.shape[-2:])
+        q = _split_heads(self.q(x), self.num_heads).transpose(2, 3)  # ceil(H/2) x ceil(W/2)
+        k = _split_heads(self.k(x), self.num_heads)  # H x W
         v = self.v(x)
-        v_local = self.v_local(v)
-        v = v.reshape(B, self.num_heads, self.d, H * W).transpose(2, 3)
+        v_local = self.v_local(v)  # on the query grid
+        v = _split_heads(v, self.num_heads).transpose(2, 3)
 
         attn = ((q @ k) * self.scale + bias.to(q.dtype)).softmax(dim=-1)
-        x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
+        x = (attn @ v).transpose(2, 3).reshape_as(v_local) + v_local
         return self.proj(self.act(x))
 
 
