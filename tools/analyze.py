@@ -1,4 +1,4 @@
-"""Params and MACs of EfficientFormer (V1) and EfficientFormerV2 variants, beside the papers' and timm's figures.
+"""Params and MACs of EfficientFormer (V1, V2) variants, beside the papers' and timm's figures.
 
     .venv/bin/python tools/analyze.py [--archs l1 l3 l7 s0 s1 s2 l] [--shape 224 224] [--no-head]
         [--count-timm] [--out FILE.json]

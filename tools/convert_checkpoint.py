@@ -1,4 +1,4 @@
-"""Convert an EfficientFormer or EfficientFormerV2 checkpoint (authors', timm's, mmpretrain's) to mmeff's layout.
+"""Convert an EfficientFormer (V1 or V2) checkpoint (authors', timm's, mmpretrain's) to mmeff's.
 
     python tools/convert_checkpoint.py SRC DST [--layout auto|authors|timm|mmpretrain]
     python tools/convert_checkpoint.py --timm NAME [--timm-file FILE] DST

@@ -65,9 +65,10 @@ def detect_layout(sd: Dict[str, torch.Tensor]) -> str:
     if any(k.startswith('backbone.patch_embed.') for k in keys):
         if any(re.match(r'^backbone\.patch_embed\.\d+\.(weight|bias)$', k) for k in keys):
             parts = sorted({k.split('.')[0] for k in keys} - {'backbone'})
+            with_parts = ', with ' + ', '.join(parts[:4]) if parts else ''
             raise CheckpointError(
                 f"looks like the authors' dense (detection/segmentation) EfficientFormer model "
-                f"(backbone.patch_embed.N.weight{', with ' + ', '.join(parts[:4]) if parts else ''})"
+                f"(backbone.patch_embed.N.weight{with_parts})"
                 f" but mmeff converts their ImageNet classification files (patch_embed.*, "
                 f"network.*) and mmpretrain's backbones (backbone.patch_embed.N.conv.*); convert "
                 f"the ImageNet checkpoint the dense model started from instead")

@@ -81,7 +81,8 @@ def _load_weights(model: nn.Module, checkpoint: str, task: str) -> str:
         _, description, _ = describe_checkpoint(raw)
         raise CheckpointMismatchError(
             f'{checkpoint} cannot be exported: it is {description}, not EfficientFormer(V2) '
-            f'weights in a layout mmeff converts (mmeff, authors\', timm\'s, mmpretrain\'s)') from None
+            f'weights in a layout mmeff converts (mmeff, authors\', timm\'s, '
+            f'mmpretrain\'s)') from None
     if task == 'backbone':
         bb = backbone_part(sd, 'backbone.', checkpoint)
         return f'{layout} layout: ' + load_backbone_state_dict(model, bb, source=checkpoint)
