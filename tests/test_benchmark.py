@@ -142,6 +142,14 @@ def test_plot_and_measured_series(tmp_path):
         'onnxruntime, classifier (CPU: Test CPU, 4 threads)': [('l1', 60.0)]}
     out = plot_accuracy_latency([path], str(tmp_path / 'fig.png'))
     assert open(out, 'rb').read(8) == PNG_MAGIC
+    v2 = _fake_results(tmp_path / 'v2.json', [
+        dict(arch=a, task='classifier', input_size=[224, 224], batch_size=1,
+             runtime='onnxruntime', status='ok', median_ms=ms)
+        for a, ms in (('s0', 3.0), ('l1', 12.0))])
+    assert measured_series([load_results(v2)]) == {  # V1 and V2 never share a line
+        'onnxruntime, classifier (CPU: Test CPU, 4 threads)': [('l1', 12.0)],
+        'EfficientFormerV2: onnxruntime, classifier (CPU: Test CPU, 4 threads)': [('s0', 3.0)]}
+    assert open(plot_accuracy_latency([v2], str(tmp_path / 'v2.png')), 'rb').read(8) == PNG_MAGIC
     paper_only = plot_accuracy_latency([], str(tmp_path / 'paper.png'))
     assert open(paper_only, 'rb').read(8) == PNG_MAGIC
     bad = tmp_path / 'bad.json'

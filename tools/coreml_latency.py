@@ -68,7 +68,8 @@ def _print_proxies(args, info) -> None:
     result = proxy_latency(arch, task, shape, warmup=args.proxy_warmup, reps=args.proxy_reps,
                            threads=args.threads)
     where = device_label(result['machine'])
-    print(f"PROXIES for {arch.upper()} {task} at {'x'.join(map(str, shape))} -- measured on "
+    from mmeff.benchmark.complexity import display_name
+    print(f"PROXIES for {display_name(arch)} {task} at {'x'.join(map(str, shape))} -- measured on "
           f'this machine ({where}), fp32, {args.proxy_reps} reps: NOT iPhone 12 / Core ML '
           f'figures')
     for row in result['results']:

@@ -1,7 +1,8 @@
 """Accuracy vs latency plot in the style of the paper's Figure 1.
 
 The paper plots ImageNet-1K top-1 against iPhone 12 (Core ML) latency. Here the paper's
-points (EfficientFormer L1/L3/L7 and MobileNetV2 x1.0, from ``PAPER``) are drawn together with
+points (EfficientFormer L1/L3/L7, EfficientFormerV2 S0/S1/S2/L (V2 paper, authors' README) and
+MobileNetV2 x1.0, from ``PAPER``; one line per family) are drawn together with
 any measured latencies from results files (``mmeff.benchmark.latency`` JSON, written by
 ``tools/benchmark_latency.py`` or ``tools/coreml_latency.py``). A measured point is placed at the
 paper's top-1 of its arch: the benchmarks time randomly initialised models, so only their
@@ -10,11 +11,14 @@ logarithmic because desktop-CPU figures are tens of times the iPhone's.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .complexity import PAPER
+from .complexity import PAPER, V2_ARCHS, display_name
 from .latency import device_label, load_results
 
 # The paper's reference in the same setting (Table 1): MobileNetV2 x1.0.
 PAPER_BASELINES = {'MobileNetV2 x1.0': dict(top1=71.8, iphone12_ms=1.7)}
+# One paper line per family: (legend name, colour, archs).
+FAMILIES = (('EfficientFormer', 'crimson', tuple(a for a in PAPER if a not in V2_ARCHS)),
+            ('EfficientFormerV2', 'navy', tuple(a for a in PAPER if a in V2_ARCHS)))
 
 
 def measured_series(results: Sequence[dict], input_size=(224, 224), batch_size: int = 1
@@ -29,6 +33,8 @@ def measured_series(results: Sequence[dict], input_size=(224, 224), batch_size: 
                     or row['batch_size'] != batch_size):
                 continue
             label = f"{row['runtime']}, {row.get('task', 'classifier')} ({where})"
+            if row['arch'] in V2_ARCHS:  # a line per family, as the paper points
+                label = f'EfficientFormerV2: {label}'
             series.setdefault(label, []).append((row['arch'], row['median_ms']))
     for points in series.values():
         points.sort(key=lambda p: PAPER[p[0]]['top1'])
@@ -60,13 +66,15 @@ def plot_accuracy_latency(results_paths: Sequence[str], out_path: str,
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     archs = sorted(PAPER, key=lambda a: PAPER[a]['top1'])
-    xs = [PAPER[a]['iphone12_ms'] for a in archs]
-    ys = [PAPER[a]['top1'] for a in archs]
-    ax.plot(xs, ys, '-*', color='crimson', markersize=12,
-            label='EfficientFormer, iPhone 12 Core ML (paper)')
-    for a, x, y in zip(archs, xs, ys):
-        ax.annotate(a.upper(), (x, y), textcoords='offset points', xytext=(6, -12),
-                    color='crimson', fontsize=9)
+    for family, colour, members in FAMILIES:
+        members = sorted(members, key=lambda a: PAPER[a]['top1'])
+        xs = [PAPER[a]['iphone12_ms'] for a in members]
+        ys = [PAPER[a]['top1'] for a in members]
+        ax.plot(xs, ys, '-*', color=colour, markersize=12,
+                label=f'{family}, iPhone 12 Core ML (paper)')
+        for a, x, y in zip(members, xs, ys):
+            ax.annotate(display_name(a), (x, y), textcoords='offset points', xytext=(6, -12),
+                        color=colour, fontsize=9)
     for name, p in PAPER_BASELINES.items():
         ax.plot([p['iphone12_ms']], [p['top1']], 'o', color='gray',
                 label=f'{name}, iPhone 12 Core ML (paper)')
@@ -84,7 +92,7 @@ def plot_accuracy_latency(results_paths: Sequence[str], out_path: str,
                   f'{input_size[0]}x{input_size[1]}')
     ax.set_ylabel('ImageNet-1K top-1 (%) (paper)')
     ax.grid(True, which='both', alpha=0.3)
-    ax.set_title(title or 'EfficientFormer: accuracy vs latency (cf. paper Figure 1)')
+    ax.set_title(title or 'EfficientFormer V1/V2: accuracy vs latency (cf. paper Figure 1)')
     ax.legend(fontsize=7, loc='lower right')
     fig.text(0.01, 0.005, 'Top-1 is the paper\'s for every point; measured points time '
              'randomly initialised models (latency only). Only the paper\'s points are '
