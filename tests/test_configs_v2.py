@@ -510,3 +510,29 @@ def test_readme_tables_are_what_the_tools_compute():
             assert f"{got['macs'] / 1e9:.1f}" == row.group(2), (task, arch)
             assert f"{got['backbone_params'] / 1e6:.1f}" == row.group(3), (task, arch)
             assert f"{got['backbone_macs'] / 1e9:.1f}" == row.group(4), (task, arch)
+
+
+# ---------------------------------------------------------------------------- compare_results
+@pytest.mark.parametrize('arch,task,paper,note', [
+    ('s0', 'segmentation', None, 'reports no result'),
+    ('s2', 'segmentation', 42.4, 'not yet checked'),
+    ('l', 'detection', 44.7, 'not yet checked'),
+])
+def test_compare_results_knows_v2(arch, task, paper, note, tmp_path, capsys):
+    """tools/compare_results.py reads a V2 run's arch from its config and marks the V2 figures."""
+    from helpers import load_tool
+    tool = load_tool(ROOT, 'compare_results')
+    scope = {'segmentation': 'mmseg', 'detection': 'mmdet'}[task]
+    (tmp_path / 'cfg.py').write_text(
+        f"default_scope = '{scope}'\n"
+        f"model = dict(backbone=dict(type='mmeff.EfficientFormerV2', arch='{arch}'))\n")
+    run = tmp_path / '20261130_120000'
+    run.mkdir()
+    metrics = {'mIoU': 40.0} if task == 'segmentation' else \
+        {'coco/bbox_mAP': 0.43, 'coco/segm_mAP': 0.39}
+    (run / '20261130_120000.json').write_text(json.dumps(metrics))
+    result = tool.main([str(tmp_path)])
+    assert result['arch'] == arch and note in result['note']
+    assert result['rows'][0]['paper'] == paper
+    out = capsys.readouterr().out
+    assert out.startswith(f'EfficientFormerV2-{arch.upper()} {task}') and 'note:' in out

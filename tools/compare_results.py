@@ -1,7 +1,11 @@
 """Print a finished run's metrics beside the paper's (EfficientFormer, NeurIPS 2022, Table 3).
 
-    python tools/compare_results.py WORK_DIR [--arch l1|l3|l7] [--task detection|segmentation]
-                                    [--json OUT.json]
+    python tools/compare_results.py WORK_DIR [--arch l1|l3|l7|s0|s1|s2|l]
+                                    [--task detection|segmentation] [--json OUT.json]
+
+EfficientFormerV2 (s0/s1/s2/l): the V2 paper reports no dense results for S0/S1 (the row says
+"not reported"); its S2/L figures here come from a secondary source and are marked as not yet
+checked against the paper (../shared/PAPER-V2.md).
 
 WORK_DIR is the ``--work-dir`` of ``tools/train.py`` or ``tools/test.py``. The metrics are read
 from what mmengine wrote there, newest run first:
@@ -9,7 +13,7 @@ from what mmengine wrote there, newest run first:
 * ``tools/test.py``: ``WORK_DIR/<timestamp>/<timestamp>.json`` (the test metrics);
 * ``tools/train.py``: the last validation record in ``WORK_DIR/<timestamp>/vis_data/scalars.json``.
 
-The variant (l1/l3/l7) and the task come from the config mmengine saved in WORK_DIR
+The variant (l1/l3/l7, s0/s1/s2/l) and the task come from the config mmengine saved in WORK_DIR
 (``model.backbone.arch`` and ``default_scope``) unless given. COCO APs are printed in percent
 (mmdet's ``coco/bbox_mAP`` x 100); mmseg's mIoU is already in percent.
 """
@@ -39,6 +43,15 @@ PAPER_RESULTS: Dict[str, Dict[str, Dict[str, float]]] = {
         'PoolFormer-S24': {'mIoU': 40.3},
     },
 }
+# EfficientFormerV2 (ICCV 2023): Mask R-CNN 1x and Semantic FPN 40k, S2 and L only, from a
+# secondary source (PaddleSeg's README), not yet checked against the paper; S0/S1: none.
+PAPER_RESULTS['detection'].update({'s2': {'bbox_mAP': 43.4, 'segm_mAP': 39.5},
+                                   'l': {'bbox_mAP': 44.7, 'segm_mAP': 40.4}})
+PAPER_RESULTS['segmentation'].update({'s2': {'mIoU': 42.4}, 'l': {'mIoU': 45.2}})
+UNCHECKED = {('detection', 's2'), ('detection', 'l'), ('segmentation', 's2'),
+             ('segmentation', 'l')}
+V1_ARCHS = ('l1', 'l3', 'l7')
+V2_ARCHS = ('s0', 's1', 's2', 'l')
 # Where each metric is in mmengine's records, and the factor to percent.
 METRIC_KEYS = {
     'detection': {'bbox_mAP': ('coco/bbox_mAP', 100.), 'segm_mAP': ('coco/segm_mAP', 100.)},
@@ -107,25 +120,29 @@ def compare(work_dir: str, arch: Optional[str] = None, task: Optional[str] = Non
     if task not in PAPER_RESULTS:
         raise ValueError(f'cannot tell the task of {work_dir!r} (no saved config with '
                          f'default_scope mmdet/mmseg); pass --task detection|segmentation')
-    if arch not in PAPER_RESULTS[task]:
-        raise ValueError(f'the paper has no {task} result for arch {arch!r}; pass --arch with '
-                         f'one of l1, l3, l7')
+    if arch not in V1_ARCHS + V2_ARCHS:
+        raise ValueError(f'cannot tell the EfficientFormer arch of {work_dir!r} (got {arch!r}); '
+                         f'pass --arch with one of {", ".join(V1_ARCHS + V2_ARCHS)}')
     record, source = read_metrics(work_dir, task)
+    paper_row = PAPER_RESULTS[task].get(arch)  # None: V2-S0/S1, no dense result reported
     rows = []
     for name, (key, scale) in METRIC_KEYS[task].items():
         ours = float(record[key]) * scale
-        paper = PAPER_RESULTS[task][arch][name]
+        paper = paper_row[name] if paper_row else None
         rows.append(dict(metric=name, ours=round(ours, 2), paper=paper,
-                         diff=round(ours - paper, 2)))
-    return dict(work_dir=work_dir, source=source, arch=arch, task=task, rows=rows,
+                         diff=None if paper is None else round(ours - paper, 2)))
+    note = ('the V2 paper reports no result for this variant' if paper_row is None else
+            'paper figure from a secondary source, not yet checked against the V2 paper'
+            if (task, arch) in UNCHECKED else None)
+    return dict(work_dir=work_dir, source=source, arch=arch, task=task, rows=rows, note=note,
                 references={k: v for k, v in PAPER_RESULTS[task].items()
-                            if k not in ('l1', 'l3', 'l7')})
+                            if k not in V1_ARCHS + V2_ARCHS})
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('work_dir', help='the --work-dir of a finished train or test run')
-    parser.add_argument('--arch', choices=['l1', 'l3', 'l7'], help='default: from the config')
+    parser.add_argument('--arch', choices=V1_ARCHS + V2_ARCHS, help='default: from the config')
     parser.add_argument('--task', choices=sorted(PAPER_RESULTS), help='default: from the config')
     parser.add_argument('--json', help='also write the comparison to this JSON file')
     args = parser.parse_args(argv)
@@ -133,11 +150,16 @@ def main(argv=None):
         result = compare(args.work_dir, args.arch, args.task)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f'error: {exc}')
-    print(f"EfficientFormer-{result['arch'].upper()} {result['task']} "
-          f"({result['source']})")
+    family = 'EfficientFormerV2' if result['arch'] in V2_ARCHS else 'EfficientFormer'
+    print(f"{family}-{result['arch'].upper()} {result['task']} ({result['source']})")
     print(f"{'metric':<10} {'ours':>7} {'paper':>7} {'diff':>7}")
     for r in result['rows']:
-        print(f"{r['metric']:<10} {r['ours']:>7.2f} {r['paper']:>7.1f} {r['diff']:>+7.2f}")
+        if r['paper'] is None:
+            print(f"{r['metric']:<10} {r['ours']:>7.2f} {'n/a':>7} {'n/a':>7}")
+        else:
+            print(f"{r['metric']:<10} {r['ours']:>7.2f} {r['paper']:>7.1f} {r['diff']:>+7.2f}")
+    if result['note']:
+        print(f"note: {result['note']}")
     refs = ', '.join(f"{name} {' / '.join(str(v) for v in m.values())}"
                      for name, m in result['references'].items())
     print(f'paper references: {refs}')
