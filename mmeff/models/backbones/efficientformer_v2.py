@@ -13,19 +13,15 @@ validation with messages that say what is allowed. V1 (``efficientformer.py``) s
 and shares the layers that are truly the same (norm/act builders, layer scale, bias resizing).
 """
 import copy
-import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmeff.registry import MODELS
-from ..layers.blocks import build_norm
 from ..layers.v2 import BlockV2, ConvNorm, DownsampleV2, ResizableBiasAttention
-from .efficientformer import BIAS_TABLE_INPUT_SIZE, EfficientFormer
+from .base import BIAS_TABLE_INPUT_SIZE, EfficientFormerBase, pretrained_to_init_cfg
 
 
 class StemV2(nn.Sequential):
@@ -59,7 +55,7 @@ class EfficientFormerV2Stage(nn.Module):
 
 
 @MODELS.register_module()
-class EfficientFormerV2(BaseModule):
+class EfficientFormerV2(EfficientFormerBase):
     """EfficientFormerV2 backbone returning 4D maps at strides 4, 8, 16, 32.
 
     Args:
@@ -118,8 +114,6 @@ class EfficientFormerV2(BaseModule):
     }
     # The authors' drop path per variant (timm's defaults), for configs.
     default_drop_path_rates = {'s0': 0., 's1': 0., 's2': 0.02, 'l': 0.1}
-    num_stages = 4
-    strides = (4, 8, 16, 32)
 
     def __init__(self,
                  arch: Union[str, dict] = 's0',
@@ -137,28 +131,11 @@ class EfficientFormerV2(BaseModule):
                  with_cp: bool = False,
                  pretrained: Optional[str] = None,
                  init_cfg=None):
-        if pretrained is not None:
-            if not isinstance(pretrained, str):
-                raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
-            warnings.warn('EfficientFormerV2(pretrained=...) is deprecated; use init_cfg=dict('
-                          "type='Pretrained', checkpoint=..., prefix='backbone.')")
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')
+        init_cfg = pretrained_to_init_cfg('EfficientFormerV2', pretrained, init_cfg)
         super().__init__(init_cfg=copy.deepcopy(init_cfg))
         self.arch = self._parse_arch(arch)
-        if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
-            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
-        self.in_channels = in_channels
-        self.out_indices = self._parse_out_indices(out_indices)
-        if (not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool)
-                or not -1 <= frozen_stages <= self.num_stages):
-            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_stages}] '
-                             f'(-1: nothing frozen, k: stem and the first k stages), '
-                             f'got {frozen_stages!r}')
-        if not 0. <= drop_path_rate < 1.:
-            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        self._init_common(in_channels, out_indices, frozen_stages, norm_eval, drop_path_rate,
+                          with_cp)
 
         depths, widths = self.arch['depths'], self.arch['widths']
         num_vit, mlp_ratios = self.arch['num_vit'], self.arch['mlp_ratios']
@@ -192,46 +169,12 @@ class EfficientFormerV2(BaseModule):
             stage.with_cp = with_cp
             self.stages.append(stage)
 
-        self.out_norm_cfg = copy.deepcopy(out_norm_cfg)
-        for i in self.out_indices:
-            norm = build_norm(out_norm_cfg, widths[i]) if out_norm_cfg else nn.Identity()
-            self.add_module(f'norm{i}', norm)
-
-        # The output contract, as data.
-        self.out_channels = [widths[i] for i in self.out_indices]
-        self.out_strides = [self.strides[i] for i in self.out_indices]
-        self.feature_info = [
-            dict(num_chs=widths[i], reduction=self.strides[i], module=f'stages.{i}')
-            for i in self.out_indices
-        ]
-        self._freeze_stages()
+        self._init_outputs(widths, out_norm_cfg)
 
     # ------------------------------------------------------------------ validation
     @classmethod
     def _parse_arch(cls, arch) -> dict:
-        if isinstance(arch, str):
-            if arch.lower() not in cls.arch_settings:
-                raise ValueError(f'Unknown EfficientFormerV2 arch {arch!r}; choose one of '
-                                 f'{sorted(cls.arch_settings)} or pass a dict with keys '
-                                 f"'depths', 'widths', 'num_vit' (and optional 'mlp_ratios')")
-            arch = cls.arch_settings[arch.lower()]
-        if not isinstance(arch, dict):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = {'depths', 'widths', 'num_vit'}
-        missing = required - set(arch)
-        unknown = set(arch) - required - {'mlp_ratios'}
-        if missing or unknown:
-            raise ValueError(f'arch dict must have keys {sorted(required)} (+ optional '
-                             f"'mlp_ratios'); missing {sorted(missing)}, unknown {sorted(unknown)}")
-        arch = copy.deepcopy(arch)
-        for key in ('depths', 'widths'):
-            val = arch[key]
-            if (not isinstance(val, (list, tuple)) or len(val) != cls.num_stages
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                               for v in val)):
-                raise ValueError(f'arch[{key!r}] must be {cls.num_stages} positive ints, '
-                                 f'got {val!r}')
-            arch[key] = list(val)
+        arch = cls._arch_dict(arch)
         depths = arch['depths']
         if arch['widths'][0] % 2:
             raise ValueError(f"arch['widths'][0] must be even (the stem's first conv has half "
@@ -258,27 +201,7 @@ class EfficientFormerV2(BaseModule):
         arch['mlp_ratios'] = per_block
         return arch
 
-    # Shared with V1 (the same contract and messages; none of these calls super()).
-    _parse_out_indices = EfficientFormer._parse_out_indices
-    _check_input = EfficientFormer._check_input
-    _freeze_stages = EfficientFormer._freeze_stages
-    output_shape = EfficientFormer.output_shape
-    set_grad_checkpointing = EfficientFormer.set_grad_checkpointing
-    _load_pretrained = EfficientFormer._load_pretrained
-
-    # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        self._check_input(x)
-        x = self.stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
-            if i == self.out_indices[-1]:
-                break  # later stages are not needed (and would give DDP unused parameters)
-        return tuple(outs)
-
+    # ------------------------------------------------------------------ deployment
     def attention_input_sizes(self, height: int, width: int
                               ) -> Iterator[Tuple[ResizableBiasAttention, Tuple[int, int]]]:
         """``(attention, (h, w))`` for every attention module: the size of the map it receives
@@ -295,34 +218,3 @@ class EfficientFormerV2(BaseModule):
             for block in stage.blocks:
                 if block.token_mixer is not None:
                     yield block.token_mixer, grids[i]
-
-    # ------------------------------------------------------------------ training state
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    # ------------------------------------------------------------------ init
-    def init_weights(self):
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
-        if not pretrained:
-            super().init_weights()
-            return
-        if len(pretrained) > 1:
-            raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one')
-        # The other entries first (mmengine's order), then the checkpoint with V1's fit check
-        # (mmengine's own PretrainedInit only logs a file that does not fit).
-        others = [c for c in cfgs if c is not pretrained[0] and c is not None]
-        if others:
-            original, self.init_cfg = self.init_cfg, others
-            try:
-                super().init_weights()
-            finally:
-                self.init_cfg = original
-        self._load_pretrained(pretrained[0])
-        self._is_init = True
