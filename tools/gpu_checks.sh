@@ -35,5 +35,13 @@ rc=0
     --input-sizes 512x512 800x1333 --batch-sizes 1 --runtimes timm eager fused \
     --task backbone --warmup 10 --reps 100 --out-dir "$OUT_DIR" \
     --name "l1_l3_l7_dense_cuda_${GPU}" || rc=1
+# EfficientFormerV2 (S0/S1/S2/L), the same two measurements.
+"$PYTHON" tools/benchmark_latency.py --device cuda --archs s0 s1 s2 l --input-sizes 224 \
+    --batch-sizes 1 --runtimes timm eager fused compile --task classifier --warmup 20 \
+    --reps 200 --out-dir "$OUT_DIR" --name "v2_224_cuda_${GPU}" || rc=1
+"$PYTHON" tools/benchmark_latency.py --device cuda --archs s0 s1 s2 l \
+    --input-sizes 512x512 800x1333 --batch-sizes 1 --runtimes timm eager fused \
+    --task backbone --warmup 10 --reps 100 --out-dir "$OUT_DIR" \
+    --name "v2_dense_cuda_${GPU}" || rc=1
 echo "gpu_checks: results in $OUT_DIR (exit $rc)"
 exit $rc
