@@ -1,7 +1,7 @@
-"""Checks that need a CUDA device: the backbone on the GPU (fp32 parity with the CPU, fp16/bf16
-autocast, buffers that follow ``.to(device)``), ``torch.compile`` on the GPU, a classification
-training run with ``--amp`` through tools/train.py and its evaluation through tools/test.py, and
-the latency benchmark's CUDA path.
+"""Checks that need a CUDA device: the V1 and V2 backbones on the GPU (fp32 parity with the
+CPU, fp16/bf16 autocast, buffers that follow ``.to(device)``), ``torch.compile`` on the GPU, a
+classification training run with ``--amp`` through tools/train.py and its evaluation through
+tools/test.py, and the latency benchmark's CUDA path.
 
 Deselected in the default run (pytest.ini); on a machine with a GPU:
 ``.venv/bin/python -m pytest -m cuda``. Without a GPU they are skipped.
@@ -51,6 +51,27 @@ def test_backbone_cuda_matches_cpu(arch):
         assert a.is_cuda and a.shape == b.shape
         err = rel_err(a, b)
         print(f'{arch} stage {i}: cuda vs cpu rel err {err:.2e}')
+        assert err < 1e-4, (arch, i, err)
+
+
+@pytest.mark.parametrize('arch', ['s0', 's1', 's2', 'l'])
+def test_v2_backbone_cuda_matches_cpu(arch):
+    """EfficientFormerV2, randomised as in its parity test, at 208x296: odd stride-16 (13x19)
+    and stride-32 grids, so the strided attention's crop and every resized bias table (three
+    attention kinds) are computed on the GPU."""
+    from mmeff.models import EfficientFormerV2
+    from test_backbone_v2 import randomise_v2_
+    x = torch.randn(2, 3, 208, 296)
+    model = randomise_v2_(EfficientFormerV2(arch), calib_input=tuple(x.shape)).eval()
+    with torch.no_grad():
+        ref = model(x)
+        model.cuda()
+        assert all(t.is_cuda for t in list(model.parameters()) + list(model.buffers()))
+        out = model(x.cuda())
+    for i, (a, b) in enumerate(zip(out, ref)):
+        assert a.is_cuda and a.shape == b.shape
+        err = rel_err(a, b)
+        print(f'v2-{arch} stage {i}: cuda vs cpu rel err {err:.2e}')
         assert err < 1e-4, (arch, i, err)
 
 
