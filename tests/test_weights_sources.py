@@ -59,9 +59,11 @@ def test_readme_names_the_weight_sources():
     assert cfg.pretrained == 'pretrained/efficientformer_l3_300d_mmeff.pth'
 
 
-def readme_timm_command():
+def readme_timm_command(family: str = 'efficientformer_l'):
+    """The README's ``--timm`` command for V1 (``efficientformer_l``) or V2
+    (``efficientformerv2_``)."""
     (cmd,) = [ln.strip() for ln in readme_section().splitlines()
-              if 'tools/convert_checkpoint.py --timm ' in ln]
+              if f'tools/convert_checkpoint.py --timm {family}' in ln]
     return shlex.split(cmd)
 
 
@@ -102,6 +104,34 @@ def test_readme_timm_command_with_a_local_file_gives_timm_outputs(tmp_path):
     for k, v in backbone.state_dict().items():
         if not k.startswith('norm'):  # the dense output norms are not in an ImageNet model
             assert torch.equal(v, sd['backbone.' + k]), k
+
+
+def test_readme_v2_timm_command_with_a_local_file_gives_timm_outputs(tmp_path):
+    """The README's EfficientFormerV2 command, plus --timm-file: a randomised timm V2-S2 saved
+    as the hub's model.safetensors becomes an mmeff checkpoint with timm's logits."""
+    from safetensors.torch import save_file
+
+    from test_backbone_v2 import randomise_v2_
+    argv = readme_timm_command('efficientformerv2_')
+    assert argv[:3] == ['.venv/bin/python', 'tools/convert_checkpoint.py', '--timm']
+    name, dst_in_readme = argv[3], argv[4]
+    assert name == 'efficientformerv2_s2.snap_dist_in1k' and name in timm.list_pretrained()
+    ref = randomise_v2_(timm.create_model('efficientformerv2_s2', pretrained=False), seed=7)
+    weights = tmp_path / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(weights))
+    dst = tmp_path / dst_in_readme
+    res = run_convert(['--timm', name, str(dst), '--timm-file', str(weights)],
+                      offline_env(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    model = EfficientFormerClassifier(backbone=dict(type='mmeff.EfficientFormerV2', arch='s2'),
+                                      num_classes=1000)
+    model.load_state_dict(load_checkpoint_file(str(dst)), strict=True)
+    model.eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = ref(x), model(x)
+    assert expected.std() > 1e-2
+    assert rel_err(got, expected) < 1e-5
 
 
 def test_offline_without_a_file_fails_in_one_line(tmp_path):
