@@ -83,3 +83,25 @@ def test_amp_switches_to_the_amp_agc_wrapper(monkeypatch, tmp_path):
     cfg = launch.prepare_config(osp.join(ROOT, 'configs/classification/effformer_l1_in1k.py'),
                                 work_dir=str(tmp_path), amp=True)
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+
+
+def test_readme_cfg_options_give_v1_the_authors_agc(tmp_path):
+    """configs/classification/README.md's --cfg-options, as typed, make the V1 recipe clip with
+    AGC at 0.01."""
+    import argparse
+    import re
+    import shlex
+
+    from mmengine.config import DictAction
+
+    from mmeff.engine import launch
+    with open(osp.join(ROOT, 'configs/classification/README.md')) as f:
+        (line,) = [ln for ln in f if 'optim_wrapper.type=mmeff.AGCOptimWrapper' in ln]
+    options = shlex.split(re.search(r'`--cfg-options ([^`]+)`', line).group(1))
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    cfg_options = parser.parse_args(['--cfg-options'] + options).cfg_options
+    cfg = launch.prepare_config(osp.join(ROOT, 'configs/classification/effformer_l1_in1k.py'),
+                                work_dir=str(tmp_path), cfg_options=cfg_options)
+    assert cfg.optim_wrapper.type == 'mmeff.AGCOptimWrapper'
+    assert parse_agc(cfg.optim_wrapper.clip_grad) == dict(clip_factor=0.01, eps=1e-3)
