@@ -6,10 +6,16 @@
 # Env:   PYTHON           interpreter to build the venv with (default: python3.11, else python3)
 #        MMEFF_WHEELHOUSE where the built mmcv wheel is kept (default: ~/.cache/mmeff/wheelhouse)
 #        MAX_JOBS         parallel compile jobs for mmcv (default: number of cores)
-#        MMEFF_MMCV_CUDA  auto (default): build mmcv's CUDA ops too when nvcc is on the PATH and
-#                         torch sees a GPU (what GPU training needs: RoIAlign, NMS... on CUDA
-#                         tensors); 1: always (needs nvcc; set TORCH_CUDA_ARCH_LIST when the
-#                         build machine has no GPU, e.g. "8.0;9.0"); 0: CPU ops only.
+#        MMEFF_MMCV_CUDA  auto (default): build mmcv's CUDA ops too when torch sees a GPU (what GPU
+#                         training needs: RoIAlign, NMS... on CUDA tensors), for the visible GPUs'
+#                         architectures; 1: always (set TORCH_CUDA_ARCH_LIST when the build machine
+#                         has no GPU, e.g. "9.0" for an H100, "8.0;9.0"); 0: CPU ops only.
+#                         With no CUDA toolkit found (CUDA_HOME, nvcc on the PATH, /usr/local/cuda),
+#                         the compiler packages matching torch's CUDA version (nvidia-cuda-nvcc,
+#                         -crt, -runtime, -cccl, nvidia-nvvm) are installed into the venv.
+#        MMEFF_CUDA_TOOLKIT auto (default) or pip: use those packages even if a toolkit exists
+#                         (e.g. one whose CUDA major version differs from torch's)
+#        TORCH_CUDA_ARCH_LIST, CUDA_HOME: as in tools/build_mmcv.sh, which builds the wheel
 set -euo pipefail
 case "${1:-}" in
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
@@ -51,77 +57,61 @@ if ! "$PY" -c "import torch, torchvision, sys; sys.exit(torch.__version__.split(
   "${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
-# mmcv: no binary wheel exists on the registry; build once, keep the wheel keyed by versions
-# (and by the CUDA version its ops were compiled for, or cpu).
+# mmcv: no binary wheel exists on the registry; build once with tools/build_mmcv.sh (the same
+# script builds on a machine without a registry), keep the wheel keyed by versions, CUDA version
+# and architectures (or cpu).
+# shellcheck source=tools/build_mmcv.sh
+MMCV_ERR="error:"
+source "$ROOT/tools/build_mmcv.sh"
+mmcv_torch_info "$PY"
 MMCV_CUDA="${MMEFF_MMCV_CUDA:-auto}"
-if [ "$MMCV_CUDA" = auto ]; then
-  MMCV_CUDA=0
-  if command -v nvcc >/dev/null 2>&1 && "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
-    MMCV_CUDA=1
-  fi
-fi
 case "$MMCV_CUDA" in
-  0) OPS_TAG=cpu ;;
-  1) command -v nvcc >/dev/null 2>&1 || { echo "error: MMEFF_MMCV_CUDA=1 needs nvcc (the CUDA toolkit) on the PATH" >&2; exit 1; }
-     OPS_TAG="cu$("$PY" -c 'import torch; print((torch.version.cuda or "none").replace(".", ""))')"
-     [ "$OPS_TAG" != cunone ] || { echo "error: MMEFF_MMCV_CUDA=1 but this torch has no CUDA support" >&2; exit 1; }
-     if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
-       echo "error: no GPU is visible to pick the CUDA architectures to compile for: set TORCH_CUDA_ARCH_LIST, e.g. TORCH_CUDA_ARCH_LIST='8.0;9.0' (A100, H100)" >&2; exit 1
-     fi ;;
+  auto) MMCV_CUDA=0; if [ -n "$TORCH_CUDA" ] && [ -n "$GPU_ARCHS" ]; then MMCV_CUDA=1; fi ;;
+  0|1) ;;
   *) echo "error: MMEFF_MMCV_CUDA must be auto, 0 or 1 (got '$MMCV_CUDA')" >&2; exit 1 ;;
 esac
-WHEELHOUSE="${MMEFF_WHEELHOUSE:-$HOME/.cache/mmeff/wheelhouse}/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$PYTAG-$OPS_TAG"
-mkdir -p "$WHEELHOUSE"
-# The installed mmcv is kept only if it has the version and the kind of ops wanted (a CPU-only
-# build reports its compiling CUDA version as 'not available').
-if ! "$PY" -c "
+OPS_TAG=cpu
+if [ "$MMCV_CUDA" = 1 ]; then
+  [ -n "$TORCH_CUDA" ] || { echo "error: MMEFF_MMCV_CUDA=1 but torch $TORCH_VER has no CUDA support: install a CUDA build of torch, or set MMEFF_MMCV_CUDA=0" >&2; exit 1; }
+  [ -n "${TORCH_CUDA_ARCH_LIST:-$GPU_ARCHS}" ] || { echo "error: no GPU is visible to pick the CUDA architectures to compile for: set TORCH_CUDA_ARCH_LIST, e.g. TORCH_CUDA_ARCH_LIST='9.0' (H100) or '8.0;9.0' (A100 and H100)" >&2; exit 1; }
+  # No toolkit (as on most GPU images: a driver and torch's wheels only): the compiler packages
+  # matching torch's CUDA version go into the venv, beside the CUDA libraries torch already uses.
+  if ! mmcv_find_cuda_home; then
+    log "no CUDA toolkit found: installing the CUDA $TORCH_CUDA compiler packages into $VENV"
+    "${PIP[@]}" install -q "nvidia-cuda-nvcc==$TORCH_CUDA.*" "nvidia-cuda-crt==$TORCH_CUDA.*" \
+      "nvidia-cuda-runtime==$TORCH_CUDA.*" "nvidia-cuda-cccl==$TORCH_CUDA.*" "nvidia-nvvm==$TORCH_CUDA.*"
+  fi
+  # Versions and architectures are checked here, before anything is compiled.
+  mmcv_check_cuda
+fi
+WHEELHOUSE="${MMEFF_WHEELHOUSE:-$HOME/.cache/mmeff/wheelhouse}/mmcv-$MMCV_VERSION-torch$TORCH_VER-$PYTAG-$OPS_TAG"
+# The installed mmcv is kept only if it has the version and the ops wanted: the tag of the wheel
+# it came from is noted in the venv (a CPU-only build also reports its CUDA version as 'not available').
+OPS_NOTE="$VENV/.mmcv-ops"
+if ! { [ "$(cat "$OPS_NOTE" 2>/dev/null)" = "$OPS_TAG" ] && "$PY" -c "
 import sys, mmcv, mmcv.ops
 cuda = mmcv.ops.get_compiling_cuda_version() != 'not available'
-sys.exit(mmcv.__version__ != '$MMCV_VERSION' or cuda != ($MMCV_CUDA == 1))" 2>/dev/null; then
+sys.exit(mmcv.__version__ != '$MMCV_VERSION' or cuda != ($MMCV_CUDA == 1))" 2>/dev/null; }; then
   if ! ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
-    BUILD="$(mktemp -d)"
-    trap 'rm -rf "$BUILD"' EXIT
+    SDIST_DIR="$(mktemp -d)"
+    trap 'rm -rf "$SDIST_DIR"' EXIT
     if [ "$MMCV_CUDA" = 1 ]; then
-      log "building mmcv $MMCV_VERSION with C++ and CUDA ($OPS_TAG) ops from its sdist (much longer than the CPU build; MAX_JOBS=${MAX_JOBS:-$(nproc)}) in $BUILD"
+      log "building mmcv $MMCV_VERSION with C++ and CUDA ops ($OPS_TAG) from its sdist (on 2 cores about 40 to 90 min, see benchmarks/mmcv_cuda_build_cpu.md)"
     else
-      log "building mmcv $MMCV_VERSION with C++ ops from its sdist (about 6 to 10 min on 2 idle cores, several times longer under load) in $BUILD"
+      log "building mmcv $MMCV_VERSION with C++ ops from its sdist (about 6 to 10 min on 2 idle cores, several times longer under load)"
     fi
     "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
-      "mmcv==$MMCV_VERSION" -d "$BUILD"
-    tar xzf "$BUILD/mmcv-$MMCV_VERSION.tar.gz" -C "$BUILD"
-    SRC="$BUILD/mmcv-$MMCV_VERSION"
-    # torch 2.14's ATen headers refuse anything below C++20 (mmcv issue #3341).
-    sed -i "s/'-std=c++17'/'-std=c++20'/g" "$SRC/setup.py"
-    grep -q "c++20" "$SRC/setup.py" || { echo "error: could not patch -std in mmcv setup.py" >&2; exit 1; }
-    if [ "$MMCV_CUDA" = 1 ]; then
-      # torch guesses CUDA_HOME as nvcc's grandparent folder, which is wrong for a
-      # /usr/local/bin/nvcc next to /usr/local/cuda: take the first folder with the headers.
-      if [ -z "${CUDA_HOME:-}" ]; then
-        for home in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda; do
-          if [ -f "$home/include/cuda_runtime_api.h" ]; then export CUDA_HOME="$home"; break; fi
-        done
-      fi
-      # torch's CUDA headers include cusparse.h & co.; a minimal CUDA toolkit (nvcc only) lacks
-      # them, while torch's pip dependencies ship them, matching torch's CUDA version.
-      SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-      for inc in "$SITE"/nvidia/*/include; do
-        if [ -f "$inc/cusparse.h" ]; then export CPATH="$inc${CPATH:+:$CPATH}"; fi
-      done
-    fi
-    # No debug info (-g0: ~15x smaller objects, faster link), -O2 instead of Python's -O3,
-    # ninja with one job per core. FORCE_CUDA=1 adds the CUDA kernels (nvcc gets -std=c++20 too).
-    (cd "$SRC" && CFLAGS="-g0 -O2" CXXFLAGS="-g0 -O2" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-      MMCV_WITH_OPS=1 FORCE_CUDA="$MMCV_CUDA" \
-      "${PIP[@]}" wheel -q --no-build-isolation --no-deps . -w "$BUILD/dist")
-    # Atomic publish into the cache: a killed build never leaves a half-written wheel.
-    for whl in "$BUILD"/dist/mmcv-*.whl; do
-      cp "$whl" "$WHEELHOUSE/.$(basename "$whl").tmp"
-      mv "$WHEELHOUSE/.$(basename "$whl").tmp" "$WHEELHOUSE/$(basename "$whl")"
-    done
+      "mmcv==$MMCV_VERSION" -d "$SDIST_DIR"
+    # Its own process, with the settings resolved above: the same command a machine without a
+    # package registry runs with a pre-fetched sdist.
+    env PYTHON="$PY" MMEFF_MMCV_CUDA="$MMCV_CUDA" ${ARCH_LIST:+"TORCH_CUDA_ARCH_LIST=$ARCH_LIST"} \
+      ${CUDA_HOME:+"CUDA_HOME=$CUDA_HOME"} \
+      bash "$ROOT/tools/build_mmcv.sh" "$SDIST_DIR/mmcv-$MMCV_VERSION.tar.gz" "$WHEELHOUSE"
   else
     log "reusing cached mmcv wheel from $WHEELHOUSE"
   fi
   "${PIP[@]}" install -q --no-deps --force-reinstall "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl
+  echo "$OPS_TAG" > "$OPS_NOTE"
 fi
 
 log "installing pinned requirements and mmeff (editable)"
