@@ -77,9 +77,11 @@ if [ "$MMCV_CUDA" = 1 ]; then
   # No toolkit (as on most GPU images: a driver and torch's wheels only): the compiler packages
   # matching torch's CUDA version go into the venv, beside the CUDA libraries torch already uses.
   if ! mmcv_find_cuda_home; then
-    log "no CUDA toolkit found: installing the CUDA $TORCH_CUDA compiler packages into $VENV"
+    if [ "${MMEFF_CUDA_TOOLKIT:-auto}" = pip ]; then why="MMEFF_CUDA_TOOLKIT=pip"; else why="no CUDA toolkit found"; fi
+    log "$why: installing the CUDA $TORCH_CUDA compiler packages into $VENV"
     "${PIP[@]}" install -q "nvidia-cuda-nvcc==$TORCH_CUDA.*" "nvidia-cuda-crt==$TORCH_CUDA.*" \
-      "nvidia-cuda-runtime==$TORCH_CUDA.*" "nvidia-cuda-cccl==$TORCH_CUDA.*" "nvidia-nvvm==$TORCH_CUDA.*"
+      "nvidia-cuda-runtime==$TORCH_CUDA.*" "nvidia-cuda-cccl==$TORCH_CUDA.*" "nvidia-nvvm==$TORCH_CUDA.*" \
+      || { echo "error: could not install the CUDA $TORCH_CUDA compiler packages (pip's message above): install a CUDA $TORCH_CUDA toolkit and set CUDA_HOME to it, or run where the package registry is reachable" >&2; exit 1; }
   fi
   # Versions and architectures are checked here, before anything is compiled.
   mmcv_check_cuda
