@@ -2,6 +2,7 @@
 hand-built cases: a tiny space, a fake linear latency table and a fake accuracy table."""
 import copy
 import json
+import os
 import os.path as osp
 
 import pytest
@@ -384,3 +385,72 @@ def test_search_goes_on_when_no_action_saves_latency():
     assert not any(s['no_saving'] for s in traj['steps'][2:])
     assert traj['results'][0]['latency_ms'] == 14.0
     assert traj['results'][0]['arch']['depths'] == [1, 1, 1, 1]
+
+
+def test_report_flags_a_network_measured_over_its_budget(tmp_path):
+    from mmeff.slimming.report import write_report
+    traj = small_trajectory()
+    over, within = traj['results'][1], traj['results'][2]
+    over.update(measured_ms=31.25, over_budget=True)  # a 30 ms budget
+    within.update(measured_ms=19.0, over_budget=False)
+    md = open(write_report(traj, str(tmp_path))['markdown']).read()
+    assert '| **31.250 (over budget)** |' in md and '| 19.000 |' in md
+    assert (f"**Measured over budget**: {over['name']} measured 31.250 ms for a 30 ms budget "
+            f"(predicted {over['latency_ms']:.3f} ms)") in md
+    assert within['name'] + ' measured' not in md
+
+
+def test_report_keeps_the_previous_files_when_a_write_fails(tmp_path, monkeypatch):
+    from mmeff.slimming import report
+    traj = small_trajectory()
+    paths = report.write_report(traj, str(tmp_path))
+    before = {k: open(p, 'rb').read() for k, p in paths.items()}
+    changed = dict(traj, meta=dict(backend='onnxruntime'))
+
+    def broken(trajectory, out_path, title=None):
+        raise OSError('disk full')
+    monkeypatch.setattr(report, 'plot_trajectory', broken)
+    with pytest.raises(OSError, match='disk full'):
+        report.write_report(changed, str(tmp_path))
+    assert {k: open(p, 'rb').read() for k, p in paths.items()} == before
+    monkeypatch.undo()
+    # an interrupted JSON write leaves the old file and no temporary file
+    monkeypatch.setattr(report.json, 'dumps', lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        report.write_json(changed, paths['json'])
+    assert open(paths['json'], 'rb').read() == before['json']
+    assert sorted(os.listdir(tmp_path)) == ['trajectory.json', 'trajectory.md',
+                                            'trajectory.png']
+
+
+def test_generated_eval_config_builds_the_whole_subnet(tmp_path):
+    from mmengine.config import Config
+
+    from mmeff.registry import MODELS
+    from mmeff.slimming.report import write_eval_config
+    arch = dict(depths=[1, 1, 1, 1], widths=[16, 24, 32, 48], num_vit=1, mlp_ratios=[4] * 4)
+    result = dict(_result(arch, 'tiny_0p8x'), budget='0.8x')
+    loader = dict(batch_size=4, num_workers=0, persistent_workers=False,
+                  sampler=dict(type='DefaultSampler', shuffle=False),
+                  dataset=dict(type='ImageFolderDataset', data_root='/data/x/',
+                               data_prefix=dict(img_path='val'),
+                               pipeline=[dict(type='LoadPILImage'),
+                                         dict(type='PackClsInputs')]))
+    path = write_eval_config(result, str(tmp_path / 'configs'), 'subnets/tiny_0p8x.pth', 5,
+                             loader, dict(type='Accuracy', topk=(1, 5)), eval_batches=2,
+                             images=8)
+    text = open(path).read()
+    assert 'budget 0.8x (3 ms)' in text and '71.2 top-1' in text
+    assert '#   python tools/test.py <this file> subnets/tiny_0p8x.pth' in text
+    cfg = Config.fromfile(path)
+    assert cfg.test_dataloader.dataset.data_root == '/data/x/'
+    assert cfg.test_dataloader.num_batch_per_epoch == 2  # the search's images only
+    assert cfg.test_dataloader.batch_size == 4 and 'drop_last' not in cfg.test_dataloader
+    assert cfg.test_evaluator.topk == (1, 5) and cfg.load_from == 'subnets/tiny_0p8x.pth'
+    assert [h.type for h in cfg.custom_hooks] == ['ClassNumCheckHook']
+    import mmeff.models  # noqa: F401
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmeff'):
+        model = MODELS.build(cfg.model)
+    assert model.num_classes == 5 and model.backbone.out_channels[-1] == 48
+    assert model.distillation is None and model.mixup is None

@@ -11,6 +11,11 @@ client on NFS), so the file a killed run leaves behind never blocks the next run
 are not inherited by forked children (dataloader workers), so a worker that outlives a killed
 run does not keep the work dir locked either; NFS supports them (flock would need emulation).
 Under DDP the ranks of one run share the work dir: only global rank 0 takes the lock.
+
+``tools/slim.py`` takes the same lock on its own work dir for every phase (two searches or two
+table builds in one work dir would replace each other's results), and the search and export
+phases also take the lock of the supernet's training dir: they never read a supernet that is
+still being trained, and no training starts under them.
 """
 import errno
 import fcntl
@@ -35,8 +40,14 @@ _HELD = {}
 
 
 class WorkDirBusyError(OSError):
-    """The work dir is locked by another training run that is still alive (an ``OSError``,
-    like a busy resource: the tools report it as a one-line user error)."""
+    """The work dir is locked by another run that is still alive (an ``OSError``, like a busy
+    resource: the tools report it as a one-line user error). ``info`` holds what the holder
+    recorded (pid, host, user, start time, command), ``None`` if unreadable."""
+
+    def __init__(self, message: str, info: Optional[dict] = None, path: str = '') -> None:
+        super().__init__(message)
+        self.info = info
+        self.path = path
 
 
 def _describe(info: Optional[dict]) -> str:
@@ -82,10 +93,20 @@ def _rank(launcher: str) -> int:
 
 
 class WorkDirLock:
-    """An exclusive lock on a work dir, held until :meth:`release` (or the process ends)."""
+    """An exclusive lock on a work dir, held until :meth:`release` (or the process ends).
 
-    def __init__(self, work_dir: str) -> None:
+    Args:
+        work_dir (str): The directory (created if missing).
+        activity (str): What holds it, in the busy message (``'training run'``).
+        harm (str): What two of them in one dir would do, in the busy message.
+    """
+
+    def __init__(self, work_dir: str, activity: str = 'training run',
+                 harm: str = ("write into one log and overwrite each other's "
+                              'checkpoints')) -> None:
         self.work_dir = work_dir
+        self.activity = activity
+        self.harm = harm
         self.path = osp.join(osp.realpath(work_dir), LOCK_NAME)
         self._fd: Optional[int] = None
 
@@ -95,7 +116,8 @@ class WorkDirLock:
         if self.path in _HELD:
             # Not read back from the file: closing any descriptor of it would drop our lock.
             raise WorkDirBusyError(f'Work dir {self.work_dir!r} is already locked by this '
-                                   f'process (pid {os.getpid()}): one run at a time')
+                                   f'process (pid {os.getpid()}): one run at a time',
+                                   self._info(), self.path)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -103,7 +125,8 @@ class WorkDirLock:
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EACCES, errno.EAGAIN):
-                    raise WorkDirBusyError(self._busy_message(_read_info(self.path))) from None
+                    info = _read_info(self.path)
+                    raise WorkDirBusyError(self._busy_message(info), info, self.path) from None
                 if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     warnings.warn(f'The file system of work dir {self.work_dir!r} does not '
                                   f'support locks ({os.strerror(exc.errno)}): nothing stops a '
@@ -146,10 +169,10 @@ class WorkDirLock:
     def _busy_message(self, info: Optional[dict]) -> str:
         pid, host = (info or {}).get('pid'), (info or {}).get('host')
         stop = f' (kill {pid} on {host})' if pid and host else ''
-        return (f'Work dir {self.work_dir!r} is in use by another training run: '
-                f'{_describe(info)}. Two runs in one work dir would write into one log and '
-                f'overwrite each other\'s checkpoints. Wait for that run to end or stop it'
-                f'{stop}, or give this run another --work-dir (lock file: {self.path})')
+        return (f'Work dir {self.work_dir!r} is in use by another {self.activity}: '
+                f'{_describe(info)}. Two runs in one work dir would {self.harm}. Wait for '
+                f'that run to end or stop it{stop}, or give this run another --work-dir (lock '
+                f'file: {self.path})')
 
     def __enter__(self) -> 'WorkDirLock':
         return self.acquire()
@@ -166,10 +189,12 @@ def _user() -> str:
 
 
 @contextmanager
-def lock_work_dir(work_dir: str, launcher: str = 'none') -> Iterator[Optional[WorkDirLock]]:
-    """Hold the work dir's lock for the block; yields None on ranks other than 0."""
+def lock_work_dir(work_dir: str, launcher: str = 'none',
+                  **kwargs) -> Iterator[Optional[WorkDirLock]]:
+    """Hold the work dir's lock for the block; yields None on ranks other than 0.
+    ``kwargs``: :class:`WorkDirLock`'s ``activity`` and ``harm``."""
     if _rank(launcher) != 0:
         yield None
         return
-    with WorkDirLock(work_dir) as lock:
+    with WorkDirLock(work_dir, **kwargs) as lock:
         yield lock

@@ -9,20 +9,26 @@ the report shows when present (``tools/slim.py`` adds them):
 * ``lut_accuracy``: the latency table's predicted-vs-measured check (``mean_rel_err``,
   ``worst_rel_err``, ``num_networks``...), listed as it is;
 * ``measured_ms`` in ``start``, a step or a result: the measured whole-network latency;
-* ``checkpoint`` and ``configs`` (``{kind: path}``) in a result: what
-  :func:`write_configs` and the subnet export wrote for it.
+* ``checkpoint``, ``configs`` (``{kind: path}``) and ``eval_config`` in a result: what
+  :func:`write_configs`, :func:`write_eval_config` and the subnet export wrote for it;
+* ``budget`` in a result: the budget as given (``'0.8x'`` for a relative one);
+* ``over_budget`` in a result: its measured latency exceeds its budget (flagged).
 
 Generated configs are written next to the run's other outputs (``tools/slim.py`` uses
 ``<work-dir>/configs/``), not into the repository's ``configs/``: they belong to one search
 (one backend, one supernet, one checkpoint path), and the repository stays as it was checked
 out. Each inherits one of the project's recipes (``RECIPES``): through a relative ``_base_``
 when the work dir is inside the project (moving both together keeps them working), else through
-an absolute path.
+an absolute path. Every file is written atomically (a temporary file renamed over the old one:
+a failure leaves the previous file as it was).
 """
 import json
 import os
 import os.path as osp
+import pprint
 from typing import Dict, Optional
+
+from mmeff.engine.checkpointing import write_file_atomic
 
 # The recipes the generated configs inherit, relative to the project's configs/ directory.
 RECIPES = dict(
@@ -46,13 +52,30 @@ def _arch(arch: dict) -> str:
     return (f"depths {arch['depths']}, widths {arch['widths']}, num_vit {arch['num_vit']}")
 
 
+def _value(value) -> str:
+    if isinstance(value, dict):
+        return ', '.join(f'{k} {_value(v)}' for k, v in value.items())
+    return str(value)
+
+
+def _budget(result: dict) -> str:
+    given = result.get('budget')
+    ms = f"{result['budget_ms']:g}"
+    return ms if given in (None, ms) else f'{given} ({ms})'
+
+
+def _measured(result: dict) -> str:
+    text = _ms(result.get('measured_ms'))
+    return f'**{text} (over budget)**' if result.get('over_budget') else text
+
+
 def trajectory_markdown(trajectory: dict) -> str:
     """The Markdown report: the run, the budgets table (budget -> arch) and every step."""
     space = trajectory['space']
     lines = [f"# Latency-driven slimming of the search space `{space['name']}`", '']
     meta = trajectory.get('meta') or {}
     for key, value in meta.items():
-        lines.append(f'- {key}: {value}')
+        lines.append(f'- {key}: {_value(value)}')
     start, smallest = trajectory['start'], trajectory['smallest']
     lines += [f"- start (supernet): {_arch(start['arch'])}, predicted "
               f"{_ms(start['latency_ms'])} ms, measured {_ms(start.get('measured_ms'))} ms, "
@@ -70,11 +93,23 @@ def trajectory_markdown(trajectory: dict) -> str:
               '|---|---|---|---|---|---|---|---|---|']
     for r in trajectory['results']:
         step = 'start' if r['met_by_start'] else str(r['step'])
-        configs = ', '.join(f'`{p}`' for p in (r.get('configs') or {}).values()) or '-'
+        paths = list((r.get('configs') or {}).values()) + (
+            [r['eval_config']] if r.get('eval_config') else [])
+        configs = ', '.join(f'`{p}`' for p in paths) or '-'
         ckpt = f"`{r['checkpoint']}`" if r.get('checkpoint') else '-'
-        lines.append(f"| {r['budget_ms']:g} | {r['name']} | {step} | `{json.dumps(r['arch'])}` "
-                     f"| {_ms(r['latency_ms'])} | {_ms(r.get('measured_ms'))} | "
+        lines.append(f"| {_budget(r)} | {r['name']} | {step} | `{json.dumps(r['arch'])}` "
+                     f"| {_ms(r['latency_ms'])} | {_measured(r)} | "
                      f"{_acc(r['accuracy'])} | {configs} | {ckpt} |")
+    over = [r for r in trajectory['results'] if r.get('over_budget')]
+    if over:
+        lines += ['', '**Measured over budget**: ' + '; '.join(
+            f"{r['name']} measured {r['measured_ms']:.3f} ms for a {r['budget_ms']:g} ms "
+            f"budget (predicted {r['latency_ms']:.3f} ms)" for r in over)
+            + '. The latency table predicts these networks within their budgets, the '
+            'measurement beside it does not: the machine was busier than when the table was '
+            'measured, or the table predicts poorly here (see its accuracy above). Measure on '
+            'an idle machine, or rebuild the table (--phase build-lut, after deleting it) and '
+            'search again.']
     if any(r['met_by_start'] for r in trajectory['results']):
         lines += ['', 'A budget at or above the start network\'s predicted latency is met by the '
                   'start network itself (step "start").']
@@ -132,20 +167,27 @@ def plot_trajectory(trajectory: dict, out_path: str, title: Optional[str] = None
     ax.legend(fontsize=7, loc='best')
     fig.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
-    fig.savefig(out_path)
-    plt.close(fig)
+    try:
+        write_file_atomic(out_path, lambda tmp: fig.savefig(tmp, format='png'))
+    finally:
+        plt.close(fig)
     return out_path
 
 
-def write_json(data: dict, path: str) -> str:
-    """Write ``data`` as indented JSON through a temporary file (never a truncated file)."""
+def write_text(text: str, path: str) -> str:
+    """Write ``text`` to ``path`` atomically (see the module docstring); returns ``path``."""
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=1)
-        f.write('\n')
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            f.write(text)
+    write_file_atomic(path, write)
     return path
+
+
+def write_json(data: dict, path: str) -> str:
+    """Write ``data`` as indented JSON atomically (never a truncated file)."""
+    return write_text(json.dumps(data, indent=1) + '\n', path)
 
 
 def write_report(trajectory: dict, out_dir: str, stem: str = 'trajectory') -> Dict[str, str]:
@@ -154,10 +196,10 @@ def write_report(trajectory: dict, out_dir: str, stem: str = 'trajectory') -> Di
     os.makedirs(out_dir, exist_ok=True)
     paths = dict(json=osp.join(out_dir, f'{stem}.json'), markdown=osp.join(out_dir, f'{stem}.md'),
                  plot=osp.join(out_dir, f'{stem}.png'))
-    write_json(trajectory, paths['json'])
-    with open(paths['markdown'], 'w') as f:
-        f.write(trajectory_markdown(trajectory))
+    # the plot and the Markdown first: the JSON (what the next phase reads) is replaced last
     plot_trajectory(trajectory, paths['plot'])
+    write_text(trajectory_markdown(trajectory), paths['markdown'])
+    write_json(trajectory, paths['json'])
     return paths
 
 
@@ -247,11 +289,97 @@ def write_configs(result: dict, out_dir: str, checkpoint: str, meta: Optional[di
                                     f'does not exist; pass configs_root= the project\'s configs/')
         base = _base_path(recipe_path, out_dir, root)
         path = osp.join(out_dir, f"{result['name']}_{kind}.py")
-        with open(path, 'w') as f:
-            f.write(config_text(kind, result, base, checkpoint, meta))
+        write_text(config_text(kind, result, base, checkpoint, meta), path)
         paths[kind] = path
     return paths
 
 
-__all__ = ['RECIPES', 'trajectory_markdown', 'plot_trajectory', 'write_json', 'write_report',
-           'config_text', 'write_configs']
+def _plain(value):
+    """``value`` as plain dicts, lists and tuples (mmengine's ``ConfigDict`` prints otherwise)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _literal(name: str, value) -> str:
+    """``name = <value>`` as Python (plain data: dicts, lists, tuples, strings, numbers)."""
+    return f'{name} = {pprint.pformat(value, indent=1, width=96, sort_dicts=False)}'
+
+
+def eval_config_text(result: dict, base: str, checkpoint: str, num_classes: int,
+                     val_dataloader: dict, val_evaluator, eval_batches: Optional[int] = None,
+                     images: Optional[int] = None) -> str:
+    """The text of a config that evaluates the whole exported subnet of ``result`` (backbone
+    and head) with ``tools/test.py <config> <checkpoint>`` on the validation data the search
+    estimated its accuracy on.
+
+    Args:
+        result (dict): One of the trajectory's ``results``.
+        base (str): The ``_base_`` (the classification recipe, ``RECIPES['in1k']``).
+        checkpoint (str): The exported subnet (the whole classifier's state dict).
+        num_classes (int): Classes of the supernet's head.
+        val_dataloader (dict): The run's validation loader, as resolved (plain data: data
+            paths given on the command line are kept).
+        val_evaluator (dict | list): Its evaluator.
+        eval_batches (int | None): The search estimated accuracy on the first
+            ``eval_batches`` batches only: the test data is cut to the same (mmengine's
+            ``num_batch_per_epoch``). ``None``: all of it.
+        images (int | None): How many images that is (shown in the header).
+    """
+    loader = dict(_delete_=True, **_plain(val_dataloader))
+    if eval_batches is not None:
+        loader['num_batch_per_epoch'] = int(eval_batches)
+    evaluator = _plain(val_evaluator)
+    if isinstance(evaluator, dict):
+        evaluator = dict(_delete_=True, **evaluator)
+    on = f' ({images} images)' if images is not None else ''
+    given = result.get('budget') or f"{result['budget_ms']:g}"
+    lines = [
+        f"# The whole EfficientFormer subnet (backbone and head) exported for the budget {given} "
+        f"({result['budget_ms']:g} ms),",
+        "# with BN statistics recalibrated on the search's calibration batches, on the "
+        f'validation data{on} its',
+        f"# accuracy was estimated on during the search ({result['accuracy']:.4g} top-1):",
+        f'#   python tools/test.py <this file> {checkpoint}',
+        '# prints that accuracy as accuracy/top1. Generated by tools/slim.py, edit freely.',
+        f'_base_ = {base!r}',
+        '',
+        f'num_classes = {int(num_classes)}',
+        'model = dict(',
+        '    _delete_=True,',
+        "    type='EfficientFormerClassifier',",
+        f"    backbone=dict(arch={dict(result['arch'])!r}),",
+        '    num_classes=num_classes)',
+        "# the run's validation data (its data_root and pipeline)",
+        _literal('val_dataloader', loader),
+        'test_dataloader = val_dataloader',
+        _literal('val_evaluator', evaluator),
+        'test_evaluator = val_evaluator',
+        '# no EMA hook: the exported weights are evaluated as they are',
+        "custom_hooks = [dict(type='ClassNumCheckHook')]",
+        f'load_from = {checkpoint!r}',
+    ]
+    return '\n'.join(lines) + '\n'
+
+
+def write_eval_config(result: dict, out_dir: str, checkpoint: str, num_classes: int,
+                      val_dataloader: dict, val_evaluator, eval_batches: Optional[int] = None,
+                      images: Optional[int] = None,
+                      configs_root: Optional[str] = None) -> str:
+    """Write ``<name>_eval.py`` (:func:`eval_config_text`) into ``out_dir``; returns its path."""
+    root = configs_root or CONFIGS_ROOT
+    recipe_path = osp.join(root, RECIPES['in1k'])
+    if not osp.isfile(recipe_path):
+        raise FileNotFoundError(f'the recipe {recipe_path} that generated configs inherit '
+                                f"does not exist; pass configs_root= the project's configs/")
+    path = osp.join(out_dir, f"{result['name']}_eval.py")
+    return write_text(eval_config_text(result, _base_path(recipe_path, out_dir, root),
+                                       checkpoint, num_classes, val_dataloader, val_evaluator,
+                                       eval_batches, images), path)
+
+
+__all__ = ['RECIPES', 'trajectory_markdown', 'plot_trajectory', 'write_text', 'write_json',
+           'write_report', 'config_text', 'write_configs', 'eval_config_text',
+           'write_eval_config']

@@ -27,7 +27,7 @@ import copy
 import itertools
 import json
 import math
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from .space import SearchSpace, get_space
 
@@ -171,9 +171,14 @@ def smallest_latency(space, predict_latency: Callable[[dict], float]) -> dict:
     return best
 
 
-def budget_name(space_name: str, budget_ms: float) -> str:
-    """A file-name-safe label for a budget's network, e.g. ``l7space_1p6ms``."""
-    return f'{space_name}_{budget_ms:g}ms'.replace('.', 'p').replace('-', 'm')
+def budget_name(space_name: str, budget: Union[float, str]) -> str:
+    """A file-name-safe label for a budget's network: ``l7space_1p6ms`` for a budget in ms
+    (a number, or its spelling ``'1.6'``), ``l7space_0p8x`` for a relative one (``'0.8x'``)."""
+    if isinstance(budget, str) and budget.lower().endswith('x'):
+        label = budget.lower()
+    else:
+        label = f'{float(budget):g}ms'
+    return f'{space_name}_{label}'.replace('.', 'p').replace('-', 'm').replace('+', '')
 
 
 def _check_budgets(budgets: Sequence[float]) -> List[float]:
@@ -190,31 +195,44 @@ def _check_budgets(budgets: Sequence[float]) -> List[float]:
 
 
 def check_budgets(space, predict_latency: Callable[[dict], float],
-                  budgets: Sequence[float]) -> tuple:
+                  budgets: Sequence[float], labels: Optional[Dict[str, str]] = None,
+                  table: Optional[str] = None) -> tuple:
     """Check ``budgets`` against the space before any search (cheap: latencies only).
+
+    Args:
+        labels (dict | None): How each budget was given (``repr(ms) -> '0.8x'``, see
+            :func:`mmeff.slimming.budgets.resolve_budgets`), shown in the message.
+        table (str | None): The latency table ``predict_latency`` reads (its file, where it
+            was measured, how to measure it again), named in the message.
 
     Returns:
         tuple: The budgets, unique and sorted largest first, and :func:`smallest_latency`.
 
     Raises:
         ValueError: A budget that is not a positive number, or one below the smallest
-            latency the space reaches (the message names that latency and its network).
+            latency the space reaches (the message names that latency, its network and the
+            table).
     """
     space = get_space(space)
     budgets = _check_budgets(budgets)
     smallest = smallest_latency(space, predict_latency)
     if budgets[-1] < smallest['latency_ms']:
+        given = (labels or {}).get(repr(budgets[-1]))
+        what = (f'{budgets[-1]:g} ms' if given is None or not given.endswith('x')
+                else f'{given} ({budgets[-1]:.4g} ms)')
+        source = f', as predicted by the latency table {table}' if table else ''
         raise ValueError(
-            f'latency budget {budgets[-1]:g} ms is below the smallest latency the search space '
+            f'latency budget {what} is below the smallest latency the search space '
             f'{space.name!r} reaches, {smallest["latency_ms"]:.4g} ms (its minimal network '
-            f'{smallest["arch"]}); use budgets >= {smallest["latency_ms"]:.4g} ms')
+            f'{smallest["arch"]}){source}; use budgets >= {smallest["latency_ms"]:.4g} ms, or '
+            f'budgets relative to the full supernet (e.g. 0.6x)')
     return budgets, smallest
 
 
 def greedy_slim(space, start_choices: dict, importance: dict,
                 predict_latency: Callable[[dict], float],
                 estimate_accuracy: Callable[[dict], float],
-                budgets: Sequence[float]) -> dict:
+                budgets: Sequence[float], labels: Optional[Dict[str, str]] = None) -> dict:
     """Slim ``start_choices`` greedily until the predicted latency meets every budget.
 
     At each step every action of :func:`candidate_actions` is evaluated: its latency saving
@@ -236,6 +254,9 @@ def greedy_slim(space, start_choices: dict, importance: dict,
         estimate_accuracy (callable): ``choice dict -> accuracy`` (e.g. top-1 of the subnet
             with inherited weights on a held-out split). Each distinct network is evaluated once.
         budgets (Sequence[float]): Latency budgets in ms.
+        labels (dict | None): How each budget was given, ``repr(ms) -> spelling`` (``'0.8x'``
+            for a relative one, see :func:`mmeff.slimming.budgets.resolve_budgets`): a
+            result's ``budget`` and ``name`` (``l7space_0p8x``). Default: the ms values.
 
     Returns:
         dict: The trajectory, plain JSON-able data::
@@ -247,8 +268,8 @@ def greedy_slim(space, start_choices: dict, importance: dict,
                              accuracy, accuracy_drop, ratio, no_saving, choices, arch,
                              candidates=[dict(action, target, latency_ms, saving_ms, accuracy,
                                               accuracy_drop, ratio, skipped)])],
-                 results=[dict(budget_ms, name, step, met_by_start, choices, arch,
-                               latency_ms, accuracy)])
+                 results=[dict(budget_ms, budget, name, step, met_by_start, choices,
+                               arch, latency_ms, accuracy)])
 
         ``step`` 0 in a result is the start network; ``ratio`` is accuracy drop per ms saved
         (``None`` for skipped candidates).
@@ -262,7 +283,7 @@ def greedy_slim(space, start_choices: dict, importance: dict,
     space = get_space(space)
     space.validate(start_choices)
     _check_importance(space, importance)
-    budgets, smallest = check_budgets(space, predict_latency, budgets)
+    budgets, smallest = check_budgets(space, predict_latency, budgets, labels)
 
     accuracy_cache: Dict[str, float] = {}
 
@@ -287,7 +308,9 @@ def greedy_slim(space, start_choices: dict, importance: dict,
     def record_met(step_no: int):
         while pending and cur_ms <= pending[0]:
             budget = pending.pop(0)
-            results.append(dict(budget_ms=budget, name=budget_name(space.name, budget),
+            given = (labels or {}).get(repr(budget), f'{budget:g}')
+            results.append(dict(budget_ms=budget, budget=given,
+                                name=budget_name(space.name, given),
                                 step=step_no, met_by_start=step_no == 0,
                                 choices=copy.deepcopy(current), arch=space.to_arch(current),
                                 latency_ms=cur_ms, accuracy=cur_acc))
