@@ -86,11 +86,108 @@ def test_sandwich_step_updates_weights_and_arch_params():
     batch = Batches()(4)
     losses = model(batch['inputs'], batch['data_samples'], mode='loss')
     assert set(losses) == {'loss_max', 'loss_min', 'loss_random'}
-    with pytest.raises(ValueError, match='does not support --amp'):
+    with pytest.raises(ValueError, match="optim_wrapper.type must be one of"):
         build_optim_wrapper(model, dict(
-            type='AmpOptimWrapper', constructor='SupernetOptimWrapperConstructor',
+            type='mmeff.AGCOptimWrapper', constructor='SupernetOptimWrapperConstructor',
             weights=dict(optimizer=dict(type='AdamW', lr=1e-3)),
             arch=dict(optimizer=dict(type='Adam', lr=1e-3))))
+    with pytest.raises(ValueError, match="optim_wrapper.arch.type must be OptimWrapper"):
+        build_optim_wrapper(model, dict(
+            constructor='SupernetOptimWrapperConstructor',
+            weights=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+            arch=dict(type='AmpOptimWrapper', optimizer=dict(type='Adam', lr=1e-3))))
+
+
+# ---------------------------------------------------------------------------- mixed precision
+def _changed(model, before):
+    return {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+
+
+def _amp_wrappers(model, monkeypatch, init_scale=2. ** 10):
+    """The --amp wrappers of a GPU run, on the CPU: mmengine's AmpOptimWrapper (its GPU check
+    patched) with a CPU GradScaler and bf16 autocast (CPU autocast has no fp16 in mmengine)."""
+    import mmengine.optim.optimizer.amp_optimizer_wrapper as amp_mod
+    monkeypatch.setattr(amp_mod, 'is_cuda_available', lambda: True)
+    wrappers = build_optim_wrapper(model, dict(
+        constructor='SupernetOptimWrapperConstructor', type='AmpOptimWrapper',
+        loss_scale='dynamic', dtype='bfloat16',
+        weights=dict(optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.025)),
+        arch=dict(optimizer=dict(type='Adam', lr=0.05, betas=(0.5, 0.999)))))
+    wrappers['weights'].loss_scaler = torch.amp.GradScaler('cpu', init_scale=init_scale)
+    return wrappers
+
+
+def test_amp_step_changes_what_fp32_changes_and_stays_finite(monkeypatch):
+    """bf16 autocast (--amp on a CPU) and fp16-style one-scaler AMP (--amp on a GPU, here
+    with a CPU scaler): the same parameters change as in a fp32 step from the same state and
+    the same samples, the losses are finite and close to fp32's."""
+    from mmengine.optim import AmpOptimWrapper
+
+    from mmeff.engine.optim_wrappers import BF16AutocastOptimWrapper
+    torch.manual_seed(0)
+    ref = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES)
+    batch = Batches()()
+    before = {k: v.detach().clone() for k, v in ref.named_parameters()}
+    models = {name: copy.deepcopy(ref) for name in ('bf16', 'scaled')}  # same sampler state
+    out = {'fp32': ref.train_step(batch, optim(ref))}
+    changed = _changed(ref, before)
+    bf16 = build_optim_wrapper(models['bf16'], dict(
+        constructor='SupernetOptimWrapperConstructor', type='mmeff.BF16AutocastOptimWrapper',
+        weights=dict(optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.025)),
+        arch=dict(optimizer=dict(type='Adam', lr=0.05, betas=(0.5, 0.999)))))
+    assert type(bf16['weights']) is BF16AutocastOptimWrapper and \
+        type(bf16['arch']).__name__ == 'OptimWrapper'
+    out['bf16'] = models['bf16'].train_step(batch, bf16)
+    scaled = _amp_wrappers(models['scaled'], monkeypatch)
+    assert type(scaled['weights']) is AmpOptimWrapper and \
+        type(scaled['arch']).__name__ == 'OptimWrapper'  # one scaler: the weights'
+    out['scaled'] = models['scaled'].train_step(batch, scaled)
+    assert scaled['weights'].loss_scaler.get_scale() == 2. ** 10  # updated once, no inf
+    for name in ('bf16', 'scaled'):
+        assert _changed(models[name], before) == changed, name
+        assert all(torch.isfinite(v) for v in out[name].values()), name
+        for key in ('loss_max', 'loss_min', 'loss_random'):
+            assert out[name][key].item() == pytest.approx(out['fp32'][key].item(), rel=0.05)
+        assert all(p.grad is None or not p.grad.any() for p in models[name].parameters())
+
+
+def test_amp_one_scaler_serves_both_optimisers(monkeypatch):
+    """An inf in the architecture gradients: the arch step is skipped, the weights (finite
+    gradients) step, and the one scale is halved once."""
+    torch.manual_seed(0)
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES)
+    wrappers = _amp_wrappers(model, monkeypatch)
+    model.arch_logits[3].register_hook(lambda g: g * float('inf'))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    model.train_step(Batches()(), wrappers)
+    changed = _changed(model, before)
+    assert not any(k.startswith('arch_logits') for k in changed)
+    assert 'backbone.stem.conv1.weight' in changed
+    assert wrappers['weights'].loss_scaler.get_scale() == 2. ** 9
+    two_scalers = OptimWrapperDict(weights=wrappers['weights'],
+                                   arch=_amp_wrappers(model, monkeypatch)['weights'])
+    with pytest.raises(TypeError, match="stepped through the weights' loss scaler"):
+        model.train_step(Batches()(), two_scalers)
+
+
+def test_amp_flag_of_the_tools(monkeypatch):
+    """tools/train.py --amp on a supernet config: bf16 autocast on a CPU with bf16, a one-line
+    error on a CPU without; AmpOptimWrapper (one scaler) on a GPU."""
+    from mmeff.engine import launch
+    from mmeff.engine import optim_wrappers as ow
+    config = osp.join(ROOT, 'configs', 'slimming', 'supernet_tiny_synthetic.py')
+    monkeypatch.setattr(launch, '_amp_device_available', lambda: False)
+    monkeypatch.setattr(ow, 'cpu_bf16_supported', lambda: False)
+    with pytest.raises(ValueError, match=r'--amp on a CPU needs bf16 support .* without --amp'):
+        launch.prepare_config(config, amp=True)
+    monkeypatch.setattr(ow, 'cpu_bf16_supported', lambda: True)
+    cfg = launch.prepare_config(config, amp=True)
+    assert cfg.optim_wrapper.type == 'mmeff.BF16AutocastOptimWrapper'
+    assert not cfg.val_cfg.get('fp16')
+    monkeypatch.setattr(launch, '_amp_device_available', lambda: True)
+    cfg = launch.prepare_config(config, amp=True)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == \
+        'dynamic'
 
 
 def test_sandwich_widths_and_sampling_rule():
@@ -277,9 +374,18 @@ def test_l7space_config():
     assert set(cfg.optim_wrapper) == {'constructor', 'weights', 'arch'}
     assert set(cfg.param_scheduler) == {'weights', 'arch'}
     assert not cfg.auto_scale_lr.enable  # it would scale the architecture lr too
+    # DeiT's lr 1e-3 per 1024 images, for the 8-process command of README
     assert cfg.optim_wrapper.weights.optimizer.lr == pytest.approx(
-        1e-3 * cfg.train_dataloader.batch_size / 1024)
+        1e-3 * 8 * cfg.train_dataloader.batch_size / 1024)
     assert any(h.type == 'mmeff.GumbelTemperatureHook' for h in cfg.custom_hooks)
+    assert any(h.type == 'mmeff.SupernetRunStateHook' for h in cfg.custom_hooks)
+    assert cfg.model_wrapper_cfg.type == 'SupernetDDP'
+    # the classifiers' recipe: mixup/cutmix and hard distillation from their teacher
+    clf = Config.fromfile(osp.join(ROOT, 'configs', 'classification', 'effformer_l1_in1k.py'))
+    assert cfg.model.mixup == clf.model.mixup and cfg.model.distillation == clf.model.distillation
+    assert cfg.model.distillation.type == 'hard' and cfg.train_dataloader.drop_last
+    tiny = Config.fromfile(osp.join(ROOT, 'configs', 'slimming', 'supernet_tiny_synthetic.py'))
+    assert tiny.model.mixup is None and tiny.model.distillation is None
     assert cfg.train_dataloader.sampler.type == 'RepeatAugSampler'
     space = get_space(cfg.model.space)
     assert all(space.contains_arch(EfficientFormer.arch_settings[a]) for a in ('l1', 'l3', 'l7'))

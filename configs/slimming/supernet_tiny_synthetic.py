@@ -7,7 +7,9 @@
 # What differs from supernet_l7space_in1k.py: the space (2 widths per stage, 2-3 positions),
 # 64 px images (eval: resize 73, centre crop 64), 2 epochs, lr 2e-3 for the batch of 16, a
 # higher architecture lr (the logits move within the few steps), no repeated-augmentation
-# rounding (DeiT's 256-sample rounding needs >= 256 images).
+# rounding (DeiT's 256-sample rounding needs >= 256 images), no mixup/cutmix and no
+# distillation (no teacher to download). Two processes on CPU:
+#   bash tools/dist_train.sh configs/slimming/supernet_tiny_synthetic.py 2
 _base_ = './supernet_l7space_in1k.py'
 
 data_root = 'work_dirs/demo/data/imagenet/'
@@ -17,7 +19,7 @@ max_epochs = 2
 space = dict(_delete_=True, name='tiny', widths=[[16, 24], [24, 32], [32, 48], [48, 64]],
              max_depths=[2, 2, 3, 2])
 
-model = dict(space=space, num_classes=num_classes)
+model = dict(space=space, num_classes=num_classes, mixup=None, distillation=None)
 train_pipeline = [
     dict(type='LoadPILImage'),
     dict(type='TimmTransform', input_size=img_size, is_training=True, color_jitter=0.4,
@@ -39,6 +41,7 @@ val_dataloader = dict(
     dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
+# lr for one process's batch of 16 (the tiny run's lr is not scaled with the processes).
 optim_wrapper = dict(weights=dict(optimizer=dict(lr=2e-3)), arch=dict(optimizer=dict(lr=1e-2)))
 param_scheduler = dict(
     _delete_=True,

@@ -38,7 +38,9 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('work_dirs', osp.splitext(osp.basename(config))[0])
-    if amp:
+    if amp and _is_supernet_config(cfg):
+        _supernet_amp(cfg, config)
+    elif amp:
         if cfg.get('optim_wrapper') is None:
             raise ValueError('--amp needs an optim_wrapper in the config')
         optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -72,8 +74,41 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
     if launcher != 'none' and not torch.cuda.is_available():
         from mmeff.compat import cpu_ddp_model_wrapper_cfg, init_cpu_distributed
         init_cpu_distributed('gloo')
-        cfg.model_wrapper_cfg = cpu_ddp_model_wrapper_cfg()
+        wrapper = cpu_ddp_model_wrapper_cfg()
+        own = cfg.get('model_wrapper_cfg')
+        if isinstance(own, dict) and own.get('type') not in (None, wrapper['type']):
+            # The config's own DDP wrapper (the supernet's SupernetDDP), made CPU-ready.
+            wrapper = dict(own, device_ids=None)
+        cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def _is_supernet_config(cfg: Config) -> bool:
+    optim = cfg.get('optim_wrapper')
+    return isinstance(optim, dict) and str(optim.get('constructor', '')).split('.')[-1] == \
+        'SupernetOptimWrapperConstructor'
+
+
+def _supernet_amp(cfg: Config, config: str) -> None:
+    """``--amp`` for the slimming supernet: fp16 with one loss scaler on a GPU, bf16 autocast
+    on a CPU that computes bf16 (see mmeff.slimming.supernet, "Mixed precision")."""
+    from .optim_wrappers import cpu_bf16_supported
+    if _amp_device_available():
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        fp16_loops = True
+    elif cpu_bf16_supported():
+        cfg.optim_wrapper.type = 'mmeff.BF16AutocastOptimWrapper'
+        fp16_loops = False  # mmengine's ValLoop autocast is CUDA-only
+    else:
+        raise ValueError(
+            f'--amp on a CPU needs bf16 support (AVX512 or newer, which this CPU lacks: bf16 '
+            f'would be emulated, slower than fp32) and no GPU is available; train {config} '
+            f'without --amp')
+    for loop in ('val_cfg', 'test_cfg'):
+        if fp16_loops and isinstance(cfg.get(loop), dict) and \
+                cfg[loop].get('type', 'ValLoop') in ('ValLoop', 'TestLoop'):
+            cfg[loop].fp16 = True
 
 
 def _amp_device_available() -> bool:

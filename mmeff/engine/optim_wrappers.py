@@ -15,8 +15,10 @@ Config::
 ``tools/train.py --amp`` switches it to ``mmeff.AmpAGCOptimWrapper``. As in the authors'
 training, every parameter of the model is clipped (heads included).
 """
+from contextlib import contextmanager
 from typing import Optional
 
+import torch
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from mmeff.registry import OPTIM_WRAPPERS
@@ -79,3 +81,29 @@ class AmpAGCOptimWrapper(_AGCMixin, AmpOptimWrapper):
         super().__init__(optimizer=optimizer, accumulative_counts=accumulative_counts,
                          clip_grad=None, **kwargs)
         self._setup_agc(clip_grad)
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bf16 natively enough for autocast to pay (oneDNN's own test:
+    AVX512 BW/VL/DQ or newer); without it every bf16 op is emulated and slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
+@OPTIM_WRAPPERS.register_module()
+class BF16AutocastOptimWrapper(OptimWrapper):
+    """:class:`mmengine.optim.OptimWrapper` whose ``optim_context`` runs the forward under CPU
+    bf16 autocast. mmengine's ``AmpOptimWrapper`` runs on GPU-like devices only (it asserts
+    one); bf16 has fp32's exponent range, so no loss scaling is needed and the step is the
+    plain one. ``tools/train.py --amp`` selects it for the supernet on a CPU with bf16
+    (:func:`cpu_bf16_supported`)."""
+
+    cast_dtype = torch.bfloat16
+
+    @contextmanager
+    def optim_context(self, model):
+        with super().optim_context(model), torch.autocast('cpu', dtype=torch.bfloat16):
+            yield

@@ -1,9 +1,12 @@
 """Hooks of supernet training (registered in ``mmeff.registry.HOOKS``)."""
 import math
 
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
+from mmeff.engine.hooks import RNGStateHook
 from mmeff.registry import HOOKS
 
 _SCHEDULES = ('exp', 'linear', 'cosine')
@@ -57,4 +60,56 @@ class GumbelTemperatureHook(Hook):
         self._apply(runner)
 
 
-__all__ = ['GumbelTemperatureHook']
+class SupernetResumeError(ValueError):
+    """A supernet checkpoint that this run cannot continue."""
+
+
+@HOOKS.register_module()
+class SupernetRunStateHook(RNGStateHook):
+    """:class:`~mmeff.engine.RNGStateHook` for the supernet: with the global generators, every
+    checkpoint holds the state of the supernet's architecture sampler (Gumbel noise and random
+    widths, :attr:`SlimmingSupernet.sampler`) and the number of processes that trained it
+    (``checkpoint['supernet']``). ``--resume`` restores the sampler, so a killed and resumed
+    run is bit-identical to an uninterrupted one (one process; under DDP the sampler, shared
+    by all ranks, is restored exactly, the per-rank global generators from rank 0's, as the
+    parent hook says), and refuses a checkpoint written by another number of processes: the
+    global batch, the data each rank saw and the learning rate tuned for it would silently
+    change mid-run.
+    """
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        super().before_save_checkpoint(runner, checkpoint)
+        model = _supernet(runner)
+        checkpoint['supernet'] = dict(sampler=model.sampler_state(),
+                                      world_size=get_world_size())
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        super().after_load_checkpoint(runner, checkpoint)
+        if not runner._resume:
+            return
+        state = checkpoint.get('supernet')
+        if not isinstance(state, dict):
+            print_log('The checkpoint holds no supernet sampler state (saved without '
+                      'SupernetRunStateHook): the resumed run samples other networks than an '
+                      'uninterrupted one would', logger='current', level=30)
+            return
+        theirs, ours = state.get('world_size'), get_world_size()
+        if theirs != ours:
+            raise SupernetResumeError(
+                f'--resume: the supernet checkpoint was trained by {theirs} process(es), this '
+                f'run has {ours}: the global batch and each process\'s data would change '
+                f'mid-run. Resume with {theirs} process(es) (bash tools/dist_train.sh CONFIG '
+                f'{theirs} --resume), or start a new run from its weights with --cfg-options '
+                f'load_from=CHECKPOINT (without --resume) in a new --work-dir')
+        _supernet(runner).set_sampler_state(state['sampler'])
+
+
+def _supernet(runner):
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    if not hasattr(model, 'sampler_state'):
+        raise TypeError(f'SupernetRunStateHook needs a mmeff.SlimmingSupernet, got '
+                        f'{type(model).__name__}')
+    return model
+
+
+__all__ = ['GumbelTemperatureHook', 'SupernetResumeError', 'SupernetRunStateHook']

@@ -37,22 +37,54 @@ Widths (sandwich rule, BigNAS/slimmable networks): every training step runs the 
 smallest and one random width per stage, each with freshly sampled blocks, and accumulates
 the three gradients before one step of each optimiser. BN running statistics are shared
 between widths; recalibrate them for a subnet before evaluating it (:func:`recalibrate_bn`).
+
+Random streams. The Gumbel noise and the random width come from the supernet's own generator
+(``SlimmingSupernet.sampler``, seeded from the run's seed, saved in every checkpoint by
+``mmeff.SupernetRunStateHook``), not from the global ones that data augmentation and mixup
+also draw from. Under DDP (``mmeff.SupernetDDP``, :mod:`mmeff.slimming.wrapper`) the
+generator starts from rank 0's state on every rank, so *every process samples the same
+networks and widths at every pass*, each on its own images. Why shared: the step is then the
+one-process step on the global batch (what the learning rate is scaled for, and what the
+importance is compared against); every process runs the same network, so none waits for a
+slower sample at the gradient all-reduce; and the architecture logits, which are DDP
+parameters whose averaged gradients keep them identical on every rank, are trained on one
+coherent sample per pass. The cost is fewer distinct networks per step than independent
+samples would give (3 instead of 3 x processes); 100 epochs of ImageNet give ~375 k passes
+either way.
+
+Recipe (DeiT, as the EfficientFormer classifiers were trained): ``mixup`` (timm's ``Mixup``,
+mixup/cutmix on the batch) and ``distillation`` (hard distillation from a frozen timm teacher)
+as :class:`~mmeff.models.EfficientFormerClassifier` takes them. The batch is mixed once and
+the teacher runs once per step, on the mixed images; the three sandwich passes share both.
+
+Mixed precision (``tools/train.py --amp``): on a GPU, fp16 autocast with *one* dynamic loss
+scaler, the ``weights`` wrapper's (``AmpOptimWrapper``): every sandwich pass is
+back-propagated scaled, then both optimisers' gradients are unscaled by that scaler and
+stepped through it (torch's recipe for several optimisers: each step is skipped when its
+gradients hold inf/NaN) and the scale is updated once, from both. The ``arch`` wrapper is a plain ``OptimWrapper`` without a scaler of its own.
+On a CPU, bf16 autocast (``mmeff.BF16AutocastOptimWrapper``; bf16 needs no loss scaling).
 """
 import copy
 import json
-import random
+from contextlib import nullcontext
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModel, is_model_wrapper
-from mmengine.optim import (DefaultOptimWrapperConstructor, OptimWrapper, OptimWrapperDict)
+from mmengine.optim import (AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper,
+                            OptimWrapperDict)
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.structures import BaseDataElement
+from timm.loss import SoftTargetCrossEntropy
 
+from mmeff.engine.optim_wrappers import BF16AutocastOptimWrapper
 from mmeff.models.backbones.efficientformer import Downsample, Stem
-from mmeff.models.classifiers.efficientformer_classifier import EfficientFormerClsHead, gt_labels
+from mmeff.models.classifiers.distillation import TeacherRef, build_teacher, distillation_loss
+from mmeff.models.classifiers.efficientformer_classifier import (EfficientFormerClassifier,
+                                                                 EfficientFormerClsHead,
+                                                                 gt_labels)
 from mmeff.models.layers import Meta3D, Meta4D
 from mmeff.registry import MODELS
 from .space import SearchSpace, get_space
@@ -65,6 +97,24 @@ SANDWICH = ('max', 'min', 'random')
 
 class SpaceMismatchError(ValueError):
     """A supernet checkpoint made for another search space."""
+
+
+def type_name(obj) -> str:
+    return type(obj).__name__
+
+
+def space_fingerprint_of(extra) -> Optional[str]:
+    """The search space recorded in a supernet state dict's ``_extra_state``: a uint8 tensor of
+    the space's JSON (current), or a dict ``{'space': json}`` (checkpoints written before the
+    supernet could train under DDP); ``None`` when there is none."""
+    if isinstance(extra, torch.Tensor) and extra.dtype == torch.uint8 and extra.dim() == 1:
+        try:
+            return bytes(extra.cpu().tolist()).decode('utf-8')
+        except UnicodeDecodeError:
+            return None
+    if isinstance(extra, dict):
+        return extra.get('space')
+    return None
 
 
 # ---------------------------------------------------------------------------- sliced ops
@@ -239,6 +289,16 @@ class SlimmingSupernet(BaseModel):
             ``mmeff.GumbelTemperatureHook``). Defaults to 5.
         layer_scale_init_value (float): Initial layer scale of every block. Defaults to 1e-5.
         act_cfg (dict): Activation of the MLPs. Defaults to GELU.
+        mixup (dict | None): timm ``Mixup`` arguments (``mixup_alpha``, ``cutmix_alpha``,
+            ``prob``, ``switch_prob``, ``mode``...), as the classifier's; the label smoothing
+            goes into the mixed targets. ``None``: no mixing. Defaults to None.
+        distillation (dict | None): DeiT distillation as the classifier's, e.g.
+            ``dict(type='hard', alpha=0.5, teacher=dict(model_name='regnety_160',
+            checkpoint='regnety_160.pth'))`` (a timm model and its local weights): ``head``
+            learns the labels, ``dist_head`` the teacher's argmax, weighted ``1 - alpha`` and
+            ``alpha``. The teacher is built by :meth:`init_weights` (training only) and runs
+            once per step. ``None``: both heads learn the labels through their average.
+            Defaults to None.
         eval_choices (dict | None): The network that ``mode='tensor'``/``'predict'`` (and so
             validation) runs; ``None``: the largest one (``space.max_choices()``).
         data_preprocessor (dict | None): As the classifier's (default: move to device).
@@ -253,6 +313,8 @@ class SlimmingSupernet(BaseModel):
                  temperature: float = 5.,
                  layer_scale_init_value: float = 1e-5,
                  act_cfg: dict = dict(type='GELU'),
+                 mixup: Optional[dict] = None,
+                 distillation: Optional[dict] = None,
                  eval_choices: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg=[
@@ -277,16 +339,68 @@ class SlimmingSupernet(BaseModel):
             for s, d in enumerate(self.space.max_depths)])
         self.eval_choices = None
         self.set_eval_choices(eval_choices or self.space.max_choices())
+        # The classifier's parsing of the same two arguments (same keys, same checks).
+        self.mixup = EfficientFormerClassifier._build_mixup(self, mixup)
+        self.distillation = EfficientFormerClassifier._parse_distillation(distillation)
+        self._teacher: Optional[TeacherRef] = None
+        # The architecture sampler's own generator (module docstring, "Random streams"); CPU,
+        # whatever the model's device: the few numbers of a pass are moved in one copy.
+        self.sampler = torch.Generator().manual_seed(torch.initial_seed())
 
     # ------------------------------------------------------------------ state
-    def get_extra_state(self) -> dict:
-        # The space travels with every checkpoint (plain JSON text): loading into a supernet
-        # of another space is refused by name (set_extra_state, load_supernet).
-        return dict(space=self.space.fingerprint())
+    def get_extra_state(self) -> torch.Tensor:
+        # The space travels with every checkpoint: loading into a supernet of another space is
+        # refused by name (set_extra_state, load_supernet). Its JSON as a uint8 tensor, not a
+        # dict: mmengine's Runner broadcasts every state_dict() value as a tensor under DDP.
+        return torch.tensor(list(self.space.fingerprint().encode('utf-8')), dtype=torch.uint8)
 
     def set_extra_state(self, state) -> None:
-        theirs = state.get('space') if isinstance(state, dict) else None
-        check_space(theirs, self.space, 'the checkpoint')
+        check_space(space_fingerprint_of(state), self.space, 'the checkpoint')
+
+    def __deepcopy__(self, memo):
+        # torch.Generator cannot be deep-copied; a copy (mmengine's EMA model) samples from a
+        # generator in the same state.
+        cls = self.__class__
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key == 'sampler':
+                new.sampler = torch.Generator().manual_seed(0)
+                new.sampler.set_state(value.get_state())
+            else:
+                setattr(new, key, copy.deepcopy(value, memo))
+        return new
+
+    def sampler_state(self) -> torch.Tensor:
+        """The state of the architecture sampler's generator (a CPU uint8 tensor)."""
+        return self.sampler.get_state()
+
+    def set_sampler_state(self, state: torch.Tensor) -> None:
+        self.sampler.set_state(state.detach().to('cpu', torch.uint8))
+
+    def teacher(self) -> Optional[TeacherRef]:
+        """The frozen distillation teacher (built and loaded on the first call), or ``None``."""
+        if self.distillation is not None and self._teacher is None:
+            kwargs = dict(self.distillation['teacher'])
+            self._teacher = TeacherRef(build_teacher(
+                kwargs.pop('model_name'), kwargs.pop('checkpoint', None), self.num_classes,
+                **kwargs))
+        return self._teacher
+
+    def set_teacher(self, teacher: nn.Module, type: str = 'hard', alpha: float = 0.5,
+                    tau: float = 1.0) -> None:
+        """Distil from an already built ``teacher`` (frozen here, kept in eval mode and outside
+        the module tree, as a configured one), instead of ``distillation.teacher``."""
+        cfg = EfficientFormerClassifier._parse_distillation(dict(
+            type=type, alpha=alpha, tau=tau, teacher=dict(model_name=type_name(teacher))))
+        teacher.requires_grad_(False)
+        self.distillation, self._teacher = cfg, TeacherRef(teacher.eval())
+
+    def init_weights(self):
+        super().init_weights()
+        # The Runner calls this before training only: a missing teacher fails before the
+        # first iteration, and validation/search never need it.
+        self.teacher()
 
     def set_eval_choices(self, choices: dict) -> None:
         """The network that inference (``mode='tensor'``/``'predict'``) runs."""
@@ -299,32 +413,42 @@ class SlimmingSupernet(BaseModel):
     # ------------------------------------------------------------------ sampling
     def sample_blocks(self):
         """Hard Gumbel-softmax samples of every position under the single-switch rule (masked
-        in reverse network order, see the module docstring). Returns ``(blocks, gates)``."""
+        in reverse network order, see the module docstring), with noise from
+        :attr:`sampler`. Returns ``(blocks, gates)``."""
         space = self.space
         blocks = [[None] * d for d in space.max_depths]
         gates = [[None] * d for d in space.max_depths]
+        # The Gumbel noise of every position at once (torch's gumbel_softmax: -log(Exp(1))).
+        sizes = [p.numel() for p in self.arch_logits]
+        noise = -torch.empty(sum(sizes)).exponential_(generator=self.sampler).log()
+        noise = noise.to(self.arch_logits[0].device).split(sizes)
         later_mb4d = False
         for s in reversed(range(space.num_stages)):
             names = space.positions(s)
+            g = noise[s].view_as(self.arch_logits[s])
             real_later = False
             for j in reversed(range(space.max_depths[s])):
                 allowed = [not (n == 'mb3d' and later_mb4d) and
                            not (n == 'id' and j == 0 and not real_later) for n in names]
                 mask = torch.tensor(allowed, device=self.arch_logits[s].device)
                 logits = self.arch_logits[s][j].masked_fill(~mask, float('-inf'))
-                gate = F.gumbel_softmax(logits, tau=self.temperature, hard=True)
-                name = names[int(gate.argmax())]
+                soft = ((logits + g[j]) / self.temperature).softmax(dim=-1)
+                index = soft.argmax(dim=-1, keepdim=True)
+                # straight-through: the value is one-hot, the gradient is the soft sample's
+                gate = torch.zeros_like(soft).scatter_(-1, index, 1.) - soft.detach() + soft
+                name = names[int(index)]
                 blocks[s][j], gates[s][j] = name, (gate, allowed)
                 later_mb4d |= name == 'mb4d'
                 real_later |= name != 'id'
         return blocks, gates
 
     def sandwich_widths(self) -> Dict[str, List[int]]:
-        """Width indices of the three sandwich passes: largest, smallest, random (python's
-        ``random``, which mmengine seeds)."""
+        """Width indices of the three sandwich passes: largest, smallest, random (from
+        :attr:`sampler`)."""
         return dict(max=[len(w) - 1 for w in self.space.widths],
                     min=[0] * self.space.num_stages,
-                    random=[random.randrange(len(w)) for w in self.space.widths])
+                    random=[int(torch.randint(len(w), (1,), generator=self.sampler))
+                            for w in self.space.widths])
 
     # ------------------------------------------------------------------ forward
     def forward_choices(self, inputs: torch.Tensor, choices: dict) -> torch.Tensor:
@@ -333,33 +457,47 @@ class SlimmingSupernet(BaseModel):
         x = self.backbone(inputs, self.widths_of(choices['width_idx']), choices['blocks'])
         return self._logits(x)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor):
+        """``(head logits, dist_head logits)`` of a last-stage map."""
         head = self.head
         t = _ln(head.norm, x.flatten(2).transpose(1, 2)).mean(dim=1)
         t = head.drop(t)
-        return (_linear(head.head, t) + _linear(head.dist_head, t)) / 2
+        return _linear(head.head, t), _linear(head.dist_head, t)
 
-    def forward_sampled(self, inputs: torch.Tensor, width_idx: Sequence[int]) -> torch.Tensor:
-        """Logits of a Gumbel-sampled network at the widths ``width_idx`` (training)."""
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        cls_logits, dist_logits = self._heads(x)
+        return (cls_logits + dist_logits) / 2
+
+    def forward_sampled(self, inputs: torch.Tensor, width_idx: Sequence[int]):
+        """``(head logits, dist_head logits)`` of a Gumbel-sampled network at the widths
+        ``width_idx`` (one sandwich pass)."""
         blocks, gates = self.sample_blocks()
-        return self._logits(self.backbone(inputs, self.widths_of(width_idx), blocks, gates))
+        return self._heads(self.backbone(inputs, self.widths_of(width_idx), blocks, gates))
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
-                mode: str = 'tensor'):
-        """``'tensor'``: logits of ``eval_choices``; ``'loss'``: the sandwich losses (one graph;
+                mode: str = 'tensor', width_idx: Optional[Sequence[int]] = None):
+        """``'tensor'``: logits of ``eval_choices``; ``'sampled'``: the two heads' logits of a
+        sampled network at ``width_idx`` (one sandwich pass; :meth:`train_step` runs it
+        through the DDP wrapper this way); ``'loss'``: the sandwich losses (one graph;
         training uses :meth:`train_step`); ``'predict'``: data samples with scores."""
         if mode == 'tensor':
             return self.forward_choices(inputs, self.eval_choices)
+        if mode == 'sampled':
+            if width_idx is None:
+                raise ValueError("mode='sampled' needs width_idx (one width index per stage)")
+            return self.forward_sampled(inputs, width_idx)
         if mode == 'loss':
             if torch.distributed.is_available() and torch.distributed.is_initialized() and \
                     torch.distributed.get_world_size() > 1:
-                # mmengine's DDP wrapper would call this and then one optimiser step on the
-                # pair of optimisers; the sandwich step (train_step) needs the model itself.
-                raise NotImplementedError(
-                    'multi-process (DDP) supernet training is not supported yet: train with '
-                    'tools/train.py (one process, one GPU)')
-            labels = gt_labels(data_samples, inputs.device)
-            return {f'loss_{name}': self._ce(self.forward_sampled(inputs, idx), labels)
+                # mmengine's plain DDP wrapper calls this, then one update of the pair of
+                # optimisers (which OptimWrapperDict refuses): the sandwich needs SupernetDDP.
+                raise TypeError(
+                    "multi-process supernet training needs the supernet's model wrapper: set "
+                    "model_wrapper_cfg=dict(type='SupernetDDP') (configs/slimming/ do)")
+            inputs, targets, teacher_logits = self._prepare_batch(
+                inputs, gt_labels(data_samples, inputs.device))
+            return {f'loss_{name}': self._pass_loss(self.forward_sampled(inputs, idx), targets,
+                                                    teacher_logits)
                     for name, idx in self.sandwich_widths().items()}
         if mode == 'predict':
             scores = F.softmax(self.forward(inputs, mode='tensor'), dim=1)
@@ -371,41 +509,110 @@ class SlimmingSupernet(BaseModel):
             return data_samples
         raise ValueError(f'Invalid mode {mode!r}: use "tensor", "loss" or "predict"')
 
-    def _ce(self, logits, labels):
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+    def _ce(self, logits, targets):
+        if targets.dim() == 2:  # mixed soft targets (the smoothing is already in them)
+            return SoftTargetCrossEntropy()(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
-    def train_step(self, data, optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
+    def _prepare_batch(self, inputs: torch.Tensor, labels: torch.Tensor):
+        """Mix the batch (once per step) and run the teacher on it (once per step): the three
+        sandwich passes share ``(inputs, targets, teacher_logits)``."""
+        targets = labels
+        if self.mixup is not None:
+            if inputs.shape[0] % 2:
+                raise ValueError(f'mixup/cutmix needs an even batch size, got {inputs.shape[0]}: '
+                                 f'use an even train_dataloader.batch_size with drop_last=True')
+            inputs, targets = self.mixup(inputs, labels)
+        teacher = self.teacher()
+        teacher_logits = teacher(inputs) if teacher is not None else None
+        return inputs, targets, teacher_logits
+
+    def _pass_loss(self, heads, targets, teacher_logits) -> torch.Tensor:
+        cls_logits, dist_logits = heads
+        if teacher_logits is None:
+            return self._ce((cls_logits + dist_logits) / 2, targets)
+        alpha = self.distillation['alpha']
+        return (1 - alpha) * self._ce(cls_logits, targets) + alpha * distillation_loss(
+            dist_logits, teacher_logits, self.distillation['type'], self.distillation['tau'])
+
+    def train_step(self, data, optim_wrapper: OptimWrapperDict, wrapper: Optional[nn.Module] = None
+                   ) -> Dict[str, torch.Tensor]:
         """One sandwich step: the largest, smallest and a random width, each with sampled
         blocks; their gradients add up, then the weights and the architecture parameters
-        take one step each. Each pass is back-propagated at once (one graph in memory)."""
+        take one step each. Each pass is back-propagated at once (one graph in memory).
+
+        Args:
+            data: The data loader's batch.
+            optim_wrapper (OptimWrapperDict): ``weights`` and ``arch`` (see
+                :class:`SupernetOptimWrapperConstructor`).
+            wrapper (nn.Module | None): The DDP wrapper around this model
+                (:class:`~mmeff.slimming.wrapper.SupernetDDP` passes itself): every pass runs
+                through it, so that its reducer sees the pass, and all but the last under its
+                ``no_sync``: the gradients of the three passes are all-reduced once, in the
+                last backward.
+        """
         if not isinstance(optim_wrapper, OptimWrapperDict) or \
                 set(optim_wrapper.keys()) != {'weights', 'arch'}:
             raise TypeError("SlimmingSupernet needs two optimisers: optim_wrapper=dict("
                             "constructor='SupernetOptimWrapperConstructor', weights=dict("
                             "optimizer=...), arch=dict(optimizer=...))")
-        for wrapper in optim_wrapper.values():
-            if type(wrapper) is not OptimWrapper:
-                # The two wrappers would scale and unscale one backward pass each by their
-                # own loss scale.
-                raise TypeError(f'supernet training supports plain OptimWrapper only (no '
-                                f'--amp), got {type(wrapper).__name__}')
         weights, arch = optim_wrapper['weights'], optim_wrapper['arch']
+        scaler = _check_wrappers(weights, arch)
+        forward = self if wrapper is None else wrapper
         data = self.data_preprocessor(data, True)
         inputs = data['inputs']
-        labels = gt_labels(data['data_samples'], inputs.device)
         log_vars = {}
         with weights.optim_context(self):
-            for name, idx in self.sandwich_widths().items():
-                loss = self._ce(self.forward_sampled(inputs, idx), labels)
-                weights.backward(loss)
-                log_vars[f'loss_{name}'] = loss.detach()
-        weights.step()
-        arch.step()
+            inputs, targets, teacher_logits = self._prepare_batch(
+                inputs, gt_labels(data['data_samples'], inputs.device))
+        passes = list(self.sandwich_widths().items())
+        for i, (name, idx) in enumerate(passes):
+            sync = wrapper is None or i == len(passes) - 1
+            with (nullcontext() if sync else wrapper.no_sync()):
+                with weights.optim_context(self):
+                    heads = forward(inputs, mode='sampled', width_idx=idx)
+                    loss = self._pass_loss(heads, targets, teacher_logits)
+                weights.backward(loss)  # scaled by the one loss scaler under fp16 AMP
+            log_vars[f'loss_{name}'] = loss.detach()
+        if scaler is None:
+            weights.step()
+            arch.step()
+        else:
+            # One scaler for both optimisers (torch's recipe for several optimisers): unscale
+            # each, step each through it (skipped when its gradients hold inf/NaN), update once.
+            for w in (weights, arch):
+                scaler.unscale_(w.optimizer)
+                if w.clip_grad_kwargs:
+                    w._clip_grad()
+            scaler.step(weights.optimizer)
+            scaler.step(arch.optimizer)
+            scaler.update(weights._scale_update_param)
         weights.zero_grad()
         arch.zero_grad()
         log_vars['loss'] = sum(log_vars.values())
         log_vars['temperature'] = torch.tensor(self.temperature)
         return log_vars
+
+
+def _check_wrappers(weights: OptimWrapper, arch: OptimWrapper):
+    """The loss scaler serving both optimisers (the weights wrapper's under fp16 AMP) or None;
+    refuses pairs this step cannot drive correctly."""
+    for name, w in (('weights', weights), ('arch', arch)):
+        if type(w) not in (OptimWrapper, AmpOptimWrapper, BF16AutocastOptimWrapper):
+            raise TypeError(f'supernet training supports OptimWrapper, AmpOptimWrapper (--amp '
+                            f'on a GPU) and mmeff.BF16AutocastOptimWrapper (--amp on a CPU), '
+                            f'got {type(w).__name__} for {name!r}')
+    if type(arch) is AmpOptimWrapper:
+        # Its own scaler would unscale the arch gradients by a factor they were not scaled by.
+        raise TypeError("the 'arch' optimiser is stepped through the weights' loss scaler: "
+                        "build it as a plain OptimWrapper (SupernetOptimWrapperConstructor "
+                        "does under --amp)")
+    if type(weights) is AmpOptimWrapper:
+        if weights._accumulative_counts != 1 or arch._accumulative_counts != 1:
+            raise ValueError('supernet training does not accumulate gradients over steps '
+                             '(accumulative_counts must be 1)')
+        return weights.loss_scaler
+    return None
 
 
 # ---------------------------------------------------------------------------- optimisers
@@ -425,18 +632,37 @@ class SupernetOptimWrapperConstructor:
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
-        if 'Amp' in str(optim_wrapper_cfg.get('type', '')):
-            raise ValueError('supernet training does not support --amp / AmpOptimWrapper: the '
-                             'weights and the architecture logits have separate optimisers '
-                             'that one loss scale cannot serve; train in fp32')
-        keys = set(optim_wrapper_cfg)
+        cfg = copy.deepcopy(dict(optim_wrapper_cfg))
+        # Mixed precision (tools/train.py --amp sets the top-level type): the weights wrapper
+        # gets it, with its loss scaler serving both optimisers (SlimmingSupernet.train_step);
+        # the arch wrapper stays a plain OptimWrapper.
+        amp = {k: cfg.pop(k) for k in ('type', 'loss_scale', 'dtype') if k in cfg}
+        amp_type = amp.pop('type', 'OptimWrapper')
+        if amp_type not in self.TOP_LEVEL_TYPES:
+            raise ValueError(f'SupernetOptimWrapperConstructor: optim_wrapper.type must be one '
+                             f'of {sorted(self.TOP_LEVEL_TYPES)} (set by --amp), got '
+                             f'{amp_type!r}; put other settings inside optim_wrapper.weights')
+        if amp and amp_type != 'AmpOptimWrapper':
+            raise ValueError(f'optim_wrapper {sorted(amp)} only go with AmpOptimWrapper, '
+                             f'the type is {amp_type!r}')
+        keys = set(cfg)
         if keys != {'weights', 'arch'}:
             raise ValueError(f'SupernetOptimWrapperConstructor needs optim_wrapper keys '
                              f"'weights' and 'arch' (each a dict with 'optimizer'), got "
                              f'{sorted(keys)}')
         if paramwise_cfg is not None:
             raise ValueError('put paramwise_cfg inside optim_wrapper.weights (or .arch)')
-        self.cfg = copy.deepcopy(dict(optim_wrapper_cfg))
+        for name in ('weights', 'arch'):
+            own = cfg[name].get('type', 'OptimWrapper')
+            if own != 'OptimWrapper':
+                raise ValueError(f'optim_wrapper.{name}.type must be OptimWrapper (or unset), '
+                                 f'got {own!r}: mixed precision is chosen by --amp for both')
+        if amp_type != 'OptimWrapper':
+            cfg['weights'].update(type=amp_type, **amp)
+        self.cfg = cfg
+
+    TOP_LEVEL_TYPES = ('OptimWrapper', 'AmpOptimWrapper', 'mmeff.BF16AutocastOptimWrapper',
+                       'BF16AutocastOptimWrapper')
 
     def _build(self, name: str, module: nn.Module) -> OptimWrapper:
         cfg = copy.deepcopy(dict(self.cfg[name]))
@@ -503,8 +729,7 @@ def load_supernet(checkpoint: Union[str, dict], space: Union[str, dict, SearchSp
     ckpt = read_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
     sd = mmengine_state_dict(ckpt)
     space = get_space(space)
-    extra = sd.get('_extra_state')
-    check_space(extra.get('space') if isinstance(extra, dict) else None, space, source)
+    check_space(space_fingerprint_of(sd.get('_extra_state')), space, source)
     kwargs.setdefault('num_classes', int(sd['head.head.weight'].shape[0]))
     model = SlimmingSupernet(space=space, init_cfg=None, **kwargs)
     model.load_state_dict(sd, strict=True)
@@ -632,4 +857,4 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, choices: Optional[dict] 
 
 __all__ = ['ATTN_RESOLUTIONS', 'MetaPath', 'SlimmingSupernet', 'SpaceMismatchError',
            'SupernetOptimWrapperConstructor', 'check_space', 'extract_subnet', 'importance',
-           'load_supernet', 'recalibrate_bn']
+           'load_supernet', 'recalibrate_bn', 'space_fingerprint_of']
