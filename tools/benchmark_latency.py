@@ -30,27 +30,40 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Each option's default in --help, the description as written. Options whose default is
+    None or a switch's False say what happens without them in their own help instead."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv=None) -> int:
     from mmeff.benchmark.latency import RUNTIMES, TASKS
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument('--archs', nargs='+', default=['l1'],
-                   choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'))
+                   choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'),
+                   help='EfficientFormer l1/l3/l7, EfficientFormerV2 s0/s1/s2/l')
     p.add_argument('--input-sizes', nargs='+',
                    help="sizes as N or HxW, e.g. 224 512x512 800x1333 (default 224; with "
                         "--whole-model 512x512 640x640)")
-    p.add_argument('--batch-sizes', nargs='+', type=int, default=[1])
+    p.add_argument('--batch-sizes', nargs='+', type=int, default=[1], help='batch sizes timed')
     p.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
-    p.add_argument('--runtimes', nargs='+', default=list(RUNTIMES), choices=RUNTIMES)
+    p.add_argument('--runtimes', nargs='+', default=list(RUNTIMES), choices=RUNTIMES,
+                   help='runtimes timed side by side')
     p.add_argument('--task', default='classifier', choices=TASKS,
-                   help='classifier (logits) or backbone (4 stage maps); default classifier')
-    p.add_argument('--warmup', type=int, default=10)
-    p.add_argument('--reps', type=int, default=100)
+                   help='classifier (logits) or backbone (4 stage maps)')
+    p.add_argument('--warmup', type=int, default=10, help='untimed calls first, per runtime')
+    p.add_argument('--reps', type=int, default=100, help='timed calls per runtime')
     p.add_argument('--threads', type=int, help='CPU threads (torch and ONNX Runtime)')
     p.add_argument('--settle-ms', type=float, default=10.,
                    help='untimed pause before every timed call, so that no runtime\'s '
-                        'spinning threads overlap the next one (default 10)')
-    p.add_argument('--out-dir', default='work_dirs/benchmark')
+                        'spinning threads overlap the next one')
+    p.add_argument('--out-dir', default='work_dirs/benchmark', help='where the results go')
     p.add_argument('--name', help='file stem (default latency_<task>_<device>)')
     p.add_argument('--plot', action='store_true', help='also draw <name>.png')
     p.add_argument('--whole-model', metavar='CONFIG',

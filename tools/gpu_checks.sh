@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU (the default test run is CPU-only). On a GPU machine:
 # Usage: bash tools/gpu_checks.sh [OUT_DIR]          (default OUT_DIR: benchmarks)
-# 1. `pytest -m cuda` (tests/test_cuda.py): backbone CUDA vs CPU parity for l1/l3/l7, fp16/bf16
-#    autocast, torch.compile on the GPU, a classification run with --amp through tools/train.py
-#    and tools/test.py, the benchmark's CUDA path. Log: OUT_DIR/gpu_checks_pytest.log.
-# 2. GPU latency, side by side with timm (tools/benchmark_latency.py, JSON + Markdown):
-#    classifier l1/l3/l7 at 224 (timm, eager, fused, torch.compile) and backbone l1/l3/l7 at
-#    512x512 and 800x1333 (timm, eager, fused), batch 1, fp32.
+# 1. `pytest -m cuda` (tests/test_cuda.py): backbone CUDA vs CPU parity for EfficientFormer
+#    l1/l3/l7 and EfficientFormerV2 s0/s1/s2/l, fp16/bf16 autocast, torch.compile on the GPU,
+#    a classification run with --amp through tools/train.py and tools/test.py, the benchmark's
+#    CUDA path. Log: OUT_DIR/gpu_checks_pytest.log.
+# 2. GPU latency, side by side with timm (tools/benchmark_latency.py, JSON + Markdown), for
+#    EfficientFormer l1/l3/l7 and EfficientFormerV2 s0/s1/s2/l: classifier at 224 (timm, eager,
+#    fused, torch.compile) and backbone at 512x512 and 800x1333 (timm, eager, fused), batch 1,
+#    fp32.
 # PYTHON overrides the interpreter (default .venv/bin/python). Exit status: non-zero if any
 # step failed; every step runs regardless.
 set -u

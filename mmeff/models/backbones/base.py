@@ -28,11 +28,26 @@ BIAS_TABLE_INPUT_SIZE = 224
 
 def pretrained_to_init_cfg(name: str, pretrained: Optional[str], init_cfg):
     """``init_cfg`` for the deprecated OpenMMLab ``pretrained`` argument (mmseg's
-    ``EncoderDecoder`` still sets it from ``model.pretrained``); ``init_cfg`` when None."""
+    ``EncoderDecoder`` still sets it from ``model.pretrained``); ``init_cfg`` when None.
+
+    A model-zoo name (``open-mmlab://``, ``torchvision://``, ``mmcls://``...) is refused here,
+    when the backbone is built: mmengine's zoos hold no EfficientFormer weights, so it is the
+    stock config's ResNet (mmseg's ``model.pretrained='open-mmlab://resnet50_v1c'``), which
+    would otherwise fail only at weight initialisation, after the data is loaded.
+    """
     if pretrained is None:
         return init_cfg
     if not isinstance(pretrained, str):
         raise TypeError(f'pretrained must be a checkpoint path or None, got {pretrained!r}')
+    from mmeff.checkpoint import _MODEL_ZOO_SCHEMES
+    if pretrained.lower().startswith(_MODEL_ZOO_SCHEMES):
+        raise ValueError(
+            f'{name}(pretrained={pretrained!r}): that is another backbone\'s checkpoint (the '
+            f'stock config\'s model.pretrained, which mmseg hands to whatever backbone the '
+            f'config has; no model zoo holds EfficientFormer weights): set '
+            f'model.pretrained=None, and give EfficientFormer weights as '
+            f"model.backbone.init_cfg=dict(type='Pretrained', checkpoint=FILE, "
+            f"prefix='backbone.')")
     warnings.warn(f'{name}(pretrained=...) is deprecated; use init_cfg=dict('
                   "type='Pretrained', checkpoint=..., prefix='backbone.')")
     return dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')
