@@ -85,7 +85,7 @@ def test_demo_keeps_at_most_max_dets(det, tmp_path):
         assert len(pred['bboxes']) == len(pred['labels']) == len(pred['masks']) == counts[max_dets]
         assert pred['scores'] == sorted(pred['scores'], reverse=True)  # the best ones
         picture = cv2.imread(out['vis'][0])
-        assert picture.shape[:2] == (128, 160)
+        assert picture.shape[:2] == (512, 640)  # 160x128 drawn 4x larger
     assert counts == {3: 3, None: 20}  # --max-dets, and its default of 20
 
     with pytest.raises(ValueError, match='--max-dets must be at least 1, got 0'):
@@ -103,12 +103,12 @@ def test_demo_cli_max_dets_option(det, tmp_path, capsys):
     assert f"Wrote {out_dir / 'vis' / osp.basename(det['image'])}" in capsys.readouterr().out
 
 
-def _label_size(visualizer_cls, height, width):
+def _label_size(visualizer_cls, height, width, **kwargs):
     """Height and width (px) of the dark label background drawn for one large box on a white
     picture of ``height`` x ``width``."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
-    vis = visualizer_cls(name=f'{visualizer_cls.__name__}_{height}x{width}')
+    vis = visualizer_cls(name=f'{visualizer_cls.__name__}_{height}x{width}', **kwargs)
     vis.dataset_meta = dict(classes=CLASSES, palette=[(0, 200, 0)] * 3)
     sample = DetDataSample()
     sample.pred_instances = InstanceData(
@@ -125,7 +125,8 @@ def test_detection_labels_follow_the_picture_size():
 
     from mmeff.visualization.det import ReadableDetLocalVisualizer
     sizes = [(128, 160), (480, 640), (800, 1333)]
-    ours = [_label_size(ReadableDetLocalVisualizer, h, w) for h, w in sizes]
+    # min_side=0: at the pictures' own sizes (by default the small one is drawn 4x larger)
+    ours = [_label_size(ReadableDetLocalVisualizer, h, w, min_side=0) for h, w in sizes]
     mmdet = [_label_size(DetLocalVisualizer, h, w) for h, w in sizes]
     assert mmdet[1] == mmdet[2]  # mmdet: the same label on a 640 and a 1333 picture
     heights = [h for h, _ in ours]
@@ -133,6 +134,83 @@ def test_detection_labels_follow_the_picture_size():
     assert heights[2] > 1.5 * heights[1]  # in proportion to sqrt(H * W): 1.7x
     assert heights[0] >= 8  # never below a readable size
     assert ours[0][1] < 0.5 * 160  # and a label does not cross a small picture
+
+
+def _two_shapes(height=128, width=160):
+    """A textured picture and two overlapping detections with masks, one at the right edge."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    yy, xx = np.mgrid[:height, :width]
+    image = np.where((yy // 4 + xx // 4) % 2 == 0, 40, 215).astype(np.uint8)
+    image = np.repeat(image[..., None], 3, axis=2)
+    boxes = torch.tensor([[90., 30., 160., 90.], [100., 40., 160., 100.]])
+    masks = torch.zeros(2, height, width, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+        masks[i, y0:y1, x0:x1] = True
+    sample = DetDataSample()
+    sample.pred_instances = InstanceData(bboxes=boxes, labels=torch.tensor([0, 1]),
+                                         scores=torch.tensor([0.873, 0.61]), masks=masks)
+    return image, sample
+
+
+def test_detection_pictures_are_readable(monkeypatch):
+    """The demo's 160x128 pictures: drawn 4x larger, scores with %, labels inside the picture
+    and apart, masks translucent (the object visible under them, drawn before the labels)."""
+    from mmdet.visualization import DetLocalVisualizer
+    from mmengine.visualization import Visualizer
+
+    from mmeff.visualization.det import ReadableDetLocalVisualizer
+    texts = []
+
+    def spy(self, text, *args, **kwargs):
+        texts.append(text)
+        return Visualizer.draw_texts(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(DetLocalVisualizer, 'draw_texts', spy, raising=False)
+    image, sample = _two_shapes()
+    meta = dict(classes=CLASSES, palette=[(220, 20, 60), (0, 128, 0), (0, 0, 230)])
+    ours = ReadableDetLocalVisualizer(name='readable_two_shapes')
+    ours.dataset_meta = meta
+    ours.add_datasample('x', image, sample, draw_gt=False, pred_score_thr=0.3)
+    drawn = ours.get_image()
+    assert drawn.shape == (512, 640, 3)
+    assert texts == ['rectangle: 87.3%', 'ellipse: 61.0%']
+    (a, b) = ours.label_boxes
+    for x0, y0, x1, y1 in (a, b):
+        assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 512  # not cut at the right edge
+    assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]  # apart
+
+    # Inside the masks, away from the box lines and labels, the texture stays visible.
+    big = image.repeat(4, 0).repeat(4, 1).astype(np.float32)
+    region = (slice(4 * 70, 4 * 88), slice(4 * 104, 4 * 150))
+
+    def contrast(picture):  # the texture's, per colour channel (a mask's colour is a shift)
+        return picture[region].astype(np.float32).std(axis=(0, 1)).mean()
+
+    ratio = contrast(drawn) / contrast(big)
+    mmdet = DetLocalVisualizer(name='mmdet_two_shapes')
+    mmdet.dataset_meta = meta
+    big_sample = _two_shapes(512, 640)[1]
+    big_sample.pred_instances.bboxes *= 4
+    for i, (x0, y0, x1, y1) in enumerate(big_sample.pred_instances.bboxes.int().tolist()):
+        big_sample.pred_instances.masks[i] = False
+        big_sample.pred_instances.masks[i, y0:y1, x0:x1] = True
+    mmdet.add_datasample('x', big.astype(np.uint8), big_sample, draw_gt=False,
+                         pred_score_thr=0.3)
+    mmdet_ratio = contrast(mmdet.get_image()) / contrast(big)
+    assert ratio > 0.3 and ratio > 5 * mmdet_ratio, (ratio, mmdet_ratio)  # 0.36 vs 0.04
+
+
+def test_upscale_factor_and_label_placement():
+    from mmeff.visualization import place_label, upscale_factor
+    assert upscale_factor(128, 160) == 4 and upscale_factor(96, 128) == 5
+    assert upscale_factor(480, 640) == 1 and upscale_factor(100, 100, 0) == 1
+    with pytest.raises(ValueError, match='positive'):
+        upscale_factor(0, 10)
+    taken = []
+    assert place_label(95, 10, 20, 8, (50, 100), taken) == (80, 10)  # kept inside
+    assert place_label(90, 12, 20, 8, (50, 100), taken) == (80, 20)  # moved below the first
+    assert place_label(0, 48, 20, 8, (50, 100), taken) == (0, 42)
 
 
 # ---------------------------------------------------------------------------- segmentation

@@ -19,15 +19,19 @@
    labels into mmseg's IoUMetric) and draws its labels next to the PyTorch model's;
 5. exports the trained detection backbone, fused, to ONNX (checked with onnxruntime) and Core ML
    (mlprogram FP16, spec checks) with tools/export.py;
-6. writes OUT/REPORT.md with the metrics, the paper comparisons and the export checks.
+6. writes OUT/REPORT.md with the metrics, the paper comparisons, the pictures, the export
+   checks and the commands that made them.
 
 Every step runs the same command-line tool a user would run (the ONNX Runtime evaluation of the
-segmentor runs in this process); logs go to OUT/logs/.
+segmentor runs in this process); logs go to OUT/logs/. The report embeds the pictures and ends
+with the commands of the evaluation, drawing and export steps, to run again on these outputs.
 """
 import argparse
+import contextlib
 import json
 import os
 import os.path as osp
+import shlex
 import subprocess
 import sys
 import time
@@ -37,6 +41,53 @@ sys.path.insert(0, ROOT)
 CONFIG = 'configs/demo/mask_rcnn_effformer_l1_synthetic.py'
 CLS_CONFIG = 'configs/demo/effformer_l1_in1k_synthetic.py'
 SEG_CONFIG = 'configs/demo/fpn_effformer_l1_synthetic.py'
+
+
+def shell_command(args):
+    """``args`` (a tool and its arguments, run with this interpreter from the repository root)
+    as a command to paste: the interpreter and paths inside the repository relative to it
+    (also in ``key=/path`` options), everything quoted for the shell."""
+    def rel(path):
+        if osp.isabs(path) and (path == ROOT or path.startswith(ROOT + os.sep)):
+            return osp.relpath(path, ROOT)
+        return path
+
+    def arg(a):
+        key, sep, value = a.partition('=')
+        if sep and not a.startswith('-') and osp.isabs(value):
+            return f'{key}={rel(value)}'
+        return rel(a)
+
+    python = rel(sys.executable) if sys.executable.startswith(ROOT + os.sep) else 'python'
+    return shlex.join([python] + [arg(a) for a in args])
+
+
+@contextlib.contextmanager
+def output_to(log):
+    """Send everything this process writes to stdout and stderr (Python's, and C/C++ libraries'
+    such as ONNX Runtime's) to the file ``log`` inside the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, 'w') as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            try:
+                yield log
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
+def picture_link(report_dir, path, title):
+    """Markdown that shows the picture ``path`` in a report written in ``report_dir``."""
+    return f'![{title}]({osp.relpath(path, report_dir)})'
 
 
 def run_step(step, args, log_dir):
@@ -129,6 +180,8 @@ def main(argv=None):
     parser.add_argument('--epochs', type=int, default=6,
                         help='detection training epochs (8 images each)')
     args = parser.parse_args(argv)
+    command = shell_command(['tools/run_demo.py', *(sys.argv[1:] if argv is None else argv)])
+    commands = []  # (what, command) of the steps a user can run again on these outputs
     out = osp.abspath(args.out)
     logs = osp.join(out, 'logs')
     os.makedirs(logs, exist_ok=True)
@@ -165,9 +218,10 @@ def main(argv=None):
     run_step('pretrain', ['tools/train.py', CLS_CONFIG, '--work-dir', cls_dir, '--cfg-options',
                           f'data_root={in1k_root}'], logs)
     cls_ckpt = last_checkpoint(cls_dir)
-    cls_metrics = metrics_of(run_step('pretrain_test', [
-        'tools/test.py', CLS_CONFIG, cls_ckpt, '--work-dir', osp.join(out, 'test_in1k'),
-        '--cfg-options', f'data_root={in1k_root}'], logs))
+    step = ['tools/test.py', CLS_CONFIG, cls_ckpt, '--work-dir', osp.join(out, 'test_in1k'),
+            '--cfg-options', f'data_root={in1k_root}']
+    commands.append(('Evaluate the pretrained classifier', step))
+    cls_metrics = metrics_of(run_step('pretrain_test', step, logs))
 
     # 3. Mask R-CNN from the pretrained backbone.
     work_dir = osp.join(out, 'mask_rcnn_l1')
@@ -177,15 +231,19 @@ def main(argv=None):
              logs)
     ckpt = last_checkpoint(work_dir)
     test_dir = osp.join(out, 'test')
-    det_metrics = metrics_of(run_step('test', [
-        'tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
-        '--cfg-options', f'data_root={data_root}'], logs))
+    step = ['tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
+            '--cfg-options', f'data_root={data_root}']
+    commands.append(('Evaluate the detector', step))
+    det_metrics = metrics_of(run_step('test', step, logs))
     pictures = osp.join(out, 'pictures')
     # The generated images hold 1-3 shapes: the 5 best detections show them without burying
     # the 160x128 picture under the low-score boxes a 6-epoch model also gives.
-    run_step('draw', ['tools/demo.py', CONFIG, ckpt, info['val2017_images'][0],
-                      '--out-dir', pictures, '--device', 'cpu', '--score-thr', '0.05',
-                      '--max-dets', '5', '--cfg-options', f'data_root={data_root}'], logs)
+    step = ['tools/demo.py', CONFIG, ckpt, info['val2017_images'][0], '--out-dir', pictures,
+            '--device', 'cpu', '--score-thr', '0.05', '--max-dets', '5', '--cfg-options',
+            f'data_root={data_root}']
+    commands.append(('Draw the detector\'s predictions', step))
+    run_step('draw', step, logs)
+    det_picture = osp.join(pictures, 'vis', osp.basename(info['val2017_images'][0]))
     compare = run_step('compare', ['tools/compare_results.py', test_dir, '--arch', 'l1', '--task',
                                    'detection', '--json', osp.join(out, 'compare.json')], logs)
 
@@ -196,12 +254,15 @@ def main(argv=None):
     seg_ckpt = last_checkpoint(seg_dir)
     seg_test_dir = osp.join(out, 'test_seg')
     seg_preds = osp.join(seg_test_dir, 'predictions.pkl')
-    seg_metrics = metrics_of(run_step('seg_test', [
-        'tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--out', seg_preds,
-        '--cfg-options', f'data_root={ade_root}'], logs))
-    run_step('seg_draw', ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0],
-                          '--out-dir', pictures, '--device', 'cpu', '--cfg-options',
-                          f'data_root={ade_root}'], logs)
+    step = ['tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--out',
+            seg_preds, '--cfg-options', f'data_root={ade_root}']
+    commands.append(('Evaluate the segmentor', step))
+    seg_metrics = metrics_of(run_step('seg_test', step, logs))
+    step = ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0], '--out-dir',
+            pictures, '--device', 'cpu', '--cfg-options', f'data_root={ade_root}']
+    commands.append(('Draw the segmentor\'s predictions', step))
+    run_step('seg_draw', step, logs)
+    seg_picture = osp.join(pictures, 'vis', osp.basename(ade['validation_images'][0]))
     seg_compare = run_step('seg_compare', ['tools/compare_results.py', seg_test_dir, '--arch', 'l1',
                                            '--task', 'segmentation', '--json',
                                            osp.join(out, 'compare_seg.json')], logs)
@@ -210,33 +271,42 @@ def main(argv=None):
     # 96x128 stays 96x128), run with ONNX Runtime.
     seg_onnx = osp.join(out, 'export', 'fpn_l1_segmentor_96x128.onnx')
     seg_onnx_report = osp.join(out, 'export', 'segmentor_onnx_report.json')
-    run_step('seg_export', [
-        'tools/export.py', SEG_CONFIG, '--task', 'segmentor', '--checkpoint', seg_ckpt,
-        '--format', 'onnx', '--input-size', '96x128', '--out', seg_onnx,
-        '--report-json', seg_onnx_report], logs)
+    step = ['tools/export.py', SEG_CONFIG, '--task', 'segmentor', '--checkpoint', seg_ckpt,
+            '--format', 'onnx', '--input-size', '96x128', '--out', seg_onnx,
+            '--report-json', seg_onnx_report]
+    commands.append(('Export the whole segmentor to ONNX', step))
+    run_step('seg_export', step, logs)
     t0 = time.time()
-    seg_runtime = compare_segmentor_runtimes(
-        seg_onnx, SEG_CONFIG, seg_ckpt, ade_root, seg_preds,
-        test_metrics(seg_test_dir)['mIoU'], osp.join(pictures, 'seg_pytorch_vs_onnxruntime.png'))
+    # In this process: ONNX Runtime's warnings and mmseg's per-class table go to the log, as
+    # every other step's output does.
+    seg_log = osp.join(logs, 'seg_onnxruntime.log')
+    print(f'[demo] seg_onnxruntime: mmeff.deploy.evaluate_onnx_segmentor {seg_onnx}', flush=True)
+    with output_to(seg_log):
+        seg_runtime = compare_segmentor_runtimes(
+            seg_onnx, SEG_CONFIG, seg_ckpt, ade_root, seg_preds,
+            test_metrics(seg_test_dir)['mIoU'],
+            osp.join(pictures, 'seg_pytorch_vs_onnxruntime.png'))
     print(f"[demo] seg_onnxruntime: mIoU PyTorch {seg_runtime['torch_miou']:.2f}, ONNX Runtime "
           f"{seg_runtime['onnx_miou']:.2f}, labels agree on {100 * seg_runtime['agreement']:.3f}% "
-          f"of the pixels; {seg_runtime['picture']} ({time.time() - t0:.0f} s)", flush=True)
+          f"of the pixels; {seg_runtime['picture']} ({time.time() - t0:.0f} s, log: {seg_log})",
+          flush=True)
 
     # 5. Export of the detection backbone.
     exports = {}
     for fmt, suffix in (('onnx', 'onnx'), ('coreml', 'mlpackage')):
         path = osp.join(out, 'export', f'effformer_l1_backbone_800x1333.{suffix}')
         report = osp.join(out, 'export', f'{fmt}_report.json')
-        run_step(f'export_{fmt}', [
-            'tools/export.py', CONFIG, '--checkpoint', ckpt, '--format', fmt,
-            '--input-size', '800x1333', '--out', path, '--report-json', report], logs)
+        step = ['tools/export.py', CONFIG, '--checkpoint', ckpt, '--format', fmt,
+                '--input-size', '800x1333', '--out', path, '--report-json', report]
+        commands.append((f'Export the detector\'s backbone, fused, to {fmt}', step))
+        run_step(f'export_{fmt}', step, logs)
         exports[fmt] = (path, report)
 
     # 6. Report.
     tiny = ('Tiny synthetic data and a few CPU epochs: these numbers show the pipeline works, '
             'they are not a reproduction of the paper.')
     lines = ['# mmeff demo report', '',
-             f'Generated by `python tools/run_demo.py` in {time.time() - t_start:.0f} s on CPU.',
+             f'Generated by `{command}` in {time.time() - t_start:.0f} s on CPU.',
              '', '## Data', '',
              *[f'- `{root}`: {desc}.' for root, desc in datasets],
              '', '## 1. Backbone pretraining (ImageNet recipe, tools/train.py + tools/test.py)',
@@ -246,11 +316,13 @@ def main(argv=None):
              '', '## 2. Detection: Mask R-CNN (mmdet CocoMetric)', '',
              f'Config `{CONFIG}` ({args.epochs} epochs from the pretrained backbone), '
              f'checkpoint `{ckpt}`.', '', '```', *det_metrics, '```', '', tiny, '',
-             '```', compare.strip(), '```',
+             '```', compare.strip(), '```', '',
+             picture_link(out, det_picture, 'Mask R-CNN predictions (tools/demo.py)'),
              '', '## 3. Segmentation: Semantic FPN (mmseg IoUMetric)', '',
              f'Config `{SEG_CONFIG}` (60 iterations from the pretrained backbone), checkpoint '
              f'`{seg_ckpt}`.', '', '```', *seg_metrics, '```', '',
-             '```', seg_compare.strip(), '```',
+             '```', seg_compare.strip(), '```', '',
+             picture_link(out, seg_picture, 'Semantic FPN predictions (tools/demo.py)'),
              '', '### The whole segmentor on ONNX Runtime (tools/export.py --task segmentor)',
              '', f'`{seg_onnx}`: fused backbone, FPN, head, resize and argmax in one graph, '
              f'input {seg_runtime["input_size"][0]}x{seg_runtime["input_size"][1]} RGB pixels '
@@ -263,7 +335,8 @@ def main(argv=None):
              f"| exported ONNX | ONNX Runtime | {seg_runtime['onnx_miou']:.2f} |", '',
              f"Per-pixel labels agree on {100 * seg_runtime['agreement']:.3f}% of the "
              f"{seg_runtime['pixels']} validation pixels. Both predictions of "
-             f"`{seg_runtime['image']}`, side by side: `{seg_runtime['picture']}`.",
+             f"`{seg_runtime['image']}`, side by side (log of this step: `{seg_log}`):", '',
+             picture_link(out, seg_runtime['picture'], 'PyTorch vs ONNX Runtime'),
              '', '## Predictions (tools/demo.py)', '',
              f'Pictures (boxes and masks; the segmentation overlay; PyTorch vs ONNX Runtime) '
              f'in `{pictures}`.',
@@ -278,9 +351,28 @@ def main(argv=None):
         lines += [f'### {fmt}', '', f'`{path}` (full report: `{report}`)', '', '```']
         lines += [f'{k}: {json.dumps(data[k])}' for k in keys if k in data]
         lines += ['```', '']
+    # The README's own commands name full-size runs (work_dirs/fpn_l1/iter_40000.pth ...);
+    # these are the same tools on what this run left.
+    lines += ['## The same commands on these outputs', '',
+              'Each step above, as run (from the repository root). A model is used with the '
+              'config it was trained with: the demo configs in `configs/demo/` (3 detection '
+              'classes, not COCO\'s 80), also saved with the cfg-options applied in each work '
+              f'dir (`{osp.join(work_dir, osp.basename(CONFIG))}`, '
+              f'`{osp.join(seg_dir, osp.basename(SEG_CONFIG))}`).', '', '```shell']
+    for what, step in commands:
+        lines += [f'# {what}', shell_command(step)]
+    lines += ['```', '']
     report_path = osp.join(out, 'REPORT.md')
-    with open(report_path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    from mmeff.engine.checkpointing import write_file_atomic
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+
+    write_file_atomic(report_path, write)
+    print('[demo] the same steps on these outputs (also in the report):')
+    for what, step in commands:
+        print(f'  # {what}\n  {shell_command(step)}')
     print(f'[demo] report: {report_path}')
     return report_path
 

@@ -21,6 +21,44 @@ MIN_TEXT_PX = 8.
 REFERENCE_TEXT_PX = 13 * 100 / 72
 
 
+# Detection pictures whose shorter side is below this (px) are drawn enlarged by a whole factor
+# (nearest neighbour, so that pixels stay visible as such): on the demo's 160x128 images even
+# the smallest readable label covers a quarter of a box.
+MIN_PICTURE_SIDE = 480
+# Average advance of a character of matplotlib's default font (DejaVu Sans), in text heights:
+# to keep labels inside the picture and apart before matplotlib lays them out.
+CHAR_WIDTH = 0.62
+
+
+def upscale_factor(height: int, width: int, min_side: int = MIN_PICTURE_SIDE) -> int:
+    """The whole factor that brings the picture's shorter side to at least ``min_side`` (1 when
+    it is already there, or ``min_side`` is 0)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f'picture size must be positive, got {height}x{width}')
+    return max(1, -(-int(min_side) // min(height, width)))
+
+
+def place_label(x: float, y: float, width: float, height: float, picture_hw: Tuple[int, int],
+                taken: List[Tuple[float, float, float, float]]) -> Tuple[float, float]:
+    """Top-left corner for a ``width`` x ``height`` label box wanted at ``(x, y)``: moved inside
+    the picture, then down (or up) by whole label heights until it covers no box in ``taken``
+    (left where it was when no such place exists). The chosen box is appended to ``taken``."""
+    h, w = picture_hw
+    x = min(max(0., x), max(0., w - width))
+    y0 = min(max(0., y), max(0., h - height))
+    rows = int(h // max(height, 1.))
+    candidates = [y0 + j * height for j in range(rows + 1) if y0 + j * height + height <= h]
+    candidates += [y0 - j * height for j in range(1, rows + 1) if y0 - j * height >= 0]
+    chosen = y0
+    for cy in candidates:
+        box = (x, cy, x + width, cy + height)
+        if not any(_boxes_overlap(box, other) for other in taken):
+            chosen = cy
+            break
+    taken.append((x, chosen, x + width, chosen + height))
+    return x, chosen
+
+
 def picture_scale(height: int, width: int) -> float:
     """``sqrt(H * W) / REFERENCE_SIDE``: how much larger than a COCO image the picture is."""
     if height <= 0 or width <= 0:
@@ -116,5 +154,6 @@ def draw_region_labels(image: np.ndarray, label_map: np.ndarray, classes: Sequen
     return out, written
 
 
-__all__ = ['REFERENCE_SIDE', 'MIN_TEXT_PX', 'picture_scale', 'text_height_px', 'line_width_pt',
-           'top_k_instances', 'draw_region_labels']
+__all__ = ['REFERENCE_SIDE', 'MIN_TEXT_PX', 'MIN_PICTURE_SIDE', 'CHAR_WIDTH', 'upscale_factor',
+           'place_label', 'picture_scale', 'text_height_px', 'line_width_pt', 'top_k_instances',
+           'draw_region_labels']
