@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 import warnings
 from collections import Counter
@@ -294,13 +295,176 @@ def test_lut_accuracy_reports_errors(cpu_table, space):
     acc = lut.lut_accuracy(cpu_table, space, n=3, seed=1, reps=3)
     assert torch.get_num_threads() == threads  # measured with the table's, then restored
     assert len(acc['networks']) == 3 and acc['backend'] == 'torch-cpu'
+    assert acc['complete'] and acc['device'] == lut.device_of(cpu_table)
+    assert [n['arch'] for n in acc['networks']] == lut.held_out_archs(space, 3, seed=1)
     for net in acc['networks']:
         assert space.contains_arch(net['arch'])
-        assert net['predicted_ms'] > 0 and net['measured_ms'] > 0
-        assert math.isfinite(net['rel_err'])
+        assert net['predicted_ms'] == pytest.approx(lut.predict(cpu_table, net['arch']),
+                                                    abs=1e-4)
+        assert net['measured_ms'] > 0 and net['measured_again_ms'] > 0
+        assert net['rel_err'] == pytest.approx(
+            (net['predicted_ms'] - net['measured_ms']) / net['measured_ms'], abs=1e-3)
+        assert net['noise_rel'] == pytest.approx(
+            (net['measured_again_ms'] - net['measured_ms']) / net['measured_ms'], abs=1e-3)
         assert math.isfinite(net['rel_err_same_run']) and net['piece_drift'] > 0
+        assert set(net['pieces_ms']) == {'call'} | set(lut.arch_pieces(net['arch']))
+    # the statistics are those of the measured values in the rows
+    rows = acc['networks']
+    expected = lut.prediction_stats([r['predicted_ms'] for r in rows],
+                                     [r['measured_ms'] for r in rows],
+                                     [r['measured_again_ms'] for r in rows])
+    assert {k: acc[k] for k in expected} == expected and acc['num_networks'] == 3
     for key in ('', '_same_run'):
         mean, worst = acc['mean_abs_rel_err' + key], acc['worst_rel_err' + key]
         assert math.isfinite(mean) and math.isfinite(worst) and abs(worst) >= mean
     plain = lut.lut_accuracy(cpu_table, space, n=2, seed=1, reps=2, same_run=False)
     assert len(plain['networks']) == 2 and 'rel_err_same_run' not in plain['networks'][0]
+
+
+def test_prediction_stats_with_known_numbers():
+    # rel errors +10 %, -5 %, +100 %, 0; the bounds are inclusive
+    stats = lut.prediction_stats([2.2, 0.95, 2.0, 4.0], [2.0, 1.0, 1.0, 4.0],
+                                 measured_again=[2.1, 1.0, 0.9, 4.0])
+    assert stats == pytest.approx(dict(
+        num_networks=4, within_10pct=0.75, within_5pct=0.5, mean_abs_rel_err=0.2875,
+        worst_rel_err=1.0, rmse_ms=math.sqrt((0.04 + 0.0025 + 1) / 4),
+        rmse_rel=math.sqrt((0.01 + 0.0025 + 1) / 4), noise_mean_abs_rel=0.0375,
+        noise_worst_rel=-0.1, noise_within_10pct=1.0), abs=1e-4)
+    assert lut.prediction_stats([0.8], [1.0])['worst_rel_err'] == pytest.approx(-0.2)
+    assert 'noise_mean_abs_rel' not in lut.prediction_stats([0.8], [1.0])
+    with pytest.raises(ValueError, match='as many predicted as measured'):
+        lut.prediction_stats([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match='as many predicted as measured'):
+        lut.prediction_stats([], [])
+    with pytest.raises(ValueError, match='measured ones > 0'):
+        lut.prediction_stats([1.0], [0.0])
+    with pytest.raises(ValueError, match='measured ones > 0'):
+        lut.prediction_stats([1.0], [float('nan')])
+
+
+def test_held_out_archs_are_distinct_seeded_networks_of_the_space(space):
+    archs = lut.held_out_archs(space, 20, seed=0)
+    assert len(archs) == 20 and all(space.contains_arch(a) for a in archs)
+    assert len({json.dumps(a, sort_keys=True) for a in archs}) == 20
+    assert lut.held_out_archs(space, 20, seed=0) == archs
+    assert lut.held_out_archs(space, 20, seed=1) != archs
+    one = SearchSpace(widths=[[16], [32], [48], [64]], max_depths=[1, 1, 1, 1], name='one')
+    assert len(lut.held_out_archs(one, 20)) == 3  # num_vit 0, 1, 2: all it has
+
+
+def test_lut_accuracy_resumes_an_interrupted_check(cpu_table, space, monkeypatch):
+    saved = []
+    first = lut.lut_accuracy(cpu_table, space, n=3, seed=2, reps=2,
+                             on_network=lambda r: saved.append(json.loads(json.dumps(r))))
+    assert [len(s['networks']) for s in saved] == [1, 2, 3]
+    assert not any(s['complete'] for s in saved)
+    timed = []
+    real = lut._time
+    monkeypatch.setattr(lut, '_time', lambda names, *a, **k: timed.append(names[0]) or
+                        real(names, *a, **k))
+    again = lut.lut_accuracy(cpu_table, space, n=3, seed=2, reps=2, resume=saved[0])
+    assert len(timed) == 2  # the first network is not measured again
+    assert again['networks'][0] == first['networks'][0] and again['complete']
+    timed.clear()
+    lut.lut_accuracy(cpu_table, space, n=3, seed=2, reps=3, resume=saved[0])
+    assert len(timed) == 3  # other settings: nothing reused
+
+
+def test_table_names_its_device_and_warns_on_another(cpu_table, space, monkeypatch):
+    from mmeff.benchmark.latency import cpu_name
+    device = lut.device_of(cpu_table)
+    assert cpu_table['device'] == device == f'CPU {cpu_name()}, torch-cpu, 1 thread'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # none on the machine that measured it
+        lut.check_compatible(cpu_table, 'torch-cpu', SIZE, space)
+    monkeypatch.setattr(lut, '_hardware', lambda backend: 'Apple M3 Max')
+    with pytest.warns(lut.LatencyTableDeviceWarning) as record:
+        lut.check_compatible(cpu_table, 'torch-cpu', SIZE, space, path='/w/lut.json')
+    text = str(record[0].message)
+    assert f'measured on {device}' in text and 'this machine is CPU Apple M3 Max' in text
+    assert '/w/lut.json' in text
+    with pytest.raises(lut.LatencyTableError, match='cannot check a table against this '
+                                                    'machine: .*Apple M3 Max'):
+        lut.lut_accuracy(cpu_table, space, n=1)
+    with pytest.raises(lut.LatencyTableError, match=f'measured on {re.escape(device)}, this '
+                                                    f'machine is CPU Apple M3 Max.*two devices'):
+        lut.build_lut(space, 'torch-cpu', SIZE, table=cpu_table, log=lambda m: None)
+    # an older table without the 'device' key is named from its machine
+    old = {k: v for k, v in cpu_table.items() if k != 'device'}
+    assert lut.device_of(old) == device
+    gpu = dict(old, backend='torch-cuda', machine=dict(old['machine'], gpu='NVIDIA H200'))
+    assert lut.device_of(gpu) == 'GPU NVIDIA H200, torch-cuda'
+
+
+def test_extending_with_other_settings_is_refused(cpu_table, space):
+    partial = dict(cpu_table, entries={'call': cpu_table['entries']['call']})
+    kw = dict(warmup=1, reps=3, log=lambda m: None, pieces=['stem.w16'])
+    with pytest.raises(lut.TableSettingsError, match=r'measured with threads=1, reps=3, not '
+                                                     r'threads=2, reps=5: extend it with its '
+                                                     r'own settings') as err:
+        lut.build_lut(space, 'torch-cpu', SIZE, table=partial, **dict(kw, threads=2, reps=5))
+    assert err.value.differ == dict(threads=(1, 2), reps=(3, 5))
+    with pytest.raises(lut.TableSettingsError, match='warmup=1, not warmup=5'):
+        lut.build_lut(space, 'torch-cpu', SIZE, table=partial, **dict(kw, warmup=5))
+    with pytest.raises(lut.LatencyTableError, match='torch 0.1, this environment has torch'):
+        lut.build_lut(space, 'torch-cpu', SIZE, table=dict(
+            partial, versions=dict(partial['versions'], torch='0.1')), **kw)
+    # threads not given: the table's (not whatever torch is set to here)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        done = lut.build_lut(space, 'torch-cpu', SIZE, table=partial, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert done['threads'] == 1 and set(done['entries']) == {'call', 'stem.w16'}
+
+
+@pytest.mark.parametrize('problem, change', [
+    ('median_ms nan', lambda e: e['stem.w16'].update(median_ms=float('nan'))),
+    ('median_ms -3.9', lambda e: e['stem.w16'].update(median_ms=-3.9)),
+    ('p90_ms inf', lambda e: e['stem.w16'].update(p90_ms=float('inf'))),
+    ("median_ms '0.4'", lambda e: e['stem.w16'].update(median_ms='0.4')),
+    ('has no min_ms', lambda e: e['stem.w16'].pop('min_ms')),
+    ('timed with 7 repetitions', lambda e: e['stem.w16'].update(reps=7)),
+    ("'mb9d.s0.w16' is not a piece name", lambda e: e.update({'mb9d.s0.w16': e['call']})),
+    ('not a dict of timings', lambda e: e.update({'stem.w16': 0.4})),
+])
+def test_load_checks_every_entry(cpu_table, tmp_path, problem, change):
+    table = json.loads(json.dumps(cpu_table))
+    change(table['entries'])
+    path = str(tmp_path / 'lut.json')
+    with open(path, 'w') as f:
+        json.dump(table, f)  # NaN and Infinity as Python's json writes them
+    with pytest.raises(lut.LatencyTableError) as err:
+        lut.load(path)
+    msg = str(err.value)
+    assert msg.startswith(f'{path} is not a valid latency table (') and problem in msg
+    assert msg.endswith(f'delete {path} (it cannot be used) to measure a new table in its '
+                        f'place')
+
+
+@pytest.mark.parametrize('key, value, problem', [
+    ('threads', None, 'no threads'), ('reps', None, 'no reps'), ('machine', None, 'no machine'),
+    ('threads', 0, 'threads 0'), ('input_size', [64], 'input_size [64]'),
+    ('entries', [], 'entries list'),
+])
+def test_load_checks_the_settings(cpu_table, tmp_path, key, value, problem):
+    table = json.loads(json.dumps(cpu_table))
+    if value is None:
+        del table[key]
+    else:
+        table[key] = value
+    path = tmp_path / 'lut.json'
+    path.write_text(json.dumps(table))
+    with pytest.raises(lut.LatencyTableError,
+                       match=f'{re.escape(problem)}.*: delete {re.escape(str(path))}'):
+        lut.load(str(path))
+
+
+def test_check_compatible_names_the_file_to_delete(cpu_table, space):
+    with pytest.raises(lut.LatencyTableError,
+                       match=r'latency table \(/w/lut.json\) was measured at input size '
+                             r'\[64, 64\], not \[96, 96\]: delete /w/lut.json to measure a '
+                             r'new table at 96x96 in its place, or keep it and use a table in '
+                             r'another file$'):
+        lut.check_compatible(cpu_table, 'torch-cpu', 96, space, path='/w/lut.json')

@@ -36,6 +36,8 @@ holds the work dir's lock; the search and the export also wait for no supernet t
 """
 import argparse
 import importlib.util
+import json
+import os
 import os.path as osp
 import sys
 
@@ -81,6 +83,10 @@ def parse_args(argv=None):
                    help='Core ML compute units (coreml backend)')
     p.add_argument('--cfg-options', nargs='+', default=[],
                    help='override supernet config entries, e.g. train_cfg.max_epochs=1')
+    p.add_argument('--launcher', choices=('none', 'pytorch', 'slurm'), default='none',
+                   help='train-supernet on several processes (the supernet config\'s '
+                        'SupernetDDP): start this tool with torchrun --nproc_per_node=N '
+                        '(pytorch) or srun (slurm)')
     args = p.parse_args(argv)
     # kept as typed for tools/train.py (train-supernet), parsed for the other phases
     args.cfg_options_argv = args.cfg_options
@@ -122,38 +128,103 @@ def train_supernet(run: Run) -> None:
         argv.append('--resume')
     if run.args.cfg_options_argv:
         argv += ['--cfg-options'] + run.args.cfg_options_argv
+    # Under torchrun/srun every process trains its share (tools/train.py checks the launcher's
+    # environment first: --launcher without torchrun is one line, before anything is written).
+    argv += ['--launcher', getattr(run.args, 'launcher', 'none')]
     _tool('train').main(argv)
     print(f'Supernet: {run.supernet_checkpoint()}')
 
 
+LUT_CHECK_NETWORKS = 20  # held-out networks the table is judged on (issue: at least 20)
+_LUT_FLAGS = dict(threads='--threads', warmup='--warmup', reps='--reps',
+                  compute_units='--compute-units')
+
+
+def _resumable_table(run: Run):
+    """The table ``build-lut`` left in the work dir (to complete), or ``None``; one that
+    cannot be completed with these arguments is refused with the file to delete or the
+    ``--work-dir`` to use."""
+    from mmeff.slimming import lut
+    args, path = run.args, run.lut_path
+    if not osp.isfile(path):
+        return None
+    table = lut.load(path)  # unreadable or invalid: names the file to delete
+    try:
+        lut.check_extendable(table, args.backend, run.input_size, run.space,
+                             threads=args.threads, warmup=args.warmup, reps=args.reps,
+                             num_classes=run.num_classes, compute_units=args.compute_units,
+                             path=path, keep='give another --work-dir to keep it')
+    except lut.TableSettingsError as exc:
+        if not all(k in _LUT_FLAGS for k in exc.differ):
+            raise
+        flags = ' '.join(f'{_LUT_FLAGS[k]} {t}' for k, (t, _) in exc.differ.items())
+        had = ', '.join(f'{k}={t!r}' for k, (t, _) in exc.differ.items())
+        asked = ', '.join(f'{k}={a!r}' for k, (_, a) in exc.differ.items())
+        raise lut.TableSettingsError(
+            f'{path} was measured with {had}, not {asked}: run build-lut with {flags} to '
+            f'complete it (settings are not mixed in one table), or delete it to measure a new '
+            f'table with the new settings, or give another --work-dir', exc.differ) from None
+    return table
+
+
+def _write_json_atomic(data: dict, path: str) -> None:
+    from mmeff.engine.checkpointing import write_text_atomic
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=1) + '\n')
+
+
+def _unfinished_check(path: str):
+    """The accuracy check an interrupted ``build-lut`` saved (its networks are not measured
+    again), or ``None``."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            check = json.load(f)
+    except (OSError, ValueError):
+        print(f'warning: {path} is unreadable; the accuracy check is measured again',
+              file=sys.stderr)
+        return None
+    return check if isinstance(check, dict) and check.get('complete') is False else None
+
+
 def build_lut(run: Run) -> None:
     from mmeff.slimming import lut
-    from mmeff.slimming.report import write_json
     args = run.args
-    table = lut.load(run.lut_path) if osp.isfile(run.lut_path) else None  # resume: add missing
+    table = _resumable_table(run)  # resume: measure only the missing pieces
+    # saved after every chunk of pieces: a kill loses at most the chunk being measured
     table = lut.build_lut(run.space, args.backend, run.input_size, table=table,
                           threads=args.threads, warmup=args.warmup, reps=args.reps,
-                          num_classes=run.num_classes, compute_units=args.compute_units)
-    lut.save(table, run.lut_path)
-    check = lut.lut_accuracy(table, run.space, n=8, seed=0)
-    write_json(check, run.lut_check_path)
-    same_run = ''
+                          num_classes=run.num_classes, compute_units=args.compute_units,
+                          save_to=run.lut_path)
+    print(f'Latency table: {run.lut_path} (measured on {lut.device_of(table)})')
+    resume = _unfinished_check(run.lut_check_path)
+    if resume:
+        print(f"Resuming the accuracy check in {run.lut_check_path} "
+              f"({len(resume.get('networks', []))} networks measured)")
+    check = lut.lut_accuracy(table, run.space, n=LUT_CHECK_NETWORKS, seed=0, resume=resume,
+                             on_network=lambda c: _write_json_atomic(c, run.lut_check_path))
+    _write_json_atomic(check, run.lut_check_path)
+    print(f"Predicted vs measured latency of {check['num_networks']} held-out random networks "
+          f"of the space: {check['within_10pct']:.0%} within +-10 %, {check['within_5pct']:.0%} "
+          f"within +-5 %, mean |error| {check['mean_abs_rel_err']:.1%}, worst "
+          f"{check['worst_rel_err']:+.1%}, RMSE {check['rmse_ms']:.4g} ms")
+    print(f"Measurement noise (each network timed twice): mean "
+          f"{check['noise_mean_abs_rel']:.1%}, worst {check['noise_worst_rel']:+.1%}")
     if 'mean_abs_rel_err_same_run' in check:
         drift = sorted(n['piece_drift'] for n in check['networks'])[len(check['networks']) // 2]
-        same_run = (f"; against its pieces timed again beside it: mean "
-                    f"{check['mean_abs_rel_err_same_run']:.1%}, worst "
-                    f"{check['worst_rel_err_same_run']:+.1%} (pieces now {drift:.2f}x their "
-                    f"time in the table)")
-    print(f'Latency table: {run.lut_path}. Predicted vs measured whole-network latency of '
-          f"{len(check['networks'])} random networks of the space: mean |relative error| "
-          f"{check['mean_abs_rel_err']:.1%}, worst {check['worst_rel_err']:+.1%}{same_run} "
-          f'({run.lut_check_path})')
-    if check['mean_abs_rel_err'] > 0.2:
-        print(f"warning: the latency table predicts whole networks poorly here (mean error "
-              f"{check['mean_abs_rel_err']:.0%}): other processes competing for the cores and "
-              f'few repetitions make timings noisy; measure on an idle machine, with more '
-              f'--reps, then run --phase build-lut again (delete {run.lut_path} first: '
-              f'existing pieces are kept)', file=sys.stderr)
+        print(f"Against its pieces timed again beside it: mean "
+              f"{check['mean_abs_rel_err_same_run']:.1%}, worst "
+              f"{check['worst_rel_err_same_run']:+.1%} (pieces now {drift:.2f}x their "
+              f"time in the table)")
+    print(f'Accuracy check: {run.lut_check_path}')
+    if check['within_10pct'] < 0.95:
+        print(f"warning: only {check['within_10pct']:.0%} of the networks are predicted within "
+              f"+-10 % (target 95 %; measurement noise {check['noise_mean_abs_rel']:.1%}): "
+              f'other processes competing for the cores and few repetitions make timings '
+              f'noisy; measure on an idle machine with more --reps: delete {run.lut_path} '
+              f'(existing pieces are kept) or give another --work-dir, and run --phase '
+              f'build-lut again', file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -163,6 +234,8 @@ def main(argv=None) -> int:
     run = Run(args)
     phases = list(PHASES if args.phase == 'all' else (args.phase,))
     preflight(run, phases)  # every argument, before an hour of training
+    if 'build-lut' in phases:
+        _resumable_table(run)  # a kept table these settings cannot complete: now, not later
     steps = dict(zip(PHASES, (train_supernet, build_lut, search, export_subnets)))
     # one slimming run per work dir: two searches or table builds would replace each other's
     # results (train-supernet's tools/train.py also locks supernet/ for itself)

@@ -31,10 +31,18 @@ interleaved across the pieces measured together, medians are stored.
 
 Building is lazy and resumable: :func:`build_lut` measures only the pieces asked for (or
 those of given archs) that a table given to it lacks, and with ``save_to`` saves the table
-after every chunk of pieces. :func:`lut_accuracy` measures whole networks of the space on the
-same backend and reports predicted vs measured latency; each network is timed interleaved with
-its own pieces measured again, which tells the error of summing pieces from the machine's
-load drift since the table was built. On this project's 2-core CPU (1 thread, 224x224, the
+after every chunk of pieces. A table is one method: it is extended only on the machine, with
+the runtime versions and with the settings (threads, warm-up, repetitions...) it was measured
+with, and :func:`load` checks every entry. Every table names the device it was measured on
+(:func:`device_of`: CPU model or GPU name, backend, threads); :func:`check_compatible` warns
+when a table of another device is used here.
+
+:func:`lut_accuracy` judges the table as nn-Meter judges its predictors: over held-out random
+networks of the space (20 by default; the table is fitted on no whole network), the share
+predicted within +-10 % and +-5 %, the mean and worst error, the RMSE, and the measurement
+noise (every network timed twice in the same run). Each network is also timed interleaved
+with its own pieces measured again, which tells the error of summing pieces from the
+machine's load drift since the table was built. On this project's 2-core CPU (1 thread, 224x224, the
 default space's 201 pieces measured in 30-35 s, 8 random networks): table vs network mean
 4.6 % (worst +10.6 %) on onnxruntime, 6.8 % (worst +30 %, a load change) on torch-cpu; the
 sum of pieces timed with the network 1.4 % (worst -2.4 %) and 2.5 % (worst -5.7 %).
@@ -52,6 +60,7 @@ Table (JSON, ``format`` ``'mmeff.slimming.lut'``, ``format_version`` 1)::
      "input_size": [224, 224], "batch": 1, "threads": 2, "warmup": 5, "reps": 30,
      "with_head": true, "num_classes": 1000, "compute_units": null,
      "machine": {...},            # mmeff.benchmark.latency.machine_info()
+     "device": "CPU Intel(R) Xeon(R) ..., onnxruntime, 2 threads",
      "versions": {"torch": ..., "onnxruntime": ..., "coremltools": ..., "mmeff": ...},
      "date": "2026-11-30T08:00:00",
      "space": {...}, "space_fingerprint": "...",       # SearchSpace.to_dict() / fingerprint()
@@ -60,6 +69,7 @@ Table (JSON, ``format`` ``'mmeff.slimming.lut'``, ``format_version`` 1)::
 """
 import datetime
 import json
+import math
 import os
 import os.path as osp
 import platform
@@ -84,6 +94,9 @@ CHUNK = 32  # pieces built, timed (interleaved) and saved together
 # Metadata two tables must share to be merged or used together.
 _SHARED_KEYS = ('backend', 'input_size', 'batch', 'threads', 'with_head', 'num_classes',
                 'compute_units', 'space_fingerprint')
+# How the pieces were measured (one value per table).
+_SETTING_KEYS = ('warmup', 'reps', 'machine', 'versions')
+_ENTRY_KEYS = ('median_ms', 'p90_ms', 'min_ms', 'reps')
 _PIECE_RE = re.compile(r'^(?:stem\.w(\d+)|down\.s([123])\.w(\d+)-(\d+)|'
                        r'(mb4d|mb3d|to3d)\.s([0-3])\.w(\d+)|head\.w(\d+))$')
 
@@ -93,9 +106,27 @@ class LatencyTableError(ValueError):
     size or search space, or a piece missing."""
 
 
+class TableSettingsError(LatencyTableError):
+    """A table extended with other measurement settings than it was measured with (threads,
+    warm-up, repetitions...): mixing them would put numbers of two methods under one label.
+
+    Attributes:
+        differ (dict): ``setting -> (the table's value, the value asked)``.
+    """
+
+    def __init__(self, message: str, differ: Dict[str, tuple]):
+        super().__init__(message)
+        self.differ = differ
+
+
 class BackendUnavailableError(RuntimeError):
     """The backend asked for cannot run on this machine (``coreml`` off macOS, ``torch-cuda``
     without a CUDA device)."""
+
+
+class LatencyTableDeviceWarning(UserWarning):
+    """A latency table measured on another device (CPU model or GPU) than this machine's is
+    used: its latencies, and budgets in its milliseconds, are that device's."""
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -338,6 +369,50 @@ def _versions() -> dict:
     return v
 
 
+# ----------------------------------------------------------------------------- device
+def _hardware(backend: str) -> str:
+    """This machine's processor that ``backend`` runs on: the GPU's name for ``torch-cuda``,
+    else the CPU's model name."""
+    if backend == 'torch-cuda' and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    from mmeff.benchmark.latency import cpu_name
+    return cpu_name()
+
+
+def _table_hardware(table: dict) -> Optional[str]:
+    machine = table.get('machine') or {}
+    return machine.get('gpu') if table.get('backend') == 'torch-cuda' else machine.get('cpu')
+
+
+def _device_label(hardware: Optional[str], backend: str, threads, compute_units=None) -> str:
+    if backend == 'torch-cuda':
+        return f'GPU {hardware}, torch-cuda'
+    if backend == 'coreml':
+        return f'{hardware}, coreml (compute units {compute_units or "ALL"})'
+    return f"CPU {hardware}, {backend}, {threads} thread{'' if threads == 1 else 's'}"
+
+
+def device_of(table: dict) -> str:
+    """Where ``table`` was measured, in words: CPU model or GPU name, backend, threads (e.g.
+    ``'CPU Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz, onnxruntime, 1 thread'``)."""
+    return table.get('device') or _device_label(_table_hardware(table), table.get('backend'),
+                                                table.get('threads'),
+                                                table.get('compute_units'))
+
+
+def other_device(table: dict) -> Optional[str]:
+    """``None`` when this machine has the processor ``table`` was measured on, else a message
+    naming both devices."""
+    backend = table.get('backend')
+    here = _hardware(backend)
+    if _table_hardware(table) == here:
+        return None
+    return (f"the latency table was measured on {device_of(table)}, but this machine is "
+            f"{_device_label(here, backend, table.get('threads'), table.get('compute_units'))}"
+            f": its latencies and budgets are the other device's milliseconds (measure a "
+            f"table here for this machine's)")
+
+
 # ----------------------------------------------------------------------------- the table
 def _parse_size(input_size) -> List[int]:
     from mmeff.deploy import parse_input_size
@@ -368,10 +443,14 @@ def build_lut(space,
         pieces (Iterable[str] | None): Only these pieces.
         archs (Iterable[dict] | None): Only the pieces of these arch dicts (with ``pieces``:
             both). Neither: every piece of the space (:func:`space_pieces`).
-        table (dict | None): A table to extend: only its missing pieces are measured (it must
-            fit ``backend``, ``input_size`` and ``space``: :func:`check_compatible`).
+        table (dict | None): A table to extend: only its missing pieces are measured. It must
+            fit ``backend``, ``input_size`` and ``space`` (:func:`check_compatible`), have
+            been measured on this machine's CPU (GPU) with these runtime versions, and with
+            the settings given here (``batch``, ``threads``, ``warmup``, ``reps``,
+            ``with_head``, ``num_classes``, ``compute_units``).
         batch (int): Batch size. Defaults to 1.
-        threads (int | None): CPU threads of torch / ONNX Runtime; ``None``: torch's.
+        threads (int | None): CPU threads of torch / ONNX Runtime; ``None``: the table's when
+            extending one, else torch's.
         warmup, reps (int): Untimed and timed calls per piece.
         with_head (bool): Also the classifier head (``head.w*``) and count it in predictions.
         num_classes (int): Classes of the head. Defaults to 1000.
@@ -384,21 +463,23 @@ def build_lut(space,
 
     Returns:
         dict: The table (see the module docstring).
+
+    Raises:
+        TableSettingsError: ``table`` was measured with other settings than asked (named).
+        LatencyTableError: ``table`` is of another backend, input size, space, machine or
+            runtime version.
     """
     space = get_space(space)
     _check_backend(backend)
     if compute_units not in COMPUTE_UNITS:
         raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
     size = _parse_size(input_size)
-    threads = _threads(threads)
     if table is not None:
-        check_compatible(table, backend, size, space)
-        asked = dict(with_head=with_head, batch=batch, num_classes=num_classes)
-        differ = {k: v for k, v in asked.items() if table.get(k) != v}
-        if differ:
-            raise LatencyTableError(
-                'the table to extend has ' + ', '.join(f'{k}={table.get(k)!r}' for k in differ)
-                + '; asked: ' + ', '.join(f'{k}={v!r}' for k, v in differ.items()))
+        check_extendable(table, backend, size, space, batch, threads, warmup, reps, with_head,
+                         num_classes, compute_units)
+        if threads is None:  # nothing asked: the table's, not whatever torch has here
+            threads = table['threads']
+    threads = _threads(threads)
     wanted = []
     if pieces is not None:
         wanted += list(pieces)
@@ -423,6 +504,7 @@ def build_lut(space,
                    machine=machine_info('cuda' if backend == 'torch-cuda' else 'cpu', threads),
                    versions=_versions(), date=now, space=space.to_dict(),
                    space_fingerprint=space.fingerprint(), entries={})
+        new['device'] = device_of(new)
 
     def add(done: Dict[str, dict]) -> None:
         stamp = datetime.datetime.now().isoformat(timespec='seconds')
@@ -433,11 +515,65 @@ def build_lut(space,
         if save_to is not None:
             save(new, save_to)
 
-    _time(todo, lambda n: build_piece(n, size, space.mlp_ratios, batch, num_classes), backend,
-          threads, warmup, reps, compute_units, on_chunk=add)
-    if save_to is not None and not todo:
+    if todo:
+        _time(todo, lambda n: build_piece(n, size, space.mlp_ratios, batch, num_classes),
+              backend, threads, warmup, reps, compute_units, on_chunk=add)
+    elif save_to is not None:
         save(new, save_to)
     return new
+
+
+def _fix(path: Optional[str], what: str, keep: str) -> str:
+    """The end of a message about a table that cannot be used as asked."""
+    if path:
+        return f': delete {path} to measure a new table {what} in its place, or {keep}'
+    return f': use (or measure) a table {what}'
+
+
+def check_extendable(table: dict, backend: str, input_size, space, batch: int = 1,
+                     threads: Optional[int] = None, warmup: int = 5, reps: int = 30,
+                     with_head: bool = True, num_classes: int = 1000,
+                     compute_units: str = 'ALL', path: Optional[str] = None,
+                     keep: str = 'keep it and measure into another file') -> None:
+    """Refuse to add pieces measured otherwise than the table's (another backend, size, space,
+    machine, runtime version or measurement setting): one table, one method. Arguments as
+    :func:`build_lut` (``threads=None``: the table's); ``path`` and ``keep`` as
+    :func:`check_compatible`.
+
+    Raises:
+        TableSettingsError: a measurement setting differs (all that differ are named).
+        LatencyTableError: anything else differs.
+    """
+    size = _parse_size(input_size)
+    check_compatible(table, backend, size, space, path=path, warn=False, keep=keep)
+    asked = dict(batch=batch, threads=_threads(table.get('threads') if threads is None
+                                                 else threads),
+                 warmup=warmup, reps=reps, with_head=with_head, num_classes=num_classes,
+                 compute_units=compute_units if backend == 'coreml' else None)
+    where = f' ({path})' if path else ''
+    here = _hardware(backend)
+    if _table_hardware(table) != here:
+        raise LatencyTableError(
+            f'the latency table{where} to extend was measured on {device_of(table)}, this '
+            f"machine is {_device_label(here, backend, asked['threads'], asked['compute_units'])}"
+            f' (pieces of two devices cannot share a table)'
+            + _fix(path, 'on this machine', keep))
+    versions, had = _versions(), table.get('versions') or {}
+    for key in ('torch', 'onnxruntime', 'coremltools'):
+        if had.get(key) != versions.get(key):
+            raise LatencyTableError(
+                f'the latency table{where} to extend was measured with {key} {had.get(key)}, '
+                f'this environment has {key} {versions.get(key)}'
+                + _fix(path, f'with {key} {versions.get(key)}', keep))
+    differ = {k: (table.get(k), v) for k, v in asked.items() if table.get(k) != v}
+    if differ:
+        raise TableSettingsError(
+            f'the latency table{where} to extend was measured with '
+            + ', '.join(f'{k}={t!r}' for k, (t, _) in differ.items()) + ', not '
+            + ', '.join(f'{k}={a!r}' for k, (_, a) in differ.items())
+            + ': extend it with its own settings (they are not mixed in one table)'
+            + (_fix(path, 'with the new ones', keep) if path else
+               ', or measure a new table with the new ones'), differ)
 
 
 def predict(table: dict, arch: dict) -> float:
@@ -465,23 +601,40 @@ def predict(table: dict, arch: dict) -> float:
     return total - (n - 1) * table['entries']['call']['median_ms']
 
 
-def check_compatible(table: dict, backend: str, input_size, space) -> None:
+def check_compatible(table: dict, backend: str, input_size, space,
+                     path: Optional[str] = None, warn: bool = True,
+                     keep: str = 'keep it and use a table in another file') -> None:
     """Raise :class:`LatencyTableError` if ``table`` was made for another backend, input size
-    or search space than asked."""
+    or search space than asked; warn (:class:`LatencyTableDeviceWarning`, naming both
+    devices) if it was measured on another device than this machine's.
+
+    Args:
+        path (str | None): The table's file, named in the messages with the fix (delete it to
+            measure a new one in its place).
+        warn (bool): Whether to warn about another device.
+        keep (str): The other fix, keeping the file (a tool names its option).
+    """
     size = _parse_size(input_size)
     space = get_space(space)
+    where = f' ({path})' if path else ''
     if table.get('backend') != backend:
-        raise LatencyTableError(f"the latency table was measured on backend "
-                                f"{table.get('backend')!r}, not {backend!r}: build one for "
-                                f"{backend!r}")
+        raise LatencyTableError(f"the latency table{where} was measured on backend "
+                                f"{table.get('backend')!r}, not {backend!r}"
+                                + _fix(path, f'on {backend!r}', keep))
     if list(table.get('input_size', [])) != size:
-        raise LatencyTableError(f"the latency table was measured at input size "
-                                f"{table.get('input_size')}, not {size}: build one for {size}")
+        raise LatencyTableError(f"the latency table{where} was measured at input size "
+                                f"{table.get('input_size')}, not {size}"
+                                + _fix(path, f'at {size[0]}x{size[1]}', keep))
     if table.get('space_fingerprint') != space.fingerprint():
         other = (table.get('space') or {}).get('name')
-        raise LatencyTableError(f'the latency table was built for search space {other!r} '
-                                f'({table.get("space_fingerprint")}), not {space.name!r} '
-                                f'({space.fingerprint()})')
+        raise LatencyTableError(f'the latency table{where} was built for search space '
+                                f'{other!r} ({table.get("space_fingerprint")}), not '
+                                f'{space.name!r} ({space.fingerprint()})'
+                                + _fix(path, f'for search space {space.name!r}', keep))
+    message = other_device(table) if warn else None
+    if message:
+        warnings.warn(message + (f' [{path}]' if path else ''), LatencyTableDeviceWarning,
+                      stacklevel=2)
 
 
 def save(table: dict, path: str) -> str:
@@ -500,31 +653,79 @@ def save(table: dict, path: str) -> str:
     return path
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _entry_problem(name: str, entry) -> Optional[str]:
+    """What is wrong with one entry of a table, or ``None``."""
+    if name != 'call' and not _PIECE_RE.match(name):
+        return f'{name!r} is not a piece name'
+    if not isinstance(entry, dict):
+        return f'piece {name!r} is {entry!r}, not a dict of timings'
+    missing = [k for k in _ENTRY_KEYS if k not in entry]
+    if missing:
+        return f'piece {name!r} has no {", ".join(missing)}'
+    for key in _ENTRY_KEYS[:-1]:
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0:
+            return f'piece {name!r} has {key} {value!r} (a latency is a finite number >= 0)'
+    if not _positive_int(entry['reps']):
+        return f"piece {name!r} has reps {entry['reps']!r}"
+    return None
+
+
 def load(path: str) -> dict:
-    """Read a table written by :func:`save`.
+    """Read a table written by :func:`save`, checking every setting and every entry.
 
     Raises:
-        LatencyTableError: the file is corrupt or truncated, not a latency table, or of
-            another format version (each names the file).
+        LatencyTableError: the file is corrupt or truncated, not a latency table, of another
+            format version, lacks a setting, or holds an entry that is not a measurement
+            (missing keys, a NaN, infinite or negative time, a piece timed with other
+            repetitions than the table's). Each names the file, the problem and the fix.
     """
+    fix = f'delete {path} (it cannot be used) to measure a new table in its place'
     try:
         with open(path) as f:
             table = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LatencyTableError(f'{path} is not a readable latency table (corrupt or '
-                                f'truncated JSON: {exc}); measure it again') from None
+                                f'truncated JSON: {exc}): {fix}') from None
     if not isinstance(table, dict) or table.get('format') != FORMAT:
-        raise LatencyTableError(f'{path} is not an mmeff latency table (format {FORMAT!r})')
+        raise LatencyTableError(f'{path} is not an mmeff latency table (format {FORMAT!r}): '
+                                f'give the path of one, or {fix}')
     if table.get('format_version') != FORMAT_VERSION:
         raise LatencyTableError(f"{path} has latency table format version "
                                 f"{table.get('format_version')!r}; this mmeff reads version "
-                                f"{FORMAT_VERSION}: measure it again")
-    missing = [k for k in _SHARED_KEYS + ('entries',) if k not in table]
-    if missing or not isinstance(table['entries'], dict) or not all(
-            isinstance(e, dict) and isinstance(e.get('median_ms'), (int, float))
-            for e in table['entries'].values()):
-        raise LatencyTableError(f'{path} is an incomplete latency table (missing '
-                                f'{missing or "entries with median_ms"}); measure it again')
+                                f"{FORMAT_VERSION}: {fix}")
+    missing = [k for k in _SHARED_KEYS + _SETTING_KEYS + ('entries',) if k not in table]
+    if missing:
+        raise LatencyTableError(f'{path} is an incomplete latency table (no '
+                                f'{", ".join(missing)}): {fix}')
+    size = table['input_size']
+    problem = None
+    if not (isinstance(size, list) and len(size) == 2 and all(map(_positive_int, size))):
+        problem = f'input_size {size!r}'
+    elif not isinstance(table['entries'], dict):
+        problem = f"entries {type(table['entries']).__name__}, not a dict"
+    elif not isinstance(table['machine'], dict) or not isinstance(table['versions'], dict):
+        problem = 'machine or versions not a dict'
+    else:
+        for key in ('batch', 'threads', 'reps'):
+            if not _positive_int(table[key]):
+                problem = f'{key} {table[key]!r}'
+                break
+    if problem is None:
+        for name, entry in table['entries'].items():
+            problem = _entry_problem(name, entry)
+            if problem is None and entry['reps'] != table['reps']:
+                problem = (f"piece {name!r} timed with {entry['reps']} repetitions, the table's "
+                           f"label says {table['reps']} (settings mixed)")
+            if problem:
+                break
+    if problem:
+        raise LatencyTableError(f'{path} is not a valid latency table ({problem}): {fix}')
     return table
 
 
@@ -591,11 +792,96 @@ def measure_network(arch: dict, backend: str = 'torch-cpu', input_size=224, **kw
     return measure_networks([arch], backend, input_size, **kwargs)[0]['median_ms']
 
 
-def lut_accuracy(table: dict, space, n: int = 8, seed: int = 0, warmup: Optional[int] = None,
+def held_out_archs(space, n: int = 20, seed: int = 0) -> List[dict]:
+    """``n`` distinct random networks of ``space`` (:meth:`SearchSpace.random_choices`, seeded).
+
+    A table is the sum of pieces measured alone: no whole network is fitted on, so any network
+    of the space is held out; these are distinct, so that no network counts twice. Fewer than
+    ``n`` only when the space has fewer networks.
+    """
+    space = get_space(space)
+    rng, found = random.Random(seed), {}
+    for _ in range(100 * n):
+        if len(found) == n:
+            break
+        arch = space.to_arch(space.random_choices(rng))
+        found.setdefault(json.dumps(arch, sort_keys=True), arch)
+    return list(found.values())
+
+
+def prediction_stats(predicted: Sequence[float], measured: Sequence[float],
+                     measured_again: Optional[Sequence[float]] = None) -> dict:
+    """How well predicted latencies match measured ones, as nn-Meter reports it.
+
+    With ``rel = (predicted - measured) / measured`` per network: ``within_10pct`` and
+    ``within_5pct`` (share of networks with ``|rel|`` at most 10 % / 5 %, a 1e-9 tolerance
+    for the rounding of the division), ``mean_abs_rel_err``, ``worst_rel_err`` (the largest in
+    magnitude, signed), ``rmse_ms`` (root mean square of ``predicted - measured``) and
+    ``rmse_rel`` (of ``rel``). With ``measured_again`` (the same networks timed a second time)
+    the measurement noise ``(again - measured) / measured``: ``noise_mean_abs_rel``,
+    ``noise_worst_rel``, and ``noise_within_10pct``, the share a perfect predictor would
+    reach against this noise.
+
+    Raises:
+        ValueError: no networks, lengths differ, or a measured latency is not a positive
+            finite number.
+    """
+    p, m = np.asarray(predicted, np.float64), np.asarray(measured, np.float64)
+    if p.shape != m.shape or p.ndim != 1 or not len(p):
+        raise ValueError(f'need as many predicted as measured latencies (one or more), got '
+                         f'{p.shape} and {m.shape}')
+    if not (np.isfinite(m).all() and (m > 0).all() and np.isfinite(p).all()):
+        raise ValueError(f'latencies must be finite and measured ones > 0, got predicted '
+                         f'{p.tolist()}, measured {m.tolist()}')
+    rel = (p - m) / m
+
+    def share(errs, bound):
+        return round(float(np.mean(np.abs(errs) <= bound + 1e-9)), 4)
+
+    out = dict(num_networks=len(m), within_10pct=share(rel, 0.10), within_5pct=share(rel, 0.05),
+               mean_abs_rel_err=round(float(np.abs(rel).mean()), 4),
+               worst_rel_err=round(float(rel[np.argmax(np.abs(rel))]), 4),
+               rmse_ms=round(float(np.sqrt(np.mean((p - m) ** 2))), 4),
+               rmse_rel=round(float(np.sqrt(np.mean(rel ** 2))), 4))
+    if measured_again is not None:
+        a = np.asarray(measured_again, np.float64)
+        if a.shape != m.shape or not np.isfinite(a).all():
+            raise ValueError(f'measured_again must be {len(m)} finite latencies, got '
+                             f'{a.tolist()}')
+        noise = (a - m) / m
+        out.update(noise_mean_abs_rel=round(float(np.abs(noise).mean()), 4),
+                   noise_worst_rel=round(float(noise[np.argmax(np.abs(noise))]), 4),
+                   noise_within_10pct=share(noise, 0.10))
+    return out
+
+
+def _accuracy_row(table: dict, arch: dict, measured: float, again: float,
+                  pieces_ms: Optional[Dict[str, float]]) -> dict:
+    pred = predict(table, arch)
+    row = dict(arch=arch, predicted_ms=round(pred, 4), measured_ms=measured,
+               measured_again_ms=again, rel_err=round((pred - measured) / measured, 4),
+               noise_rel=round((again - measured) / measured, 4))
+    if pieces_ms is not None:
+        entries = {k: dict(median_ms=v) for k, v in pieces_ms.items()}
+        now = predict(dict(table, entries=entries), arch)
+        drift = np.median([v / table['entries'][k]['median_ms'] for k, v in pieces_ms.items()])
+        row.update(pieces_ms=pieces_ms, predicted_same_run_ms=round(now, 4),
+                   rel_err_same_run=round((now - measured) / measured, 4),
+                   piece_drift=round(float(drift), 3))
+    return row
+
+
+def lut_accuracy(table: dict, space, n: int = 20, seed: int = 0, warmup: Optional[int] = None,
                  reps: Optional[int] = None, archs: Optional[Sequence[dict]] = None,
-                 same_run: bool = True) -> dict:
-    """Predicted vs measured latency of ``n`` random networks of ``space`` (or of ``archs``),
-    measured on the table's backend, input size, batch and threads.
+                 same_run: bool = True, resume: Optional[dict] = None,
+                 on_network: Optional[Callable[[dict], None]] = None) -> dict:
+    """Predicted vs measured latency of ``n`` held-out random networks of ``space``
+    (:func:`held_out_archs`; or of ``archs``), measured on the table's backend, input size,
+    batch and threads, with the statistics of :func:`prediction_stats`.
+
+    Every network is timed twice in the same interleaved run (two runners of the same fused
+    network): the difference of the two medians is the measurement noise, the floor of what
+    any predictor can reach at these repetitions.
 
     A table measured at one time and networks measured at another also differ by whatever
     changed on the machine in between (on a shared CPU, the load). With ``same_run`` every
@@ -603,63 +889,91 @@ def lut_accuracy(table: dict, space, n: int = 8, seed: int = 0, warmup: Optional
     two: ``rel_err_same_run`` is the error of summing pieces alone, ``piece_drift`` how much
     slower (> 1) or faster the pieces ran now than when the table was built.
 
+    Args:
+        resume (dict | None): An earlier (e.g. interrupted) result of this function: the
+            networks it measured with the same settings are not measured again.
+        on_network (callable | None): Gets the result so far (``complete`` False) after every
+            network measured, e.g. to save it.
+
     Returns:
-        dict: ``networks`` (``arch``, ``predicted_ms``, ``measured_ms``, ``rel_err`` =
-        ``(predicted - measured) / measured``; with ``same_run`` also
-        ``predicted_same_run_ms``, ``rel_err_same_run`` and ``piece_drift`` (median ratio of
-        the pieces' times now to the table's)), ``mean_abs_rel_err``, ``worst_rel_err`` (the
-        largest in magnitude, signed), with ``same_run`` the same two for
-        ``rel_err_same_run``, and ``backend``, ``input_size``, ``reps``.
+        dict: ``networks`` (``arch``, ``predicted_ms``, ``measured_ms``,
+        ``measured_again_ms``, ``rel_err`` = ``(predicted - measured) / measured``,
+        ``noise_rel``; with ``same_run`` also ``pieces_ms``, ``predicted_same_run_ms``,
+        ``rel_err_same_run`` and ``piece_drift`` (median ratio of the pieces' times now to
+        the table's)), the statistics of :func:`prediction_stats` (with the noise), with
+        ``same_run`` ``mean_abs_rel_err_same_run`` and ``worst_rel_err_same_run``, and
+        ``device``, ``backend``, ``input_size``, ``reps``, ``seed``, ``settings``,
+        ``complete``.
+
+    Raises:
+        LatencyTableError: a piece is missing from the table, or the table was measured on
+            another device than this machine's (both named).
     """
     space = get_space(space)
-    if archs is None:
-        rng = random.Random(seed)
-        archs = [space.to_arch(space.random_choices(rng)) for _ in range(n)]
-    archs = list(archs)
-    predicted = [predict(table, a) for a in archs]  # a missing piece fails before measuring
+    archs = held_out_archs(space, n, seed) if archs is None else list(archs)
+    for arch in archs:  # a missing piece fails before measuring
+        predict(table, arch)
     size, batch, classes = table['input_size'], table['batch'], table['num_classes']
     warmup = table['warmup'] if warmup is None else warmup
     reps = table['reps'] if reps is None else reps
     units = table.get('compute_units') or 'ALL'
     _check_backend(table['backend'])
-    nets = []
-    for arch, pred in zip(archs, predicted):
-        pieces = (['call'] + list(arch_pieces(arch, table['with_head']))) if same_run else []
+    elsewhere = other_device(table)
+    if elsewhere:
+        raise LatencyTableError(f'cannot check a table against this machine: {elsewhere}')
+    settings = dict(device=device_of(table), backend=table['backend'], input_size=size,
+                    batch=batch, threads=table['threads'], warmup=warmup, reps=reps,
+                    with_head=table['with_head'], num_classes=classes, compute_units=units,
+                    same_run=same_run)
+    before = {}
+    if resume and resume.get('settings') == settings:
+        before = {json.dumps(r['arch'], sort_keys=True): r for r in resume.get('networks', [])}
+    rows = []
 
-        def make(name: str, arch=arch) -> tuple:
-            if name == 'NET':
-                x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
-                return _fused_network(arch, size, table['with_head'], classes), x
+    def result(complete: bool) -> dict:
+        out = dict(device=settings['device'], backend=table['backend'], input_size=size,
+                   reps=reps, seed=seed, settings=settings, complete=complete, networks=rows)
+        if rows:
+            out.update(prediction_stats([r['predicted_ms'] for r in rows],
+                                        [r['measured_ms'] for r in rows],
+                                        [r['measured_again_ms'] for r in rows]))
+            if same_run:
+                errs = np.array([r['rel_err_same_run'] for r in rows])
+                out.update(mean_abs_rel_err_same_run=round(float(np.abs(errs).mean()), 4),
+                           worst_rel_err_same_run=float(errs[np.argmax(np.abs(errs))]))
+        return out
+
+    for arch in archs:
+        old = before.get(json.dumps(arch, sort_keys=True))
+        if old is not None and (not same_run or old.get('pieces_ms') is not None):
+            rows.append(_accuracy_row(table, arch, old['measured_ms'],
+                                      old['measured_again_ms'], old.get('pieces_ms')))
+            continue
+        pieces = (['call'] + list(arch_pieces(arch, table['with_head']))) if same_run else []
+        built = {}
+
+        def make(name: str, arch=arch, built=built) -> tuple:
+            if name in ('NET', 'NET.again'):
+                if not built:
+                    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+                    built['net'] = (_fused_network(arch, size, table['with_head'], classes), x)
+                return built['net']
             return build_piece(name, size, space.mlp_ratios, batch, classes)
 
-        times = _time(['NET'] + pieces, make, table['backend'], table['threads'], warmup, reps,
-                      units, chunk=len(pieces) + 1)
-        measured = times.pop('NET')['median_ms']
-        row = dict(arch=arch, predicted_ms=round(pred, 4), measured_ms=measured,
-                   rel_err=round((pred - measured) / measured, 4))
-        if same_run:
-            again = predict(dict(table, entries=times), arch)
-            drift = np.median([times[p]['median_ms'] / table['entries'][p]['median_ms']
-                               for p in pieces])
-            row.update(predicted_same_run_ms=round(again, 4),
-                       rel_err_same_run=round((again - measured) / measured, 4),
-                       piece_drift=round(float(drift), 3))
-        nets.append(row)
-
-    def stats(key):
-        errs = np.array([e[key] for e in nets])
-        return (round(float(np.abs(errs).mean()), 4),
-                float(errs[np.argmax(np.abs(errs))]))
-
-    out = dict(backend=table['backend'], input_size=size, reps=reps, networks=nets)
-    out['mean_abs_rel_err'], out['worst_rel_err'] = stats('rel_err')
-    if same_run:
-        out['mean_abs_rel_err_same_run'], out['worst_rel_err_same_run'] = stats(
-            'rel_err_same_run')
-    return out
+        times = _time(['NET', 'NET.again'] + pieces, make, table['backend'], table['threads'],
+                      warmup, reps, units, chunk=len(pieces) + 2)
+        measured, again = times.pop('NET')['median_ms'], times.pop('NET.again')['median_ms']
+        rows.append(_accuracy_row(table, arch, measured, again,
+                                  {k: v['median_ms'] for k, v in times.items()}
+                                  if same_run else None))
+        if on_network is not None:
+            on_network(result(False))
+    return result(True)
 
 
 __all__ = ['BACKENDS', 'FORMAT', 'FORMAT_VERSION', 'LatencyTableError',
            'BackendUnavailableError', 'arch_pieces', 'space_pieces', 'build_piece',
            'build_lut', 'predict', 'check_compatible', 'save', 'load', 'merge',
-           'measure_network', 'measure_networks', 'lut_accuracy']
+           'measure_network', 'measure_networks', 'lut_accuracy', 'held_out_archs',
+           'prediction_stats', 'check_extendable', 'device_of', 'other_device', 'TableSettingsError',
+           'LatencyTableDeviceWarning']
