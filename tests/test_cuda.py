@@ -167,3 +167,15 @@ def test_benchmark_tool_cuda(tmp_path):
     for key in [((224, 224), 'eager'), ((224, 224), 'fused'), ((512, 512), 'fused')]:
         assert rows[key]['status'] == 'ok' and rows[key]['median_ms'] > 0
         assert rows[key]['device'].startswith('cuda')
+
+
+def test_mmcv_cuda_ops_match_cpu():
+    """mmcv's CUDA RoIAlign (forward and backward, sampling_ratio 0 and 2, aligned), nms,
+    batched_nms and sigmoid focal loss agree with the CPU (or the closed form) on random inputs:
+    the ops Mask R-CNN and RetinaNet train with (tools/gpu_train_checks.py records the figures).
+    """
+    res = load_tool(ROOT, 'gpu_train_checks').check_ops()
+    print(res)
+    assert res['compiling_cuda_version'] != 'not available', \
+        'mmcv was built without its CUDA ops: MMEFF_MMCV_CUDA=1 bash tools/setup_env.sh'
+    assert res['passed'], res
