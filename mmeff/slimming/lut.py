@@ -975,5 +975,5 @@ __all__ = ['BACKENDS', 'FORMAT', 'FORMAT_VERSION', 'LatencyTableError',
            'BackendUnavailableError', 'arch_pieces', 'space_pieces', 'build_piece',
            'build_lut', 'predict', 'check_compatible', 'save', 'load', 'merge',
            'measure_network', 'measure_networks', 'lut_accuracy', 'held_out_archs',
-           'prediction_stats', 'check_extendable', 'device_of', 'other_device', 'TableSettingsError',
-           'LatencyTableDeviceWarning']
+           'prediction_stats', 'check_extendable', 'device_of', 'other_device',
+           'TableSettingsError', 'LatencyTableDeviceWarning']
