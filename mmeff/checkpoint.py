@@ -16,7 +16,6 @@ import os
 import os.path as osp
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -115,6 +114,19 @@ def _refusal_reason(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200]
 
 
+def _torch_said(exc: BaseException) -> str:
+    """The informative line of a ``torch.load`` error: for a weights-only failure the
+    unpickler's own line (``Unsupported operand 154``), not torch's preamble about defaults."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    for i, line in enumerate(lines):
+        if 'WeightsUnpickler error:' in line:
+            rest = line.split('WeightsUnpickler error:', 1)[1].strip()
+            return (rest or (lines[i + 1] if i + 1 < len(lines) else line))[:200]
+    return lines[0][:200]
+
+
 def _refused(source: str, exc: BaseException) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f'Checkpoint {source!r} was refused: it holds a Python object that is not checkpoint '
@@ -124,22 +136,121 @@ def _refused(source: str, exc: BaseException) -> UnsafeCheckpointError:
         f"trust it: torch.save({{'state_dict': ckpt['state_dict']}}, path)")
 
 
+# What torch's weights-only unpickler says when it meets a Python object it does not allow (a
+# class, a function, a call): a refusal. Its other errors (``Unsupported operand 154``, ``String
+# is too long``...) are bytes that are not a valid pickle: a corrupt file, not an unsafe one.
+_REFUSED_OBJECT = re.compile(r'GLOBAL \S+|Unsupported global|Can only (create|build)|'
+                             r'call reduce for unrecognized')
+
+
 def _is_weights_only_refusal(exc: BaseException) -> bool:
-    return isinstance(exc, pickle.UnpicklingError) and 'Weights only load failed' in str(exc)
+    return (isinstance(exc, pickle.UnpicklingError) and 'Weights only load failed' in str(exc)
+            and _REFUSED_OBJECT.search(str(exc)) is not None)
 
 
-def read_checkpoint_file(path, map_location='cpu') -> Any:
-    """``torch.load`` a local checkpoint file with ``weights_only=True`` (+ mmengine's types).
+# The first bytes of the files torch.load reads: a zip archive (torch.save since torch 1.6) or
+# a pickle of protocol 2+ (the legacy format); safetensors files start with the 8-byte length of
+# their JSON header, then ``{``.
+_ZIP_MAGIC = b'PK\x03\x04'
+_PICKLE_MAGIC = b'\x80'
 
-    Errors name the file and the problem: missing, empty, corrupt or truncated, or holding other
-    Python objects (refused unless ``MMEFF_ALLOW_UNSAFE_LOAD=1``).
-    """
-    path = osp.expanduser(str(path))
+
+def is_safetensors_file(path: str) -> bool:
+    """Whether ``path`` is a safetensors file (by its header, whatever its extension)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b'{':
+        return False
+    n = int.from_bytes(head[:8], 'little')
+    return 2 <= n <= osp.getsize(path) - 8
+
+
+def _not_a_checkpoint(path: str) -> Optional[CheckpointError]:
+    """The error for a file that no checkpoint reader takes (text, an image, random bytes), or
+    None when it starts like a torch.save file."""
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        return None
+    text, is_text = '', False
+    for cut in range(4):  # the 64 bytes may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode('utf-8')
+        except UnicodeDecodeError:
+            continue
+        is_text = all(c.isprintable() or c in '\t\r\n' for c in text)
+        break
+    if is_text:
+        start = ' '.join(text.split())[:40]
+        what = (f'a text file (it starts with {start!r}; a web page saved by a failed '
+                f'download, or the wrong file?)')
+    else:
+        what = (f'neither a torch.save file (zip archive or pickle) nor safetensors (first bytes '
+                f'{head[:8].hex(" ")})')
+    return CheckpointError(f'Checkpoint file {path!r} is not a checkpoint: it is {what}. Give '
+                           f'the .pth file tools/train.py or tools/convert_checkpoint.py wrote '
+                           f'(or a .safetensors file); if it should be one, it is corrupt: '
+                           f'recreate or re-download it')
+
+
+def _read_safetensors(path: str, map_location='cpu') -> Dict[str, torch.Tensor]:
+    """A safetensors file's tensors, read by safetensors (no pickle involved)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ImportError(f'{path!r} is a safetensors file; reading it needs the safetensors '
+                          f'package: pip install safetensors') from exc
+    device = map_location if isinstance(map_location, str) else 'cpu'
+    try:
+        return load_file(path, device=device)
+    except Exception as exc:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+        raise CheckpointError(f'Checkpoint file {path!r} is a corrupt or truncated safetensors '
+                              f'file ({osp.getsize(path)} bytes; safetensors said: '
+                              f'{str(exc).splitlines()[0][:200]}); recreate or re-download it'
+                              ) from exc
+
+
+def check_checkpoint_file(source) -> None:
+    """Cheap checks of a checkpoint before anything is built for it: a local file must exist,
+    be a file, not be empty and start like a checkpoint (torch.save's zip or pickle, or
+    safetensors). URLs and hub names are left to :func:`read_checkpoint`. Raises what
+    :func:`read_checkpoint_file` would."""
+    source = str(source)
+    path = osp.expanduser(source)
+    if is_remote(source) and not osp.exists(path):
+        return
+    if osp.isdir(path):
+        raise IsADirectoryError(f'Checkpoint {path!r} is a directory, not a checkpoint file')
     if not osp.isfile(path):
         raise FileNotFoundError(f'Checkpoint file {path!r} does not exist')
     if osp.getsize(path) == 0:
         raise CheckpointError(f'Checkpoint file {path!r} is empty (0 bytes): the download or '
                               f'save was interrupted; recreate it')
+    if not is_safetensors_file(path):
+        error = _not_a_checkpoint(path)
+        if error is not None:
+            raise error
+
+
+def read_checkpoint_file(path, map_location='cpu') -> Any:
+    """``torch.load`` a local checkpoint file with ``weights_only=True`` (+ mmengine's types);
+    a safetensors file is read by safetensors (a dict of tensors).
+
+    Errors name the file and the problem: missing, a directory, empty, not a checkpoint at all
+    (text, random bytes), corrupt or truncated, or holding other Python objects (refused unless
+    ``MMEFF_ALLOW_UNSAFE_LOAD=1``).
+    """
+    path = osp.expanduser(str(path))
+    if osp.isdir(path):
+        raise IsADirectoryError(f'Checkpoint {path!r} is a directory, not a checkpoint file')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Checkpoint file {path!r} does not exist')
+    check_checkpoint_file(path)
+    if is_safetensors_file(path):
+        return _read_safetensors(path, map_location)
     unsafe = unsafe_load_allowed()
     try:
         if unsafe:
@@ -150,12 +261,12 @@ def read_checkpoint_file(path, map_location='cpu') -> Any:
         if _is_weights_only_refusal(exc):
             raise _refused(path, exc) from None
         error = exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001  (bytes that are no valid archive or pickle raise
+        # anything: RuntimeError, EOFError, BadZipFile, KeyError and IndexError of the unpickler)
         error = exc
     raise CheckpointError(f'Checkpoint file {path!r} is corrupt or truncated '
-                          f'({osp.getsize(path)} bytes; torch.load said: '
-                          f'{str(error).splitlines()[0][:200]}); recreate or re-download it'
-                          ) from error
+                          f'({osp.getsize(path)} bytes; torch.load said: {_torch_said(error)}); '
+                          f'recreate or re-download it') from error
 
 
 def load_from_http(filename: str, map_location=None, model_dir: Optional[str] = None,
@@ -367,10 +478,83 @@ BACKBONE_ONLY_FIX = (
     "(with the configs in configs/: --cfg-options pretrained=FILE)")
 
 
+def _backbone_of(model: nn.Module):
+    return model if hasattr(model, 'arch_settings') else getattr(model, 'backbone', None)
+
+
 def _backbone_arch(model: nn.Module):
-    backbone = model if hasattr(model, 'arch_settings') else getattr(model, 'backbone', None)
+    """The arch name (``'l1'``, ``'s0'``...) of the model's EfficientFormer(V2) backbone, its
+    arch dict when it is no named one, or None when it has none."""
+    backbone = _backbone_of(model)
     arch = getattr(backbone, 'arch', None)
-    return _arch_label(arch) if isinstance(arch, dict) else None
+    if not isinstance(arch, dict):
+        return None
+    try:  # the name a checkpoint of this backbone would be given (V1 and V2)
+        from mmeff.converters import arch_name
+        return arch_name({'backbone.' + k: v for k, v in backbone.state_dict().items()})
+    except Exception:  # noqa: BLE001  (a backbone the converters do not know: the dict)
+        return _arch_label(arch)
+
+
+# Family names (the backbone classes) as the user knows them.
+_FAMILY_LABEL = {'EfficientFormer': 'EfficientFormer (V1)',
+                 'EfficientFormerV2': 'EfficientFormerV2'}
+_CONFIG_ARCH = re.compile(r'effformer(v2)?_(l1|l3|l7|s0|s1|s2|l)(?=[_.])')
+_CONFIG_DIRS = {'EncoderDecoder': 'segmentation', 'EfficientFormerClassifier': 'classification'}
+
+
+def _checkpoint_family(state_dict: Mapping[str, Any]) -> Optional[str]:
+    """``'EfficientFormer'``/``'EfficientFormerV2'`` for a checkpoint of either, else None."""
+    tensors = {k: v for k, v in state_dict.items() if hasattr(v, 'shape')}
+    if not any(k.startswith('backbone.') for k in tensors):
+        tensors = {'backbone.' + k: v for k, v in tensors.items()}
+    try:
+        from mmeff.converters import convert_state_dict, family_name
+        return family_name(convert_state_dict(tensors)[0])
+    except Exception:  # noqa: BLE001  (not an EfficientFormer checkpoint)
+        return None
+
+
+def configs_for(family: str, arch: Any, config: Optional[str] = None,
+                model: Optional[nn.Module] = None) -> List[str]:
+    """Configs of this repository for ``family`` and ``arch`` (a name): the counterpart of
+    ``config`` (same file name with the family and arch replaced) when it exists, else those of
+    the model's task (detection, segmentation, classification); ``[]`` when none is found."""
+    if not isinstance(arch, str):
+        return []
+    token = f"effformer{'v2' if family == 'EfficientFormerV2' else ''}_{arch}"
+    if config:
+        folder, name = osp.split(str(config))
+        twin = osp.join(folder, _CONFIG_ARCH.sub(token, name, count=1))
+        if twin != str(config) and osp.isfile(twin):
+            return [twin]
+    root = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+    kind = _CONFIG_DIRS.get(type(model).__name__ if model is not None else '',
+                            'detection' if model is not None and hasattr(model, 'neck')
+                            else None)
+    folders = [kind] if kind else ['detection', 'segmentation', 'classification']
+    found = []
+    for folder in folders:
+        try:
+            names = sorted(os.listdir(osp.join(root, folder)))
+        except OSError:
+            continue
+        found += [osp.join('configs', folder, n) for n in names
+                  if n.endswith('.py') and re.search(rf'{token}(?=[_.])', n)]
+    return found[:3]
+
+
+def _family_fix(ckpt_family: str, ckpt_arch: Any, model_family: str, config: Optional[str],
+                model: Optional[nn.Module]) -> str:
+    """What to do with a checkpoint of the other EfficientFormer family."""
+    arch = f' (arch {ckpt_arch!r})' if isinstance(ckpt_arch, str) else ''
+    configs = configs_for(ckpt_family, ckpt_arch, config, model)
+    use = (f'use the {_FAMILY_LABEL[ckpt_family]} config: {" or ".join(configs)}' if configs
+           else f'use a config whose backbone is mmeff.{ckpt_family}')
+    return (f'It is an {_FAMILY_LABEL[ckpt_family]} checkpoint{arch}, and this model has an '
+            f'{_FAMILY_LABEL[model_family]} backbone: the two families have different layers, '
+            f'so no arch setting makes it fit; {use}, or give {_FAMILY_LABEL[model_family]} '
+            f'weights.')
 
 
 def _num_classes_settings(model: nn.Module, keys) -> List[str]:
@@ -414,7 +598,8 @@ def _class_count_message(model: nn.Module, fit: Fit) -> str:
 
 
 def check_model_fit(model: nn.Module, state_dict: Mapping[str, Any], source: str,
-                    purpose: str = 'exact', hint: Optional[str] = None) -> Fit:
+                    purpose: str = 'exact', hint: Optional[str] = None,
+                    config: Optional[str] = None) -> Fit:
     """Raise :class:`CheckpointMismatchError` unless ``state_dict`` fits ``model``.
 
     Args:
@@ -427,6 +612,9 @@ def check_model_fit(model: nn.Module, state_dict: Mapping[str, Any], source: str
             ``'shapes'``: only shape mismatches are errors (missing keys are reported by the
             loader).
         hint (str, optional): A caller-specific fix, added to the message.
+        config (str, optional): The config the model was built from: a checkpoint of the other
+            EfficientFormer family names its counterpart (``..._effformer_l1...`` for
+            ``..._effformerv2_s0...``).
 
     Returns:
         Fit: The comparison, when it fits.
@@ -450,12 +638,16 @@ def check_model_fit(model: nn.Module, state_dict: Mapping[str, Any], source: str
         return fit
     kind, description, ckpt_arch = describe_checkpoint(state_dict)
     model_arch = _backbone_arch(model)
+    model_family = type(_backbone_of(model)).__name__
+    ckpt_family = _checkpoint_family(state_dict) if kind != 'resnet' else None
     backbone_bad = any(k.startswith('backbone.') for k, _, _ in fit.mismatched)
     if kind == 'resnet':
         fix = RESNET_FIX + '.'
         if purpose == 'exact':
             fix += (' Testing, drawing and resuming need the checkpoint that tools/train.py '
                     'saved with this config.')
+    elif ckpt_family and model_family in _FAMILY_LABEL and ckpt_family != model_family:
+        fix = _family_fix(ckpt_family, ckpt_arch, model_family, config, model)
     elif backbone_bad and ckpt_arch is not None and model_arch is not None \
             and ckpt_arch != model_arch:
         fix = (f"Another arch: checkpoint arch: {ckpt_arch!r}, model arch: {model_arch!r}. Set "
@@ -506,17 +698,34 @@ def backbone_part(sd: Mapping[str, Any], prefix: str, source: str) -> Dict[str, 
 
 
 def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, Any],
-                             source: str = 'state_dict', strict_min_match: float = 0.5) -> str:
+                             source: str = 'state_dict', strict_min_match: float = 0.5,
+                             config: Optional[str] = None) -> str:
     """Load a backbone state dict (no prefix) into an EfficientFormer, or raise why it does not fit.
 
     The output norms (``norm{i}``) may be missing (a classification checkpoint has none): they
     keep their initialisation, and the report says so. Anything else missing, fewer than
     ``strict_min_match`` of the model's keys matched (a wrong file), or a shape mismatch (another
-    arch) is a :class:`CheckpointMismatchError`. Returns a one-line report.
+    arch, or the other EfficientFormer family: ``config``, when given, names its counterpart) is
+    a :class:`CheckpointMismatchError`. Returns a one-line report.
     """
     own = model.state_dict()
     fit = compare_state_dicts(own, state_dict)
     found = len(fit.matched) + len(fit.mismatched)
+    missing = [k for k in fit.missing if not re.match(r'^norm\d\.', k)]
+    model_family = type(model).__name__
+    if (found < strict_min_match * len(own) or fit.mismatched or missing) \
+            and model_family in _FAMILY_LABEL:
+        ckpt_family = _checkpoint_family(state_dict)
+        if ckpt_family and ckpt_family != model_family:
+            from mmeff.converters import arch_name, convert_state_dict
+            try:
+                ckpt_arch = arch_name(convert_state_dict(
+                    {'backbone.' + k: v for k, v in state_dict.items()})[0])
+            except Exception:  # noqa: BLE001  (named without the arch)
+                ckpt_arch = None
+            raise CheckpointMismatchError(
+                f'{source} does not fit this {model_family} backbone: '
+                + _family_fix(ckpt_family, ckpt_arch, model_family, config, None))
     if found < strict_min_match * len(own):
         _, description, _ = describe_checkpoint({'backbone.' + k: v for k, v in state_dict.items()})
         raise CheckpointMismatchError(
@@ -524,7 +733,6 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, Any],
             f'{list(state_dict)[:3]}, the model expects {list(own)[:3]}): it is {description}. '
             f'Wrong file or not converted: run tools/convert_checkpoint.py on it first, or give '
             f"EfficientFormer weights. {RESNET_FIX if 'ResNet' in description else ''}".rstrip())
-    missing = [k for k in fit.missing if not re.match(r'^norm\d\.', k)]
     if fit.mismatched or missing:
         ckpt_arch = None
         try:
@@ -533,7 +741,7 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, Any],
                                                for k, v in state_dict.items()}))
         except Exception:  # noqa: BLE001  (the message is clear without it)
             pass
-        model_arch = _arch_label(getattr(model, 'arch', None))
+        model_arch = _backbone_arch(model)
         what = (f'{len(fit.mismatched)} shape mismatches, first: {fit.mismatched[0][0]}: '
                 f'checkpoint {fit.mismatched[0][1]} vs model {fit.mismatched[0][2]}'
                 if fit.mismatched
@@ -580,17 +788,20 @@ def unwrap_state_dict_of(source: str, checkpoint) -> Dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------- tools
 def check_checkpoint_for_model(model: nn.Module, source: str, purpose: str = 'exact',
-                               checkpoint=None, hint: Optional[str] = None) -> Fit:
+                               checkpoint=None, hint: Optional[str] = None,
+                               config: Optional[str] = None) -> Fit:
     """Read ``source`` (unless ``checkpoint``, its content, is given) and check that what
     mmengine will load from it fits ``model`` (:func:`check_model_fit`)."""
     if checkpoint is None:
         checkpoint = read_checkpoint(source)
-    return check_model_fit(model, mmengine_state_dict(checkpoint), str(source), purpose, hint)
+    return check_model_fit(model, mmengine_state_dict(checkpoint), str(source), purpose, hint,
+                           config=config)
 
 
 __all__ = ['CheckpointError', 'UnsafeCheckpointError', 'CheckpointMismatchError', 'UNSAFE_ENV',
            'unsafe_load_allowed', 'mmengine_safe_globals', 'allowing_mmengine_globals',
-           'read_checkpoint_file', 'load_from_http', 'read_checkpoint', 'is_remote',
-           'unwrap_state_dict', 'unwrap_state_dict_of', 'mmengine_state_dict', 'Fit',
-           'compare_state_dicts', 'describe_checkpoint', 'check_model_fit', 'backbone_part',
+           'check_checkpoint_file', 'read_checkpoint_file', 'is_safetensors_file',
+           'load_from_http', 'read_checkpoint', 'is_remote', 'unwrap_state_dict',
+           'unwrap_state_dict_of', 'mmengine_state_dict', 'Fit', 'compare_state_dicts',
+           'describe_checkpoint', 'check_model_fit', 'configs_for', 'backbone_part',
            'load_backbone_state_dict', 'load_pretrained_backbone', 'check_checkpoint_for_model']

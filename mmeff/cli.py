@@ -15,8 +15,14 @@ Every ``tools/*.py`` ends with::
   checkpoint that cannot be read): one line ``<tool>: error: <message>`` on stderr, exit
   status 1. The libraries' messages name the file, the value and the fix (STYLE rule 12), so
   the traceback would only bury them;
-* a ``TypeError``/``KeyError`` that Python raised in the middle of some code (``'str' object
-  is not callable``, ``d['missing']``) rather than a ``raise`` statement: a bug, as below;
+* a ``TypeError``/``KeyError`` is a user's mistake only when it comes from building what the
+  user's config or arguments describe (mmengine's registry and config code are on its
+  traceback) or from a ``raise`` statement of the project's own code (its argument checks).
+  One that Python raised in the middle of some code (``'str' object is not callable``,
+  ``d['missing']``), or that a library raised at run time (torch's ``data should be a
+  Tensor`` from a DDP broadcast), is a bug, as below;
+* no CUDA device where the user asked for one (``--device cuda`` on a machine without a GPU or
+  driver, or a CPU-only torch): one line saying so and how to run on the CPU;
 * any other exception (``RuntimeError`` from torch, ``AttributeError``, ``AssertionError``...):
   most likely a bug in mmeff or in the stack, not something the user typed. Its traceback is
   printed, then one line saying so; exit status 1;
@@ -45,33 +51,98 @@ USER_ERRORS = (OSError, ValueError, TypeError, KeyError, SyntaxError, ImportErro
 
 
 # Python itself raises these for mistakes in code ("'str' object is not callable",
-# ``d['missing']``): only a deliberate ``raise`` of them (a library's argument check, mmengine's
-# registry wrapping a bad config entry) is taken for a user's mistake.
+# ``d['missing']``), and libraries for mistakes of their callers: only those of
+# :func:`raised_on_purpose` (building from a config, the project's argument checks) are taken
+# for a user's mistake.
 _RAISED_ON_PURPOSE_ONLY = (TypeError, KeyError)
 
 
+# Code that builds what a config describes: an error raised below it is about the config.
+_BUILDING = ('mmengine/registry/', 'mmengine/config/')
+# Where installed libraries live: a ``raise`` there at run time is no argument check of ours.
+_LIBRARIES = ('/site-packages/', '/dist-packages/')
+
+
+def _path(frame) -> str:
+    return frame.filename.replace('\\', '/')
+
+
 def raised_on_purpose(exc: BaseException) -> bool:
-    """Whether the innermost frame of ``exc``'s traceback is a ``raise`` statement, or
-    mmengine's registry calling a class with the arguments a config gave it (a config entry the
-    class does not take: mmengine 0.10 no longer wraps that error). ``True`` when the source
-    cannot be read, so that a missing file never hides a message."""
+    """Whether ``exc`` is a deliberate complaint about the user's input:
+
+    * raised by mmengine's registry or config code itself (a class given an argument it does
+      not take, a type nobody registered, a config that does not parse);
+    * raised by a ``raise`` statement of a class mmengine's registry is building from the
+      config (mmcv's ``Unrecognized norm type``), unless in torch: torch does not check
+      configs, its ``TypeError`` while a DDP wrapper is built is a bug;
+    * outside any building, raised by a ``raise`` statement of the project's own code (its
+      argument checks), not of an installed library: a library raising ``TypeError`` in the
+      middle of a run is a bug of whoever called it.
+
+    ``True`` when the source cannot be read, so that a missing file never hides a message."""
     tb = exc.__traceback__
     if tb is None:
         return True
-    frame = traceback.extract_tb(tb)[-1]
-    if frame.filename.replace('\\', '/').endswith('mmengine/registry/build_functions.py'):
+    frames = traceback.extract_tb(tb)
+    path = _path(frames[-1])
+    if any(part in path for part in _BUILDING):
         return True
-    line = (frame.line or '').lstrip()
-    return not line or line.startswith('raise')
+    line = (frames[-1].line or '').lstrip()
+    if line and not line.startswith('raise'):
+        return False  # the interpreter's own TypeError/KeyError: a bug
+    if any(part in _path(f) for f in frames[:-1] for part in _BUILDING):
+        return '/torch/' not in path
+    return '/mmeff/' in path or not any(part in path for part in _LIBRARIES)
+
+
+# What torch says when CUDA is asked for on a machine that has none.
+_NO_CUDA = ('Found no NVIDIA driver', 'Torch not compiled with CUDA enabled',
+            'No CUDA GPUs are available', 'no CUDA-capable device is detected',
+            'CUDA driver initialization failed')
+
+
+def no_cuda_message(exc: BaseException) -> Optional[str]:
+    """The one-line message for an attempt to use CUDA without a CUDA device, else None."""
+    if not isinstance(exc, (RuntimeError, AssertionError)):
+        return None
+    text = str(exc)
+    if not any(s in text for s in _NO_CUDA):
+        return None
+    first = (text.strip().splitlines() or [''])[0].split('. ')[0]
+    return (f'a CUDA device was asked for (e.g. --device cuda), but this machine has none '
+            f'usable (torch: {first}); run on the CPU with --device cpu, or on a machine with '
+            f'an NVIDIA GPU, its driver and a CUDA build of torch')
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can use it, else a ``ValueError`` naming the device and the fix
+    (for tools' ``--device`` options, checked before any work starts)."""
+    import torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f'--device {device!r} is not a device torch knows ({exc}); use cpu, '
+                         f'cuda or cuda:N') from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f'--device {device!r}: this machine has no usable CUDA device '
+                             f'(torch.cuda.is_available() is False); use --device cpu')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f'--device {device!r}: this machine has '
+                             f'{torch.cuda.device_count()} CUDA device(s), cuda:0 to '
+                             f'cuda:{torch.cuda.device_count() - 1}')
+    return device
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a user's mistake: one of ``USER_ERRORS``, or an exception class that
     mmeff defines (``CheckpointError``, ``EmptyDatasetError``...). mmeff raises its own classes
     only on purpose, with a message that says what to fix, whatever builtin they derive from
-    (``CheckpointError`` is a ``RuntimeError``). A ``TypeError`` or ``KeyError`` that the
-    interpreter raised in the middle of some code (not a ``raise`` statement) is a bug."""
+    (``CheckpointError`` is a ``RuntimeError``); and no CUDA device where one was asked for.
+    A ``TypeError`` or ``KeyError`` counts only when :func:`raised_on_purpose`."""
     if any(cls.__module__.split('.')[0] == 'mmeff' for cls in type(exc).__mro__):
+        return True
+    if no_cuda_message(exc) is not None:
         return True
     if not isinstance(exc, USER_ERRORS):
         return False
@@ -133,7 +204,8 @@ def run(main: Callable, argv: Optional[Sequence[str]] = None, prog: Optional[str
         if traceback_wanted():
             raise
         if is_user_error(exc):
-            print(f'{prog}: error: {one_line(exc)} (set {TRACEBACK_ENV}=1 for the traceback)',
+            message = no_cuda_message(exc) or one_line(exc)
+            print(f'{prog}: error: {message} (set {TRACEBACK_ENV}=1 for the traceback)',
                   file=sys.stderr)
         else:
             traceback.print_exc()

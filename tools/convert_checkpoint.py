@@ -15,7 +15,14 @@ looks like.
 DST is an mmengine checkpoint (``{'state_dict': ..., 'meta': ...}``) with ``backbone.*`` keys
 (and ``head.*`` when SRC has a classifier head). Use it in detection/segmentation configs with
 ``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')`` or load it into the
-classifier of configs/classification. The file is written atomically.
+classifier of configs/classification. The file is written beside DST, read back and checked,
+then renamed: DST keeps its previous content if anything fails.
+
+Every file is read safely: safetensors through safetensors, anything else with
+``torch.load(weights_only=True)``; a file holding other Python objects is refused (unpickling it
+could run code) unless you trust it and set ``MMEFF_ALLOW_UNSAFE_LOAD=1``. Offline, ``--timm``
+asks the hub once (5 s) and then only looks in the Hugging Face cache (``HF_HUB_OFFLINE=1``
+skips the question).
 """
 import argparse
 import os
@@ -24,9 +31,30 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def write_checked(state_dict: dict, meta: dict, dst: str) -> None:
+    """Write ``{'state_dict', 'meta'}`` to a temporary file beside ``dst``, read it back (as
+    every reader of it will: weights only) and check that it holds those tensors, then rename
+    it to ``dst``: ``dst`` keeps its previous content on any failure or kill."""
+    import torch
+
+    from mmeff.checkpoint import CheckpointError, read_checkpoint_file
+    from mmeff.engine.checkpointing import write_file_atomic
+    dst = os.path.abspath(os.path.expanduser(dst))
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+
+    def write(tmp):
+        torch.save({'state_dict': state_dict, 'meta': meta}, tmp)
+        back = read_checkpoint_file(tmp)['state_dict']
+        if list(back) != list(state_dict) or any(
+                not torch.equal(back[k], v) for k, v in state_dict.items()):
+            raise CheckpointError(f'the converted checkpoint read back from {tmp!r} differs '
+                                  f'from what was written; {dst!r} was not replaced')
+    write_file_atomic(dst, write)
+
+
 def main(argv=None):
     from mmeff.converters import (LAYOUTS, arch_name, convert_state_dict, detect_layout,
-                                  family_name, load_checkpoint_file, save_checkpoint_atomic)
+                                  family_name, load_checkpoint_file)
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', nargs='?',
                         help='source checkpoint (.pth/.pth.tar/.bin); omit with --timm')
@@ -49,12 +77,8 @@ def main(argv=None):
         parser.error(f'--timm weights have the timm layout, not {args.layout!r}')
 
     if args.timm is not None:
-        from mmeff.converters.timm_hub import WeightsDownloadError, load_timm_pretrained
-        try:
-            sd = load_timm_pretrained(args.timm, args.timm_file)
-        except WeightsDownloadError as exc:  # say how to pass the file with this tool
-            raise WeightsDownloadError(exc.name, exc.page, exc.reason,
-                                       how='pass it with --timm-file PATH') from None
+        from mmeff.converters.timm_hub import load_timm_pretrained
+        sd = load_timm_pretrained(args.timm, args.timm_file, how='pass it with --timm-file PATH')
         source = f'timm:{args.timm}' + (f' ({args.timm_file})' if args.timm_file else '')
         converted_from = (f'timm:{args.timm}' if args.timm_file is None
                           else f'timm:{args.timm}:{os.path.abspath(args.timm_file)}')
@@ -71,7 +95,7 @@ def main(argv=None):
     heads = sorted({k.split('.')[1] for k in out if k.startswith('head.')})
     meta = dict(converted_from=converted_from or os.path.abspath(args.src),
                 source_layout=layout, family=family, arch=arch, has_head=bool(heads))
-    save_checkpoint_atomic({'state_dict': out, 'meta': meta}, args.dst)
+    write_checked(out, meta, args.dst)
     n_bb = sum(k.startswith('backbone.') for k in out)
     print(f'{source or args.src} ({layout} layout, arch {arch}, {family}) -> {args.dst}: '
           f'{n_bb} backbone tensors'
