@@ -928,7 +928,7 @@ def lut_accuracy(table: dict, space, n: int = 20, seed: int = 0, warmup: Optiona
     before = {}
     if resume and resume.get('settings') == settings:
         before = {json.dumps(r['arch'], sort_keys=True): r for r in resume.get('networks', [])}
-    rows = []
+    rows, pieces_built = [], {}  # a piece recurs in many networks: built once
 
     def result(complete: bool) -> dict:
         out = dict(device=settings['device'], backend=table['backend'], input_size=size,
@@ -958,7 +958,9 @@ def lut_accuracy(table: dict, space, n: int = 20, seed: int = 0, warmup: Optiona
                     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
                     built['net'] = (_fused_network(arch, size, table['with_head'], classes), x)
                 return built['net']
-            return build_piece(name, size, space.mlp_ratios, batch, classes)
+            if name not in pieces_built:
+                pieces_built[name] = build_piece(name, size, space.mlp_ratios, batch, classes)
+            return pieces_built[name]
 
         times = _time(['NET', 'NET.again'] + pieces, make, table['backend'], table['threads'],
                       warmup, reps, units, chunk=len(pieces) + 2)
