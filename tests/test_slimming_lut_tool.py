@@ -82,7 +82,7 @@ def test_a_killed_build_loses_nothing_measured(fast, repo_root, tmp_path, monkey
     out = capsys.readouterr().out
     assert f'measuring 0 of {total} pieces' in out
     assert 'Resuming the accuracy check' in out and '(1 networks measured)' in out
-    assert len(timed) == 2 and all(t[:2] == ['NET', 'NET.again'] for t in timed)
+    assert len(timed) == 2 and all(t[0] == 'NET' and 'NET.again' in t for t in timed)
     assert lut.load(str(path)) == table  # nothing measured again
     check = json.loads(check_path.read_text())
     assert check['complete'] and check['num_networks'] == 3
