@@ -394,6 +394,11 @@ def test_table_names_its_device_and_warns_on_another(cpu_table, space, monkeypat
     assert lut.device_of(old) == device
     gpu = dict(old, backend='torch-cuda', machine=dict(old['machine'], gpu='NVIDIA H200'))
     assert lut.device_of(gpu) == 'GPU NVIDIA H200, torch-cuda'
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        assert lut.other_device(gpu).startswith('the latency table was measured on GPU NVIDIA '
+                                                'H200, torch-cuda, but this machine is GPU none '
+                                                'here, torch-cuda:')
 
 
 def test_extending_with_other_settings_is_refused(cpu_table, space):

@@ -373,8 +373,8 @@ def _versions() -> dict:
 def _hardware(backend: str) -> str:
     """This machine's processor that ``backend`` runs on: the GPU's name for ``torch-cuda``,
     else the CPU's model name."""
-    if backend == 'torch-cuda' and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+    if backend == 'torch-cuda':
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else 'none here'
     from mmeff.benchmark.latency import cpu_name
     return cpu_name()
 
