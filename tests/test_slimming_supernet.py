@@ -234,6 +234,82 @@ def test_temperature_hook():
                                                 max_iters=1))
 
 
+# ---------------------------------------------------------------------------- recipe
+@pytest.fixture(scope='module')
+def tiny_teacher(tmp_path_factory):
+    """A tiny timm classifier with random weights, saved to disk as a teacher checkpoint."""
+    import timm
+    torch.manual_seed(0)
+    teacher = timm.create_model('test_resnet', pretrained=False, num_classes=NUM_CLASSES)
+    path = str(tmp_path_factory.mktemp('teacher') / 'test_resnet.pth')
+    torch.save(teacher.state_dict(), path)
+    return path
+
+
+MIXUP = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
+
+
+def test_distillation_and_mixup_one_teacher_pass_shared_by_the_sandwich(tiny_teacher):
+    """Mixup/cutmix once per step, the teacher once per step on the mixed images, and every
+    sandwich pass's loss = (1 - alpha) soft-target CE of head + alpha CE of dist_head against
+    the teacher's argmax, on those images."""
+    from timm.loss import SoftTargetCrossEntropy
+    torch.manual_seed(0)
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES, label_smoothing=0.1,
+                             mixup=MIXUP, distillation=dict(type='hard', alpha=0.5, teacher=dict(
+                                 model_name='test_resnet', checkpoint=tiny_teacher)))
+    model.init_weights()  # builds the teacher, as the Runner does
+    teacher = model.teacher().module
+    assert not any(k.startswith('_teacher') for k in model.state_dict())  # not a submodule
+    assert not any(p is q for p in model.parameters() for q in teacher.parameters())
+    seen = {'teacher': [], 'passes': []}
+    teacher.register_forward_hook(lambda m, args, out: seen['teacher'].append((args[0], out)))
+    model.backbone.register_forward_hook(lambda m, args, out: seen['passes'].append(args[0]))
+    mixup = model.mixup
+
+    def record_mixup(x, target):
+        x, target = type(mixup).__call__(mixup, x, target)
+        seen.setdefault('targets', []).append(target)
+        return x, target
+
+    model.mixup = record_mixup
+    ref = copy.deepcopy(model)  # the same sampler state: the same networks and widths
+    batch = Batches()(8)
+    original = batch['inputs'].clone()  # timm's Mixup mixes in place
+    out = model.train_step(batch, optim(model))
+    assert len(seen['teacher']) == 1 and len(seen['passes']) == 3
+    mixed, teacher_logits = seen['teacher'][0]
+    assert not torch.equal(mixed, original)  # mixed or cut
+    assert all(x is mixed for x in seen['passes'])  # the teacher's images, for every pass
+    # The loss, recomputed from the same networks on the same images and mixed targets.
+    targets = seen['targets'][0]
+    labels = torch.tensor([int(d.gt_label) for d in batch['data_samples']])
+    assert len(seen['targets']) == 1 and targets.shape == (8, NUM_CLASSES)
+    assert not torch.equal(targets.argmax(1), labels) or targets.max() < 0.95  # mixed, smoothed
+    teacher_labels = teacher_logits.argmax(dim=1)
+    with torch.no_grad():
+        for name, idx in ref.sandwich_widths().items():
+            cls_logits, dist_logits = ref.forward_sampled(mixed, idx)
+            want = 0.5 * SoftTargetCrossEntropy()(cls_logits, targets) + 0.5 * \
+                torch.nn.functional.cross_entropy(dist_logits, teacher_labels)
+            assert out[f'loss_{name}'].item() == pytest.approx(want.item(), rel=1e-4), name
+
+
+def test_missing_teacher_and_bad_recipe_arguments(tmp_path):
+    missing = str(tmp_path / 'regnety_160.pth')
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES, distillation=dict(
+        teacher=dict(model_name='regnety_160', checkpoint=missing)))
+    model.forward(torch.randn(1, 3, 32, 32))  # inference needs no teacher
+    with pytest.raises(FileNotFoundError, match=r'teacher checkpoint .*regnety_160\.pth.* does '
+                                                r'not exist.*model\.distillation=None'):
+        model.init_weights()
+    with pytest.raises(ValueError, match='unknown mixup keys'):
+        SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES, mixup=dict(alpha=1.))
+    with pytest.raises(ValueError, match='distillation.alpha must be in'):
+        SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES, distillation=dict(
+            alpha=2., teacher=dict(model_name='x')))
+
+
 # ---------------------------------------------------------------------------- slicing
 def _stage3_mb3d_supported() -> bool:
     try:
@@ -392,7 +468,13 @@ def test_l7space_config():
 
 
 # ---------------------------------------------------------------------------- tools/train.py
-def test_train_tool_saves_and_resumes(tmp_path):
+def test_train_tool_kill_and_resume_is_bit_exact(tmp_path, tiny_teacher):
+    """The tiny config with the full recipe (mixup/cutmix, a distillation teacher) through
+    tools/train.py: killed (SIGKILL) after its first checkpoint and resumed, it ends with the
+    weights, BN statistics and architecture logits of an uninterrupted run, bit for bit (global
+    random states and the architecture sampler restored: SupernetRunStateHook)."""
+    import signal
+    import time
     data = make_imagefolder_dataset(str(tmp_path / 'data') + '/', num_classes=NUM_CLASSES,
                                     per_class=(4, 2), size=40)
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'slimming', 'supernet_tiny_synthetic.py'))
@@ -402,33 +484,88 @@ def test_train_tool_saves_and_resumes(tmp_path):
         cfg[name].dataset.pipeline[1].input_size = 32
     cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
     cfg.data_root = data['data_root']
-    cfg.train_cfg.max_epochs = 1
+    cfg.train_cfg.max_epochs = 3
     cfg.train_cfg.val_interval = 1
+    cfg.model.mixup = MIXUP
+    cfg.model.distillation = dict(type='hard', alpha=0.5, teacher=dict(
+        model_name='test_resnet', checkpoint=tiny_teacher))
     cfg_path = str(tmp_path / 'supernet_tiny.py')
     cfg.dump(cfg_path)
-    work_dir = str(tmp_path / 'work')
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
-    def train(*extra):
-        proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), cfg_path,
-                               '--work-dir', work_dir, *extra], cwd=ROOT, env=env,
+    def command(work_dir, *extra):
+        return [sys.executable, osp.join(ROOT, 'tools', 'train.py'), cfg_path, '--work-dir',
+                work_dir, *extra]
+
+    def train(work_dir, *extra):
+        proc = subprocess.run(command(work_dir, *extra), cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 
-    train()
-    assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
-    first = load_supernet(osp.join(work_dir, 'epoch_1.pth'), TINY)
-    log = train('--resume', '--cfg-options', 'train_cfg.max_epochs=2')
-    assert 'resumed epoch: 1' in log
-    ckpt = torch.load(osp.join(work_dir, 'epoch_2.pth'), map_location='cpu', weights_only=False)
-    assert set(ckpt['optimizer']) >= {'weights', 'arch'}
-    second = load_supernet(ckpt, TINY)
-    assert not torch.equal(first.arch_logits[2], second.arch_logits[2])  # trained on
-    runs = sorted(d for d in os.listdir(work_dir) if osp.isdir(osp.join(work_dir, d)))
-    with open(osp.join(work_dir, runs[-1], 'vis_data', 'scalars.json')) as f:
+    full, cut = str(tmp_path / 'full'), str(tmp_path / 'cut')
+    train(full)
+    proc = subprocess.Popen(command(cut), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not osp.isfile(osp.join(cut, 'epoch_1.pth')) and proc.poll() is None:
+        assert time.time() < deadline, 'the run to kill wrote no checkpoint in 10 minutes'
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log = train(cut, '--resume')
+    assert 'resumed epoch: ' in log
+    want = torch.load(osp.join(full, 'epoch_3.pth'), map_location='cpu', weights_only=False)
+    got = torch.load(osp.join(cut, 'epoch_3.pth'), map_location='cpu', weights_only=False)
+    differ = [k for k, v in want['state_dict'].items()
+              if not torch.equal(v, got['state_dict'][k])]
+    assert not differ, f'{len(differ)} of {len(want["state_dict"])} tensors differ: {differ[:5]}'
+    assert set(got['optimizer']) >= {'weights', 'arch'} and got['supernet']['world_size'] == 1
+    first = load_supernet(osp.join(full, 'epoch_2.pth'), TINY)  # max_keep_ckpts=2
+    last = load_supernet(got, TINY)
+    assert not torch.equal(first.arch_logits[2], last.arch_logits[2])  # trained on
+    runs = sorted(d for d in os.listdir(cut) if osp.isdir(osp.join(cut, d)))
+    with open(osp.join(cut, runs[-1], 'vis_data', 'scalars.json')) as f:
         scalars = [json.loads(line) for line in f]
     temps = [s['temperature'] for s in scalars if 'temperature' in s]
     assert temps and temps[-1] == pytest.approx(0.2)  # the end of the annealing
     with pytest.raises(SpaceMismatchError):
-        load_supernet(ckpt, 'l7space')
+        load_supernet(got, 'l7space')
+
+
+def test_train_tool_refuses_a_missing_teacher_and_another_space(tmp_path, capsys):
+    """One line on stderr, exit status 1, nothing written over."""
+    from mmeff.cli import run as run_tool
+
+    from helpers import load_tool
+    data = make_imagefolder_dataset(str(tmp_path / 'data') + '/', num_classes=NUM_CLASSES,
+                                    per_class=(4, 1), size=40)
+    config = osp.join(ROOT, 'configs', 'slimming', 'supernet_tiny_synthetic.py')
+    work = tmp_path / 'work'
+    missing = str(tmp_path / 'teacher.pth')
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({'train_dataloader.dataset.data_root': data['data_root'],
+                         'val_dataloader.dataset.data_root': data['data_root'],
+                         'test_dataloader.dataset.data_root': data['data_root']})
+    cfg.model.distillation = dict(type='hard', alpha=0.5, teacher=dict(
+        model_name='test_resnet', checkpoint=missing))
+    cfg.dump(str(tmp_path / 'with_teacher.py'))
+    status = run_tool(load_tool(ROOT, 'train').main, [
+        str(tmp_path / 'with_teacher.py'), '--work-dir', str(work)], prog='train.py')
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and err[-1].startswith('train.py: error: Distillation teacher checkpoint')
+    assert missing in err[-1] and 'model.distillation=None' in err[-1]
+    assert not list(work.glob('*.pth'))
+    # a checkpoint of another space given to --resume
+    other = SlimmingSupernet(tiny_space(max_depths=[2, 2, 4, 2], name='other'),
+                             num_classes=NUM_CLASSES)
+    ckpt = str(tmp_path / 'other.pth')
+    torch.save(dict(meta=dict(epoch=1), state_dict=other.state_dict()), ckpt)
+    before = open(ckpt, 'rb').read()
+    status = run_tool(load_tool(ROOT, 'train').main, [
+        config, '--work-dir', str(work), '--resume', ckpt, '--cfg-options',
+        f'data_root={data["data_root"]}'], prog='train.py')
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and 'is a supernet of another search space' in err[-1], err[-3:]
+    assert "'other'" in err[-1] and open(ckpt, 'rb').read() == before
+    assert not list(work.glob('*.pth'))

@@ -65,9 +65,13 @@ def main(argv=None):
     with lock_work_dir(cfg.work_dir, args.launcher):
         runner = build_runner(cfg)
         if cfg.get('load_from'):  # mmengine would only log the keys that do not fit
-            from mmeff.checkpoint import check_checkpoint_for_model
+            from mmeff.checkpoint import check_checkpoint_for_model, read_checkpoint
+            from mmeff.slimming.supernet import check_checkpoint_space
+            checkpoint = read_checkpoint(cfg.load_from)
+            check_checkpoint_space(runner.model, checkpoint, cfg.load_from)  # supernets only
             check_checkpoint_for_model(runner.model, cfg.load_from,
-                                       'exact' if cfg.resume else 'load_from')
+                                       'exact' if cfg.resume else 'load_from',
+                                       checkpoint=checkpoint)
         with explain_dataset_errors():
             runner.train()
     from mmeff.compat import shutdown_distributed

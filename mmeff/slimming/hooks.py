@@ -1,12 +1,12 @@
 """Hooks of supernet training (registered in ``mmeff.registry.HOOKS``)."""
 import math
 
-from mmengine.dist import get_world_size
+from mmengine.dist import all_gather_object, get_rank, get_world_size
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from mmeff.engine.hooks import RNGStateHook
+from mmeff.engine.hooks import RNGStateHook, get_rng_state
 from mmeff.registry import HOOKS
 
 _SCHEDULES = ('exp', 'linear', 'cosine')
@@ -69,30 +69,50 @@ class SupernetRunStateHook(RNGStateHook):
     """:class:`~mmeff.engine.RNGStateHook` for the supernet: with the global generators, every
     checkpoint holds the state of the supernet's architecture sampler (Gumbel noise and random
     widths, :attr:`SlimmingSupernet.sampler`) and the number of processes that trained it
-    (``checkpoint['supernet']``). ``--resume`` restores the sampler, so a killed and resumed
-    run is bit-identical to an uninterrupted one (one process; under DDP the sampler, shared
-    by all ranks, is restored exactly, the per-rank global generators from rank 0's, as the
-    parent hook says), and refuses a checkpoint written by another number of processes: the
-    global batch, the data each rank saw and the learning rate tuned for it would silently
-    change mid-run.
+    (``checkpoint['supernet']``), and, under DDP, every rank's global generator states
+    (gathered at the end of each epoch, before the checkpoint of that epoch is written by
+    rank 0). ``--resume`` restores all of them on every rank, so a killed and resumed run, on
+    one process or several, is bit-identical to an uninterrupted one when resumed from an
+    epoch checkpoint (iteration checkpoints under DDP: every rank gets rank 0's global states,
+    as the parent hook says). A checkpoint written by another number of processes is refused:
+    the global batch, the data each rank saw and the learning rate tuned for it would change
+    silently mid-run.
     """
+
+    # Before CheckpointHook (VERY_LOW) in after_train_epoch: the ranks' states are gathered
+    # (a collective, which save_checkpoint, run by rank 0 only, cannot do) before it saves.
+    priority = 'LOW'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rank_states = None  # (iteration, every rank's states)
+
+    def after_train_epoch(self, runner) -> None:
+        self._rank_states = None
+        if hasattr(runner.model, 'broadcast_buffers_from_rank0'):  # mmeff.SupernetDDP
+            # one set of BN statistics: validated on every rank, saved, resumed
+            runner.model.broadcast_buffers_from_rank0()
+        if get_world_size() > 1:
+            self._rank_states = (runner.iter, all_gather_object(get_rng_state()))
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         super().before_save_checkpoint(runner, checkpoint)
         model = _supernet(runner)
         checkpoint['supernet'] = dict(sampler=model.sampler_state(),
                                       world_size=get_world_size())
+        if self._rank_states is not None and self._rank_states[0] == runner.iter:
+            # the epoch's checkpoint: nothing has drawn since the states were gathered
+            checkpoint['supernet']['rng_state_per_rank'] = self._rank_states[1]
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        super().after_load_checkpoint(runner, checkpoint)
         if not runner._resume:
-            return
+            return super().after_load_checkpoint(runner, checkpoint)
         state = checkpoint.get('supernet')
         if not isinstance(state, dict):
             print_log('The checkpoint holds no supernet sampler state (saved without '
                       'SupernetRunStateHook): the resumed run samples other networks than an '
                       'uninterrupted one would', logger='current', level=30)
-            return
+            return super().after_load_checkpoint(runner, checkpoint)
         theirs, ours = state.get('world_size'), get_world_size()
         if theirs != ours:
             raise SupernetResumeError(
@@ -101,6 +121,10 @@ class SupernetRunStateHook(RNGStateHook):
                 f'mid-run. Resume with {theirs} process(es) (bash tools/dist_train.sh CONFIG '
                 f'{theirs} --resume), or start a new run from its weights with --cfg-options '
                 f'load_from=CHECKPOINT (without --resume) in a new --work-dir')
+        per_rank = state.get('rng_state_per_rank')
+        if per_rank is not None and len(per_rank) == ours:
+            checkpoint = dict(checkpoint, rng_state=per_rank[get_rank()])
+        super().after_load_checkpoint(runner, checkpoint)
         _supernet(runner).set_sampler_state(state['sampler'])
 
 

@@ -710,6 +710,18 @@ def check_space(fingerprint: Optional[str], space: SearchSpace, source: str) -> 
         f'space the supernet was trained on, or train a supernet for this space')
 
 
+def check_checkpoint_space(model: nn.Module, checkpoint: dict, source: str) -> None:
+    """Raise :class:`SpaceMismatchError` when ``model`` is a supernet and ``checkpoint`` (a
+    loaded file) is not one of its space; nothing for other models. Checked before the
+    generic key/shape comparison, which would only list mismatched tensors."""
+    model = model.module if is_model_wrapper(model) else model
+    if not isinstance(model, SlimmingSupernet):
+        return
+    from mmeff.checkpoint import mmengine_state_dict
+    check_space(space_fingerprint_of(mmengine_state_dict(checkpoint).get('_extra_state')),
+                model.space, repr(source))
+
+
 def load_supernet(checkpoint: Union[str, dict], space: Union[str, dict, SearchSpace],
                   **kwargs) -> SlimmingSupernet:
     """A :class:`SlimmingSupernet` of ``space`` with the weights of a supernet checkpoint (a file
@@ -857,4 +869,4 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, choices: Optional[dict] 
 
 __all__ = ['ATTN_RESOLUTIONS', 'MetaPath', 'SlimmingSupernet', 'SpaceMismatchError',
            'SupernetOptimWrapperConstructor', 'check_space', 'extract_subnet', 'importance',
-           'load_supernet', 'recalibrate_bn', 'space_fingerprint_of']
+           'load_supernet', 'recalibrate_bn', 'space_fingerprint_of', 'check_checkpoint_space']

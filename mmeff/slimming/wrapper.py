@@ -26,10 +26,12 @@ Config (configs/slimming/ set it)::
 ``tools/dist_train.sh``, ``tools/slurm_train.sh`` and ``tools/slim.py --launcher pytorch`` then
 train on N processes; on CPU the tools run it over gloo.
 """
+import inspect
 from typing import Dict, Union
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from mmengine.model import MMDistributedDataParallel
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import MODEL_WRAPPERS
@@ -46,13 +48,14 @@ class SupernetDDP(MMDistributedDataParallel):
         find_unused_parameters (bool): Must be True: a sampled network leaves most MB3D and
             some MB4D blocks unused. Defaults to True.
         broadcast_buffers (bool): Broadcast rank 0's BN statistics before every pass.
-            Defaults to False: they only monitor training (a subnet's statistics are
-            recalibrated before it is judged), as in mmengine's own default.
+            Defaults to True: one set of statistics on every rank, the one checkpoints hold
+            and validation uses on every rank, so a resumed run continues them exactly
+            (the buffers are small beside the gradients all-reduced each step).
         **kwargs: Other ``DistributedDataParallel`` arguments (``device_ids``...).
     """
 
     def __init__(self, module, find_unused_parameters: bool = True,
-                 broadcast_buffers: bool = False, **kwargs):
+                 broadcast_buffers: bool = True, **kwargs):
         if not isinstance(module, SlimmingSupernet):
             raise TypeError(f'SupernetDDP wraps a SlimmingSupernet, got {type(module).__name__}: '
                             f"use model_wrapper_cfg=dict(type='MMDistributedDataParallel') for "
@@ -60,8 +63,12 @@ class SupernetDDP(MMDistributedDataParallel):
         if not find_unused_parameters:
             raise ValueError('SupernetDDP needs find_unused_parameters=True: every pass '
                              'samples a network that leaves some blocks unused')
-        super().__init__(module=module, find_unused_parameters=True,
-                         broadcast_buffers=broadcast_buffers, **kwargs)
+        # torch >= 2.14 renamed the forward-time half of broadcast_buffers (and warns on it)
+        key = ('forward_sync_buffers' if 'forward_sync_buffers' in
+               inspect.signature(DistributedDataParallel.__init__).parameters
+               else 'broadcast_buffers')
+        kwargs[key] = broadcast_buffers
+        super().__init__(module=module, find_unused_parameters=True, **kwargs)
         self.sync_sampler()
 
     def sync_sampler(self) -> None:
@@ -75,6 +82,16 @@ class SupernetDDP(MMDistributedDataParallel):
         buf = state.to(device)
         dist.broadcast(buf, src=0, group=self.process_group)
         self.module.set_sampler_state(buf.cpu())
+
+    def broadcast_buffers_from_rank0(self) -> None:
+        """Give every rank rank 0's buffers (BN statistics). With ``broadcast_buffers`` DDP does
+        so before every pass; after the last pass of an epoch each rank has updated its own
+        again. ``mmeff.SupernetRunStateHook`` calls this at the end of every epoch, before
+        validation and the checkpoint."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        for buf in self.module.buffers():
+            dist.broadcast(buf, src=0, group=self.process_group)
 
     def train_step(self, data: Union[dict, tuple, list],
                    optim_wrapper: OptimWrapperDict) -> Dict[str, torch.Tensor]:
