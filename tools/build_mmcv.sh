@@ -50,7 +50,9 @@ print("SITE=" + sysconfig.get_paths()["purelib"])
       SITE=*) SITE="${line#*=}" ;;
     esac
   done <<< "$out"
-  [ -n "$TORCH_VER" ] && [ -n "$PYTAG" ] || mmcv_die "could not read torch's version with $1 (got: $(echo "$out" | tail -n 1))"
+  if [ -z "$TORCH_VER" ] || [ -z "$PYTAG" ]; then
+    mmcv_die "could not read torch's version with $1 (got: $(echo "$out" | tail -n 1))"
+  fi
 }
 
 # mmcv_find_cuda_home: sets CUDA_HOME and NVCC, or returns 1 when there is no toolkit. Order:
