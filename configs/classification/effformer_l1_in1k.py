@@ -6,7 +6,7 @@
 # configs/classification/README.md.
 default_scope = 'mmeff'
 custom_imports = dict(
-    imports=['mmeff.models', 'mmeff.datasets', 'mmeff.evaluation',
+    imports=['mmeff.models', 'mmeff.datasets', 'mmeff.evaluation', 'mmeff.engine.hooks',
              'mmeff.engine.hooks_classification', 'mmeff.engine.hooks_nan'],
     allow_failed_imports=False)
 
@@ -49,7 +49,10 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=128,  # per GPU; 8 GPUs x 128 = 1024, the batch the base lr refers to
     num_workers=8,
-    persistent_workers=True,
+    # Workers re-created each epoch, re-seeded from randomness.seed: a resumed run's
+    # augmentations are then the uninterrupted run's (persistent workers would carry their
+    # random states over from epochs a resumed run never ran).
+    persistent_workers=False,
     pin_memory=True,
     drop_last=True,  # mixup needs even batches
     # DeiT's repeated augmentation: 3 differently augmented copies of each image per epoch,
@@ -101,6 +104,10 @@ custom_hooks = [
     # Stop at once on a NaN or infinite loss (DeiT's main.py exits too), before a checkpoint of
     # the spoiled weights is saved.
     dict(type='mmeff.CheckFiniteLossHook'),
+    # Checkpoints hold the Python/NumPy/torch random states (mixup/cutmix draws, RandAugment and
+    # random erasing in the main process, drop path), so `--resume` continues exactly where an
+    # uninterrupted run would be; validation does not shift the training's random streams.
+    dict(type='mmeff.RNGStateHook'),
 ]
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),

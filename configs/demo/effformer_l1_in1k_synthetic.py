@@ -48,6 +48,7 @@ custom_hooks = [
     dict(type='EMAHook', momentum=0.1, update_buffers=True, priority='ABOVE_NORMAL'),
     dict(type='ClassNumCheckHook'),
     dict(type='mmeff.CheckFiniteLossHook'),
+    dict(type='mmeff.RNGStateHook'),
 ]
 default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=6, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False)

@@ -47,6 +47,9 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=2,  # per GPU; the recipe is 8 GPUs x 2 = 16
     num_workers=2,
+    # Workers re-created each epoch (mmdet's base keeps them): they are re-seeded from
+    # randomness.seed, so a resumed run's augmentations are the uninterrupted run's.
+    persistent_workers=False,
     dataset=dict(data_root=data_root, ann_file='annotations/instances_train2017.json',
                  data_prefix=dict(img='train2017/'), pipeline=train_pipeline))
 val_dataloader = dict(
@@ -76,8 +79,12 @@ optim_wrapper = dict(
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 # Checkpoints hold the Python/NumPy/torch random states, so `--resume` continues exactly where an
-# uninterrupted run would be (with num_workers=0, or persistent_workers=False, the data
-# augmentation too); validation does not shift the training's random streams. A NaN or infinite
+# uninterrupted run would be, data augmentation included (the fixed seed below and workers that
+# are not persistent); validation does not shift the training's random streams. A NaN or infinite
 # loss stops training at once, with the iteration and the usual fixes, before a checkpoint of the
 # spoiled weights is saved.
 custom_hooks = [dict(type='mmeff.RNGStateHook'), dict(type='mmeff.CheckFiniteLossHook')]
+# A fixed seed: the sampler's shuffling and the data workers' seeds come from it, so a resumed
+# run (which cannot restore them from the checkpoint) needs the same one; mmdet's default
+# (None) draws a new one per run.
+randomness = dict(seed=0)

@@ -18,7 +18,7 @@ model = dict(
     neck=dict(in_channels=[48, 96, 224, 448], start_level=1, add_extra_convs='on_input',
               num_outs=5))
 
-train_dataloader = dict(dataset=dict(data_root=data_root))
+train_dataloader = dict(persistent_workers=False, dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
@@ -28,4 +28,7 @@ optim_wrapper = dict(
     _delete_=True, type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4), clip_grad=None)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+# Exact --resume (see mask_rcnn_effformer_l1.py): random states in checkpoints, a fixed seed,
+# workers re-created (re-seeded) each epoch.
 custom_hooks = [dict(type='mmeff.RNGStateHook'), dict(type='mmeff.CheckFiniteLossHook')]
+randomness = dict(seed=0)

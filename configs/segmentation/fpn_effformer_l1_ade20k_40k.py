@@ -61,7 +61,15 @@ default_hooks = dict(
                     save_best='mIoU', rule='greater'))
 # Fail early and clearly on an empty or incomplete dataset, a num_classes that does not match the
 # dataset, and label values outside [0, num_classes) other than ignore_index (255). Stop at once
-# on a NaN or infinite loss, before a checkpoint of the spoiled weights is saved.
-custom_hooks = [dict(type='mmeff.SegDataCheckHook'), dict(type='mmeff.CheckFiniteLossHook')]
+# on a NaN or infinite loss, before a checkpoint of the spoiled weights is saved. Checkpoints hold
+# the Python/NumPy/torch random states, so `--resume` continues exactly where an uninterrupted
+# run would be (random crops, flips, photometric distortion, dropout); validation does not shift
+# the training's random streams.
+custom_hooks = [dict(type='mmeff.SegDataCheckHook'), dict(type='mmeff.CheckFiniteLossHook'),
+                dict(type='mmeff.RNGStateHook')]
+# A fixed seed: the sampler's shuffling and the data workers' seeds come from it, so a resumed
+# run (which cannot restore them from the checkpoint) needs the same one; mmseg's default (None)
+# draws a new one per run.
+randomness = dict(seed=0)
 # lr 2e-4 is for 8 GPUs x 4 images; `tools/train.py --auto-scale-lr` rescales it for other sizes.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
