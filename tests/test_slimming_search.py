@@ -110,7 +110,8 @@ def test_importance_as_the_supernet_writes_it():
 
 def test_bad_importance_is_a_clear_error():
     space = tiny_space()
-    with pytest.raises(ValueError, match=r'importance must be dict\(blocks=.*positions \[1, 2, 2, 2\]'):
+    with pytest.raises(ValueError,
+                       match=r'importance must be dict\(blocks=.*positions \[1, 2, 2, 2\]'):
         candidate_actions(space, space.max_choices(), dict(blocks=[[1.0]] * 4))
 
 
@@ -391,10 +392,12 @@ def test_report_flags_a_network_measured_over_its_budget(tmp_path):
     from mmeff.slimming.report import write_report
     traj = small_trajectory()
     over, within = traj['results'][1], traj['results'][2]
-    over.update(measured_ms=31.25, over_budget=True)  # a 30 ms budget
+    over.update(measured_ms=31.25, over_budget=True,  # a 30 ms budget
+                exported_accuracy=over['accuracy'])
     within.update(measured_ms=19.0, over_budget=False)
     md = open(write_report(traj, str(tmp_path))['markdown']).read()
     assert '| **31.250 (over budget)** |' in md and '| 19.000 |' in md
+    assert f"| {over['accuracy']:.4g} (exported: {over['accuracy']:.4g}) |" in md
     assert (f"**Measured over budget**: {over['name']} measured 31.250 ms for a 30 ms budget "
             f"(predicted {over['latency_ms']:.3f} ms)") in md
     assert within['name'] + ' measured' not in md
@@ -440,7 +443,8 @@ def test_generated_eval_config_builds_the_whole_subnet(tmp_path):
                              loader, dict(type='Accuracy', topk=(1, 5)), eval_batches=2,
                              images=8)
     text = open(path).read()
-    assert 'budget 0.8x (3 ms)' in text and '71.2 top-1' in text
+    assert 'budget 0.8x\n# (3 ms)' in text and '(8 images) the search estimated' in text
+    assert '(71.2 top-1)' in text
     assert '#   python tools/test.py <this file> subnets/tiny_0p8x.pth' in text
     cfg = Config.fromfile(path)
     assert cfg.test_dataloader.dataset.data_root == '/data/x/'

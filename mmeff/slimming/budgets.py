@@ -132,8 +132,9 @@ def resolve_budgets(budgets: Sequence, space, predict_latency: Callable[[dict], 
     ms, labels = [], {}
     for b in budgets:
         value = b.value * reference['latency_ms'] if b.relative else b.value
-        # 6 significant digits: the value is written into names, configs and reports
-        value = float(f'{value:.6g}')
+        # 4 significant digits: the value is shown in reports and configs; the search compares
+        # predictions with it, and a table is not more precise than that
+        value = float(f'{value:.4g}')
         if repr(value) not in labels:
             ms.append(value)
             labels[repr(value)] = b.text

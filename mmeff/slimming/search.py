@@ -218,14 +218,15 @@ def check_budgets(space, predict_latency: Callable[[dict], float],
     smallest = smallest_latency(space, predict_latency)
     if budgets[-1] < smallest['latency_ms']:
         given = (labels or {}).get(repr(budgets[-1]))
-        what = (f'{budgets[-1]:g} ms' if given is None or not given.endswith('x')
-                else f'{given} ({budgets[-1]:.4g} ms)')
+        relative = given is not None and given.endswith('x')
+        what = f'{given} ({budgets[-1]:.4g} ms)' if relative else f'{budgets[-1]:g} ms'
         source = f', as predicted by the latency table {table}' if table else ''
+        other = '' if relative else ', or budgets relative to the full supernet (e.g. 0.6x)'
         raise ValueError(
             f'latency budget {what} is below the smallest latency the search space '
             f'{space.name!r} reaches, {smallest["latency_ms"]:.4g} ms (its minimal network '
-            f'{smallest["arch"]}){source}; use budgets >= {smallest["latency_ms"]:.4g} ms, or '
-            f'budgets relative to the full supernet (e.g. 0.6x)')
+            f'{smallest["arch"]}){source}; use budgets >= {smallest["latency_ms"]:.4g} ms'
+            f'{other}')
     return budgets, smallest
 
 
