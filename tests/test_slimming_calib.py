@@ -79,3 +79,13 @@ def test_changed_images_are_named(cfg):
     with pytest.raises(ValueError, match=r'trajectory.json does not record its calibration '
                                          r'images .*: search again'):
         check_same_images(None, record, 'calibration', 'trajectory.json', 'search again')
+
+
+def test_wrapped_datasets_are_refused_by_name(cfg):
+    from mmeff.slimming.calib import calibration_batches
+    wrapped = cfg.copy()
+    wrapped.train_dataloader = dict(cfg.train_dataloader, dataset=dict(
+        type='RepeatDataset', times=2, dataset=cfg.train_dataloader.dataset))
+    with pytest.raises(ValueError, match=r"own pipeline .* got types 'RepeatDataset' and "
+                                         r"'ImageFolderDataset'"):
+        calibration_batches(wrapped, 1)

@@ -44,6 +44,13 @@ def calibration_loader(cfg, seed: int = CALIB_SEED):
         raise ValueError('the supernet config needs train_dataloader (calibration images) and '
                          'val_dataloader (its pipeline, and the images accuracy is measured on)')
     loader = copy.deepcopy(cfg.train_dataloader)
+    if 'pipeline' not in loader.dataset or 'pipeline' not in cfg.val_dataloader.dataset:
+        raise ValueError(
+            f"calibration needs train_dataloader.dataset and val_dataloader.dataset with their "
+            f"own pipeline (the training images pass through the validation pipeline), got "
+            f"types {loader.dataset.get('type')!r} and "
+            f"{cfg.val_dataloader.dataset.get('type')!r}: give the supernet config plain "
+            f"datasets (ImageFolderDataset)")
     loader.dataset.pipeline = copy.deepcopy(cfg.val_dataloader.dataset.pipeline)
     loader.sampler = dict(type='DefaultSampler', shuffle=True, seed=seed)
     loader.pop('batch_sampler', None)
