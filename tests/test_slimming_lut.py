@@ -321,6 +321,29 @@ def test_lut_accuracy_reports_errors(cpu_table, space):
     assert len(plain['networks']) == 2 and 'rel_err_same_run' not in plain['networks'][0]
 
 
+def test_the_table_holds_its_check_until_it_changes(cpu_table, space):
+    check = lut.lut_accuracy(cpu_table, space, n=2, seed=3, reps=2, same_run=False)
+    table = lut.with_accuracy(cpu_table, check, '/w/check.json')
+    assert 'accuracy' not in cpu_table  # a copy
+    assert table['accuracy']['file'] == '/w/check.json' and table['accuracy']['date']
+    assert {k: v for k, v in table['accuracy'].items() if k not in ('date', 'file')} == {
+        k: check[k] for k in lut._ACCURACY_KEYS if k in check}
+    assert table['accuracy']['within_10pct'] == check['within_10pct']
+    json.dumps(table)
+    with pytest.raises(lut.LatencyTableError, match='not a finished check of this table'):
+        lut.with_accuracy(cpu_table, dict(check, complete=False))
+    with pytest.raises(lut.LatencyTableError, match='not a finished check of this table'):
+        lut.with_accuracy(cpu_table, dict(check, input_size=[96, 96]))
+    # a table with new pieces, or merged, is not the table that was checked
+    partial = dict(table, entries={k: v for k, v in table['entries'].items()
+                                   if k != 'head.w96'})
+    assert 'accuracy' not in lut.build_lut(space, 'torch-cpu', SIZE, table=partial, warmup=1,
+                                           reps=3, log=lambda m: None)
+    assert 'accuracy' in lut.build_lut(space, 'torch-cpu', SIZE, table=table, warmup=1,
+                                       reps=3, log=lambda m: None)  # nothing measured
+    assert 'accuracy' not in lut.merge(table, cpu_table)
+
+
 def test_prediction_stats_with_known_numbers():
     # rel errors +10 %, -5 %, +100 %, 0; the bounds are inclusive
     stats = lut.prediction_stats([2.2, 0.95, 2.0, 4.0], [2.0, 1.0, 1.0, 4.0],

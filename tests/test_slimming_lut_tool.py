@@ -83,9 +83,14 @@ def test_a_killed_build_loses_nothing_measured(fast, repo_root, tmp_path, monkey
     assert f'measuring 0 of {total} pieces' in out
     assert 'Resuming the accuracy check' in out and '(1 networks measured)' in out
     assert len(timed) == 2 and all(t[0] == 'NET' and 'NET.again' in t for t in timed)
-    assert lut.load(str(path)) == table  # nothing measured again
+    final = lut.load(str(path))
+    assert final['entries'] == table['entries']  # nothing measured again
     check = json.loads(check_path.read_text())
     assert check['complete'] and check['num_networks'] == 3
+    # the table holds the check's statistics
+    assert final['accuracy']['file'] == str(check_path)
+    assert {k: v for k, v in final['accuracy'].items() if k not in ('date', 'file')} == {
+        k: check[k] for k in lut._ACCURACY_KEYS}
     assert check['networks'][0]['measured_ms'] == partial['networks'][0]['measured_ms']
     for key in ('within_10pct', 'within_5pct', 'rmse_ms', 'noise_mean_abs_rel'):
         assert f"{key}" in check

@@ -205,6 +205,7 @@ def build_lut(run: Run) -> None:
     check = lut.lut_accuracy(table, run.space, n=LUT_CHECK_NETWORKS, seed=0, resume=resume,
                              on_network=lambda c: _write_json_atomic(c, run.lut_check_path))
     _write_json_atomic(check, run.lut_check_path)
+    lut.save(lut.with_accuracy(table, check, run.lut_check_path), run.lut_path)
     print(f"Predicted vs measured latency of {check['num_networks']} held-out random networks "
           f"of the space: {check['within_10pct']:.0%} within +-10 %, {check['within_5pct']:.0%} "
           f"within +-5 %, mean |error| {check['mean_abs_rel_err']:.1%}, worst "
@@ -217,7 +218,7 @@ def build_lut(run: Run) -> None:
               f"{check['mean_abs_rel_err_same_run']:.1%}, worst "
               f"{check['worst_rel_err_same_run']:+.1%} (pieces now {drift:.2f}x their "
               f"time in the table)")
-    print(f'Accuracy check: {run.lut_check_path}')
+    print(f'Accuracy check: {run.lut_check_path} (its statistics also in {run.lut_path})')
     if check['within_10pct'] < 0.95:
         print(f"warning: only {check['within_10pct']:.0%} of the networks are predicted within "
               f"+-10 % (target 95 %; measurement noise {check['noise_mean_abs_rel']:.1%}): "

@@ -65,7 +65,9 @@ Table (JSON, ``format`` ``'mmeff.slimming.lut'``, ``format_version`` 1)::
      "date": "2026-11-30T08:00:00",
      "space": {...}, "space_fingerprint": "...",       # SearchSpace.to_dict() / fingerprint()
      "entries": {"stem.w48": {"median_ms": 0.41, "p90_ms": 0.45, "min_ms": 0.39,
-                              "reps": 30, "date": "..."}, ...}}
+                              "reps": 30, "date": "..."}, ...},
+     "accuracy": {"num_networks": 20, "within_10pct": 0.95, "within_5pct": 0.7, ...}}
+                                  # with_accuracy(): the check's statistics, when checked
 """
 import datetime
 import json
@@ -516,6 +518,7 @@ def build_lut(space,
             save(new, save_to)
 
     if todo:
+        new.pop('accuracy', None)  # a check of the table before these pieces
         _time(todo, lambda n: build_piece(n, size, space.mlp_ratios, batch, num_classes),
               backend, threads, warmup, reps, compute_units, on_chunk=add)
     elif save_to is not None:
@@ -752,9 +755,40 @@ def merge(a: dict, b: dict) -> dict:
                                     f'{key} versions: {a["versions"].get(key)!r} vs '
                                     f'{b["versions"].get(key)!r}')
     merged = json.loads(json.dumps(a))
+    merged.pop('accuracy', None)  # a's check, not the merged table's
     for name, entry in b['entries'].items():
         merged['entries'].setdefault(name, entry)
     return merged
+
+
+_ACCURACY_KEYS = ('num_networks', 'within_10pct', 'within_5pct', 'mean_abs_rel_err',
+                  'worst_rel_err', 'rmse_ms', 'rmse_rel', 'noise_mean_abs_rel',
+                  'noise_worst_rel', 'noise_within_10pct', 'mean_abs_rel_err_same_run',
+                  'worst_rel_err_same_run', 'seed', 'reps')
+
+
+def with_accuracy(table: dict, check: dict, file: Optional[str] = None) -> dict:
+    """A copy of ``table`` holding the statistics of its accuracy check (``accuracy``: those
+    of :func:`lut_accuracy`'s result, without the per-network rows, with the date and the
+    ``file`` the rows were saved to), so that the table says how well it predicts. Building
+    more pieces into the table or merging it drops them.
+
+    Raises:
+        LatencyTableError: ``check`` is incomplete or was measured with another table's
+            settings.
+    """
+    if not check.get('complete') or check.get('device') != device_of(table) \
+            or check.get('backend') != table['backend'] \
+            or list(check.get('input_size', [])) != list(table['input_size']):
+        raise LatencyTableError(f"the accuracy check (complete: {check.get('complete')}, "
+                                f"{check.get('device')}, {check.get('backend')}, input size "
+                                f"{check.get('input_size')}) is not a finished check of this "
+                                f"table ({device_of(table)}, input size {table['input_size']})")
+    summary = {k: check[k] for k in _ACCURACY_KEYS if k in check}
+    summary['date'] = datetime.datetime.now().isoformat(timespec='seconds')
+    if file is not None:
+        summary['file'] = file
+    return dict(json.loads(json.dumps(table)), accuracy=summary)
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -981,5 +1015,5 @@ __all__ = ['BACKENDS', 'FORMAT', 'FORMAT_VERSION', 'LatencyTableError',
            'BackendUnavailableError', 'arch_pieces', 'space_pieces', 'build_piece',
            'build_lut', 'predict', 'check_compatible', 'save', 'load', 'merge',
            'measure_network', 'measure_networks', 'lut_accuracy', 'held_out_archs',
-           'prediction_stats', 'check_extendable', 'device_of', 'other_device',
-           'TableSettingsError', 'LatencyTableDeviceWarning']
+           'prediction_stats', 'with_accuracy', 'check_extendable', 'device_of',
+           'other_device', 'TableSettingsError', 'LatencyTableDeviceWarning']
