@@ -174,8 +174,8 @@ def test_mmcv_cuda_ops_match_cpu():
     batched_nms and sigmoid focal loss agree with the CPU (or the closed form) on random inputs:
     the ops Mask R-CNN and RetinaNet train with (tools/gpu_train_checks.py records the figures).
     """
+    # An mmcv built without CUDA kernels fails here with mmcv's own message for CUDA tensors
+    # (rebuild with MMEFF_MMCV_CUDA=1 bash tools/setup_env.sh).
     res = load_tool(ROOT, 'gpu_train_checks').check_ops()
     print(res)
-    assert res['compiling_cuda_version'] != 'not available', \
-        'mmcv was built without its CUDA ops: MMEFF_MMCV_CUDA=1 bash tools/setup_env.sh'
     assert res['passed'], res

@@ -54,10 +54,13 @@ def parse_args(argv=None):
 def check_ops() -> dict:
     """mmcv's CUDA RoIAlign/NMS/focal loss against the CPU (or closed-form) results."""
     import torch
-    from mmcv.ops import RoIAlign, batched_nms, get_compiling_cuda_version, nms, \
-        sigmoid_focal_loss
+    from mmcv.ops import RoIAlign, batched_nms, nms, sigmoid_focal_loss
+
+    # Not mmcv.ops.get_compiling_cuda_version(): on the H200 build (torch 2.11, CUDA 13.0,
+    # -std=c++20) that call segfaulted while every op worked (benchmarks/gpu_path_h200.md).
+    # The ops below run on CUDA tensors, which fails clearly if no CUDA kernels were built.
     g = torch.Generator().manual_seed(0)
-    res = {'compiling_cuda_version': get_compiling_cuda_version()}
+    res = {'torch_cuda': torch.version.cuda}
 
     feats = torch.randn(2, 16, 40, 56, generator=g)
     n = 300
@@ -276,8 +279,7 @@ def write(out_dir: str, name: str, report: dict) -> None:
     with open(osp.join(out_dir, name + '.json'), 'w') as f:
         json.dump(report, f, indent=1)
     lines = [f"# GPU checks of the main job ({report['device']})", '',
-             f"torch {report['torch']}, CUDA {report['cuda']}, mmcv {report.get('mmcv')} "
-             f"(ops compiled for CUDA {report.get('ops', {}).get('compiling_cuda_version')}), "
+             f"torch {report['torch']}, CUDA {report['cuda']}, mmcv {report.get('mmcv')}, "
              f"{report['date']}. Command: `python tools/gpu_train_checks.py`.", '']
     if 'ops' in report:
         lines += ['## mmcv CUDA ops vs CPU', '', '| check | value |', '|---|---|']

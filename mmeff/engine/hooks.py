@@ -24,10 +24,13 @@ def set_rng_state(state: dict) -> None:
     """Restore what :func:`get_rng_state` returned."""
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
+    # A resumed checkpoint is loaded onto the GPU when there is one (mmengine's default
+    # map_location): the saved generator states arrive as CUDA tensors, and torch only takes
+    # CPU ByteTensors ('RNG state must be a torch.ByteTensor' on the first GPU resume).
+    torch.set_rng_state(state['torch'].cpu())
     cuda = state.get('torch_cuda')
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 class _RestoreBeforeBatch:

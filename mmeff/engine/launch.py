@@ -554,8 +554,10 @@ def build_runner(cfg: Config):
     """Build the scope's runner (``runner_type`` if set, else mmengine's ``Runner``)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    from .determinism import prepare_cuda_determinism, relax_cuda_determinism
     check_resume(cfg)
     os.makedirs(cfg.work_dir, exist_ok=True)
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    prepare_cuda_determinism(cfg)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    relax_cuda_determinism(cfg)
+    return runner
