@@ -4,8 +4,14 @@
 # 1. `pytest -m cuda` (tests/test_cuda.py): backbone CUDA vs CPU parity for EfficientFormer
 #    l1/l3/l7 and EfficientFormerV2 s0/s1/s2/l, fp16/bf16 autocast, torch.compile on the GPU,
 #    a classification run with --amp through tools/train.py and tools/test.py, the benchmark's
-#    CUDA path. Log: OUT_DIR/gpu_checks_pytest.log.
-# 2. GPU latency, side by side with timm (tools/benchmark_latency.py, JSON + Markdown), for
+#    CUDA path, mmcv's CUDA RoIAlign/NMS/focal loss vs CPU. Log: OUT_DIR/gpu_checks_pytest.log.
+# 2. The main job on the GPU (tools/gpu_train_checks.py): mmcv's CUDA ops vs the CPU, then Mask
+#    R-CNN (L1, V2-S0), RetinaNet-L1, Semantic FPN-L1 and the tiny slimming supernet trained a
+#    few iterations with --amp through tools/train.py and resumed, on generated data.
+#    Results: OUT_DIR/gpu_train_checks_<gpu>.{json,md}. Needs mmcv built with its CUDA ops
+#    (MMEFF_MMCV_CUDA=1 bash tools/setup_env.sh).
+# 3. Supernet cost (tools/benchmark_supernet.py): the l7space step at batch 128, fp32 and AMP.
+# 4. GPU latency, side by side with timm (tools/benchmark_latency.py, JSON + Markdown), for
 #    EfficientFormer l1/l3/l7 and EfficientFormerV2 s0/s1/s2/l: classifier at 224 (timm, eager,
 #    fused, torch.compile) and backbone at 512x512 and 800x1333 (timm, eager, fused), batch 1,
 #    fp32.
@@ -30,6 +36,9 @@ print(torch.cuda.get_device_name(0).lower().replace('nvidia ', '').replace(' ', 
 rc=0
 "$PYTHON" -m pytest -m cuda -s -q tests/test_cuda.py 2>&1 | tee "$OUT_DIR/gpu_checks_pytest.log"
 [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+"$PYTHON" tools/gpu_train_checks.py --out-dir "$OUT_DIR" \
+    --work-dir "work_dirs/gpu_train_checks_$$" || rc=1
+"$PYTHON" tools/benchmark_supernet.py --device cuda --amp both --out-dir "$OUT_DIR" || rc=1
 "$PYTHON" tools/benchmark_latency.py --device cuda --archs l1 l3 l7 --input-sizes 224 \
     --batch-sizes 1 --runtimes timm eager fused compile --task classifier --warmup 20 \
     --reps 200 --out-dir "$OUT_DIR" --name "l1_l3_l7_224_cuda_${GPU}" || rc=1
