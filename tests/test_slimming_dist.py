@@ -263,3 +263,38 @@ def test_two_processes_identical_ranks_resume_and_importance(tmp_path):
     moved = [abs(x - y) for sa, s0 in zip(a, start) for x, y in zip(sa, s0)]
     assert max(diffs) <= bound, (max(diffs), a, b)
     assert max(moved) > 0.1 * bound  # trained, not equal by standing still
+
+
+# ---------------------------------------------------------------------------- tools/slim.py
+def test_slim_passes_the_launcher_to_the_training_phase(tmp_path, monkeypatch):
+    """Under torchrun, ``tools/slim.py --launcher pytorch`` trains the supernet on every
+    process: train-supernet calls tools/train.py with the launcher."""
+    import types
+
+    from helpers import load_tool
+    slim = load_tool(ROOT, 'slim')
+    args = slim.parse_args([TINY_CONFIG, '--phase', 'train-supernet', '--launcher', 'pytorch',
+                            '--cfg-options', 'train_cfg.max_epochs=1'])
+    calls = []
+    monkeypatch.setattr(slim, '_tool', lambda name: types.SimpleNamespace(
+        main=lambda argv: calls.append((name, argv))))
+    run = types.SimpleNamespace(args=args, config=TINY_CONFIG, supernet_dir=str(tmp_path),
+                                supernet_checkpoint=lambda: 'epoch_1.pth')
+    slim.train_supernet(run)
+    (name, argv), = calls
+    assert name == 'train' and argv[argv.index('--launcher') + 1] == 'pytorch'
+    assert argv[argv.index('--cfg-options') + 1] == 'train_cfg.max_epochs=1'
+
+
+def test_slim_launcher_without_torchrun_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'LOCAL_RANK')}
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'slim.py'), TINY_CONFIG,
+                           '--phase', 'train-supernet', '--launcher', 'pytorch', '--work-dir',
+                           str(tmp_path / 'slim')], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith('slim.py: error: --launcher pytorch'), \
+        proc.stderr[-2000:]
+    assert 'torchrun' in last and 'tools/dist_train.sh' in last
+    assert not list((tmp_path / 'slim').rglob('*.pth'))

@@ -569,3 +569,40 @@ def test_train_tool_refuses_a_missing_teacher_and_another_space(tmp_path, capsys
     assert status == 1 and 'is a supernet of another search space' in err[-1], err[-3:]
     assert "'other'" in err[-1] and open(ckpt, 'rb').read() == before
     assert not list(work.glob('*.pth'))
+
+
+@pytest.mark.slow
+def test_benchmark_supernet_tool(tmp_path):
+    """tools/benchmark_supernet.py at a tiny setting: both timings, settings and machine in
+    the JSON, the table in the Markdown; --amp on a CPU without bf16 is one line."""
+    from mmeff.engine.optim_wrappers import cpu_bf16_supported
+    tool = osp.join(ROOT, 'tools', 'benchmark_supernet.py')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    out = tmp_path / 'bench'
+    proc = subprocess.run([sys.executable, tool, '--device', 'cpu', '--input-size', '32',
+                           '--batch-size', '2', '--warmup', '0', '--reps', '1',
+                           '--calib-batches', '1', '--eval-batches', '1', '--threads', '1',
+                           '--out-dir', str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / 'supernet_cpu_32px_b2.json').read_text())
+    assert result['settings']['space'] == 'l7space' and result['settings']['params'] > 1e8
+    assert set(result['results']) == {'train_step_fp32', 'estimate_fp32'}
+    step = result['results']['train_step_fp32']
+    assert step['median_ms'] > 0 and step['extrapolated_100_epochs_device_hours'] > 0
+    assert result['settings']['recipe']['teacher'] == 'regnety_160'
+    assert 'train_step | fp32' in (out / 'supernet_cpu_32px_b2.md').read_text()
+    tiny = ['--device', 'cpu', '--input-size', '32', '--batch-size', '2', '--warmup', '0',
+            '--reps', '1', '--calib-batches', '1', '--eval-batches', '1', '--threads', '1',
+            '--no-recipe', '--out-dir', str(out)]
+    proc = subprocess.run([sys.executable, tool, '--amp', 'both', *tiny], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if cpu_bf16_supported():
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads((out / 'supernet_cpu_32px_b2_amp-both.json').read_text())
+        assert {'train_step_fp32', 'train_step_amp'} <= set(result['results'])
+        assert result['settings']['amp'] == 'bf16 autocast'
+    else:
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            'benchmark_supernet.py: error: --amp on a CPU needs bf16 support')
