@@ -18,6 +18,9 @@ The config's ``default_scope`` picks the library's own inferencer:
 The pictures are drawn by ``mmeff.visualization`` (mmdet's / mmseg's visualizers with sizes
 that follow the picture instead of fixed ones).
 
+An image that cannot be read (empty, truncated, corrupt) gets one line on stderr and is left
+out; the others are still drawn (exit status 1 when any was left out).
+
 The class names and palette come from the checkpoint's ``dataset_meta`` (saved by
 tools/train.py), else from the config's dataset. CHECKPOINT must be one of the model the config
 builds (every tensor present with the model's shape); another arch, a classification or backbone
@@ -74,18 +77,33 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
     ``max_dets`` (detection): detections kept per image, best first (None: all);
     ``with_labels`` (segmentation): write the class names on the overlay.
 
+    Images that cannot be read (empty, truncated, corrupt: ``mmeff.datasets.image_files``) are
+    left out and listed in ``skipped``; the others are drawn. None readable is an error.
+
     Returns:
         dict: ``task`` ('detection' or 'segmentation'), ``vis`` (list of pictures),
-        ``preds`` (list of prediction files) and ``results`` (the inferencer's predictions).
+        ``preds`` (list of prediction files), ``results`` (the inferencer's predictions) and
+        ``skipped`` (``(image, problem)`` of each image left out).
     """
     import torch
 
     from mmeff.checkpoint import check_checkpoint_for_model, read_checkpoint
+    from mmeff.datasets.image_files import unreadable_images
     from mmeff.engine import prepare_config
+    from mmeff.engine.cfg_checks import check_cfg_options
+    from mmeff.engine.diagnostics import DataFileError
 
+    check_cfg_options(config, cfg_options)
     cfg = prepare_config(config, cfg_options=cfg_options)
     ckpt = read_checkpoint(checkpoint)  # a clear error for a missing, corrupt or unsafe file
     images = collect_images(inputs)
+    skipped = unreadable_images(images)
+    images = [p for p in images if p not in dict(skipped)]
+    if not images:
+        path, problem = skipped[0]
+        raise DataFileError(f'image {path!r} {problem}' + (
+            f' (and the {len(skipped) - 1} other images cannot be read either)'
+            if len(skipped) > 1 else '') + ': nothing to draw; give images that open')
     if not 0 <= score_thr <= 1:
         raise ValueError(f'--score-thr must be in [0, 1], got {score_thr}')
     if max_dets is not None and max_dets < 1:
@@ -125,7 +143,7 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
     missing = [p for p in vis + preds if not osp.isfile(p)]
     if missing:
         raise RuntimeError(f'the inferencer did not write {missing}')
-    return dict(task=task, vis=vis, preds=preds, results=results)
+    return dict(task=task, vis=vis, preds=preds, results=results, skipped=skipped)
 
 
 def main(argv=None):
@@ -154,7 +172,10 @@ def main(argv=None):
         print(f'Wrote {path}')
     pred_dir = 'preds' if out['task'] == 'detection' else 'pred'
     print(f'Predictions: {osp.join(args.out_dir, pred_dir)}')
-    return out
+    for path, problem in out['skipped']:
+        print(f'demo.py: error: image {path!r} {problem}: not drawn (replace it with a good '
+              f'copy)', file=sys.stderr)
+    return 1 if out['skipped'] else 0
 
 
 if __name__ == '__main__':

@@ -8,7 +8,9 @@ What mmseg 1.2 does without these checks:
   outside its range), so the mIoU is wrong without a word;
 * a head whose ``num_classes`` differs from the dataset's classes: too small fails like the above,
   too large trains and evaluates without complaint;
-* an image without its label map: a bare ``FileNotFoundError`` from a dataloader worker mid-run.
+* an image without its label map: a bare ``FileNotFoundError`` from a dataloader worker mid-run;
+* a label map without its image: left out without a word (mmseg lists the images), so the
+  metrics cover fewer images than the annotations.
 
 (Missing or empty data folders are caught earlier, before the datasets are built, by
 ``mmeff.engine.check_data_paths`` in tools/train.py and tools/test.py.)
@@ -16,11 +18,14 @@ What mmseg 1.2 does without these checks:
 The checks are cheap: the dataset checks run once per dataset (one ``stat`` per label map), the
 label check is two comparisons over a batch's label maps, before the model sees it.
 """
+import logging
+import os
 import os.path as osp
 from typing import Iterable, List, Optional, Sequence
 
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from mmeff.registry import HOOKS
@@ -69,21 +74,45 @@ def check_num_classes(model, dataset, split: str = 'train') -> None:
                 f'matching the model.')
 
 
-def _check_files(dataset, split: str) -> None:
+def check_files(dataset, split: str = 'test') -> None:
+    """Match a segmentation dataset's images with its label maps, once per dataset.
+
+    An image without its label map raises ``FileNotFoundError`` (mmseg would fail on it
+    mid-run). Label maps without an image are left out by mmseg, which lists the images only,
+    so the metrics silently cover fewer images: they are reported in a warning naming how many
+    and one of them (folder datasets only: an ``ann_file`` list names its samples itself).
+    """
     for leaf in _leaves(dataset):
-        prefix = getattr(leaf, 'data_prefix', None) or {}
-        if not hasattr(leaf, 'get_data_info'):
+        if not hasattr(leaf, 'get_data_info') or getattr(leaf, '_mmeff_files_checked', False):
             continue
-        missing, total = [], len(leaf)
+        prefix = getattr(leaf, 'data_prefix', None) or {}
+        suffix = getattr(leaf, 'seg_map_suffix', '')
+        missing, used, total = [], set(), len(leaf)
         for i in range(total):
             path = leaf.get_data_info(i).get('seg_map_path')
-            if path and '://' not in str(path) and not osp.isfile(path):
+            if not path or '://' in str(path):
+                continue
+            used.add(osp.abspath(path))
+            if not osp.isfile(path):
                 missing.append(path)
         if missing:
             raise FileNotFoundError(
                 f'{len(missing)} of the {total} images of the {split} dataset have no label map, '
-                f'e.g. {missing[0]!r}. Every image needs <name>{getattr(leaf, "seg_map_suffix", "")}'
+                f'e.g. {missing[0]!r}. Every image needs <name>{suffix}'
                 f' under data_prefix.seg_map_path={prefix.get("seg_map_path")!r}.')
+        seg_dir = prefix.get('seg_map_path')
+        if used and seg_dir and not getattr(leaf, 'ann_file', '') and osp.isdir(seg_dir):
+            orphans = sorted(
+                osp.join(root, name) for root, _, names in os.walk(seg_dir) for name in names
+                if name.endswith(suffix) and osp.abspath(osp.join(root, name)) not in used)
+            if orphans:
+                print_log(
+                    f'{len(orphans)} label map(s) of the {split} dataset have no image, e.g. '
+                    f'{orphans[0]!r}: they are not scored, the metrics cover the {total} images '
+                    f'under data_prefix.img_path={prefix.get("img_path")!r} (restore the missing '
+                    f'images, or remove their label maps)', logger='current',
+                    level=logging.WARNING)
+        leaf._mmeff_files_checked = True
 
 
 def _raise_not_index_map(path: str, seg: torch.Tensor) -> None:
@@ -153,7 +182,7 @@ class SegDataCheckHook(Hook):
         if id(dataset) in self._checked:
             return
         if self.check_files:
-            _check_files(dataset, split)
+            check_files(dataset, split)
         check_num_classes(runner.model, dataset, split)
         self._checked.add(id(dataset))
 
