@@ -30,6 +30,7 @@ import sys
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 RUNS = ('mask_rcnn_l1', 'mask_rcnn_v2_s0', 'retinanet_l1', 'fpn_l1', 'supernet_tiny')
 
@@ -115,7 +116,6 @@ def check_ops() -> dict:
 
 # ----------------------------------------------------------------------------- runs
 def make_data(work: str) -> dict:
-    sys.path.insert(0, ROOT)
     from mmeff.datasets import make_ade_dataset, make_imagefolder_dataset
     from mmeff.datasets.synthetic_coco import make_coco_dataset
     coco = osp.join(work, 'data', 'coco') + '/'
@@ -344,4 +344,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from mmeff.cli import run
+    sys.exit(run(main))
