@@ -415,31 +415,43 @@ class SlimmingSupernet(BaseModel):
         """Hard Gumbel-softmax samples of every position under the single-switch rule (masked
         in reverse network order, see the module docstring), with noise from
         :attr:`sampler`. Returns ``(blocks, gates)``."""
-        space = self.space
+        space, tau = self.space, self.temperature
         blocks = [[None] * d for d in space.max_depths]
-        gates = [[None] * d for d in space.max_depths]
+        allowed = [[None] * d for d in space.max_depths]
         # The Gumbel noise of every position at once (torch's gumbel_softmax: -log(Exp(1))).
         sizes = [p.numel() for p in self.arch_logits]
         noise = -torch.empty(sum(sizes)).exponential_(generator=self.sampler).log()
-        noise = noise.to(self.arch_logits[0].device).split(sizes)
+        onehot = torch.zeros(sum(sizes))
+        # The choices are made on the CPU from a copy of the logits: one transfer each way per
+        # pass, where deciding on the GPU would synchronise with it at every position. The
+        # masked noise and the one-hot choices then travel to the device together.
+        logits = torch.cat([p.detach().reshape(-1) for p in self.arch_logits]).float().cpu()
+        shapes = [p.shape for p in self.arch_logits]
+        z, g, h = (list(t.split(sizes)) for t in (logits, noise, onehot))
         later_mb4d = False
         for s in reversed(range(space.num_stages)):
             names = space.positions(s)
-            g = noise[s].view_as(self.arch_logits[s])
+            zs, gs, hs = (t[s].view(shapes[s]) for t in (z, g, h))
             real_later = False
             for j in reversed(range(space.max_depths[s])):
-                allowed = [not (n == 'mb3d' and later_mb4d) and
-                           not (n == 'id' and j == 0 and not real_later) for n in names]
-                mask = torch.tensor(allowed, device=self.arch_logits[s].device)
-                logits = self.arch_logits[s][j].masked_fill(~mask, float('-inf'))
-                soft = ((logits + g[j]) / self.temperature).softmax(dim=-1)
-                index = soft.argmax(dim=-1, keepdim=True)
-                # straight-through: the value is one-hot, the gradient is the soft sample's
-                gate = torch.zeros_like(soft).scatter_(-1, index, 1.) - soft.detach() + soft
-                name = names[int(index)]
-                blocks[s][j], gates[s][j] = name, (gate, allowed)
+                ok = [not (n == 'mb3d' and later_mb4d) and
+                      not (n == 'id' and j == 0 and not real_later) for n in names]
+                gs[j][~torch.tensor(ok)] = float('-inf')  # masked: the logit becomes -inf
+                k = int(((zs[j] + gs[j]) / tau).argmax())
+                hs[j, k] = 1.
+                name = names[k]
+                blocks[s][j], allowed[s][j] = name, ok
                 later_mb4d |= name == 'mb4d'
                 real_later |= name != 'id'
+        device = self.arch_logits[0].device
+        noise, onehot = torch.cat([noise, onehot]).to(device).split([noise.numel()] * 2)
+        gates = []
+        for s, (param, n, h) in enumerate(zip(self.arch_logits, noise.split(sizes),
+                                              onehot.split(sizes))):
+            soft = ((param + n.view(shapes[s])) / tau).softmax(dim=-1)
+            # straight-through: the value is one-hot, the gradient is the soft sample's
+            gate = h.view(shapes[s]) - soft.detach() + soft
+            gates.append([(gate[j], allowed[s][j]) for j in range(space.max_depths[s])])
         return blocks, gates
 
     def sandwich_widths(self) -> Dict[str, List[int]]:
