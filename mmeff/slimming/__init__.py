@@ -7,7 +7,12 @@ Modules (data in, data out; the expensive steps are resumable):
   dicts ``dict(blocks=[[...'mb4d'|'mb3d'|'id' per position] per stage], width_idx=[...])`` and
   their :class:`~mmeff.models.EfficientFormer` arch dicts.
 * ``supernet``: the weight-sharing supernet trained with Gumbel-softmax MetaPaths and
-  slimmable widths; importance scores; subnet extraction with inherited weights.
+  slimmable widths (sandwich rule, mixup/cutmix and hard distillation, ``--amp``); importance
+  scores; subnet extraction with inherited weights.
+* ``wrapper``: ``SupernetDDP``, the model wrapper that trains it on several processes
+  (``tools/dist_train.sh``, ``tools/slurm_train.sh``, ``tools/slim.py --launcher``);
+  ``hooks``: temperature annealing and the run state (sampler, random states, process count)
+  that makes ``--resume`` bit-exact.
 * ``lut``: per-piece latency tables measured on a named backend, prediction and its accuracy.
 * ``search``: the greedy slimming trajectory over the budgets; ``report``: its outputs.
 """
