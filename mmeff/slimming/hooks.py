@@ -74,7 +74,10 @@ class SupernetRunStateHook(RNGStateHook):
     rank 0). ``--resume`` restores all of them on every rank, so a killed and resumed run, on
     one process or several, is bit-identical to an uninterrupted one when resumed from an
     epoch checkpoint (iteration checkpoints under DDP: every rank gets rank 0's global states,
-    as the parent hook says). A checkpoint written by another number of processes is refused:
+    as the parent hook says). Under ``mmeff.SupernetDDP`` it also gives every rank rank 0's BN
+    statistics at the end of each epoch (before validation and the checkpoint), so that all
+    ranks validate and resume with the statistics the checkpoint holds. A checkpoint written
+    by another number of processes is refused:
     the global batch, the data each rank saw and the learning rate tuned for it would change
     silently mid-run.
     """
