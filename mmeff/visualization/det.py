@@ -20,8 +20,8 @@ _SCORE = re.compile(r': (\d+(?:\.\d+)?)$')
 
 def _scaled_sample(data_sample, k: int):
     """A copy of ``data_sample`` with its instances' boxes and masks ``k`` times larger, or None
-    when it holds something else that would have to be scaled (semantic/panoptic maps, mask
-    types other than tensors and arrays)."""
+    when it holds something else that would have to be scaled (semantic/panoptic maps, boxes
+    or masks of other types)."""
     if any(key in data_sample for key in ('gt_sem_seg', 'pred_sem_seg', 'gt_panoptic_seg',
                                           'pred_panoptic_seg')):
         return None
@@ -40,6 +40,8 @@ def _scaled_sample(data_sample, k: int):
                 instances.masks = masks.repeat_interleave(k, 1).repeat_interleave(k, 2)
             elif isinstance(masks, np.ndarray):
                 instances.masks = masks.repeat(k, 1).repeat(k, 2)
+            elif hasattr(masks, 'rescale'):  # mmdet's BitmapMasks / PolygonMasks
+                instances.masks = masks.rescale(k)
             else:
                 return None
     return sample
