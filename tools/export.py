@@ -20,6 +20,9 @@ graph, int32) or logits at the input size (``mmeff.deploy.export_segmentor``).
 NMS in the graph (``mmeff.deploy.detector.export_detector``).
 
 ONNX: exported with torch.onnx, checked with onnx.checker and with ONNX Runtime against torch.
+Every output is written beside --out and checked there: --out is replaced only by a model that
+passed its checks (a failed one is kept as <name>.failed.onnx / .failed.mlpackage), so a
+failed or killed export never destroys the previous file.
 Core ML: mlprogram (.mlpackage), iOS 16+, FP16, FP32 I/O; converted from torch.export (+
 run_decompositions) with torch.jit.trace as the fallback; the spec is reloaded and checked (op
 histogram, no gather, FP16 tensors apart from I/O casts, shapes, size). Compute units are
@@ -159,9 +162,12 @@ def problems_of(report: dict) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mmeff.deploy import build_model, export_coreml, export_onnx, parse_input_shape
     if args.batch_size < 1:
         raise SystemExit(f'error: --batch-size must be >= 1, got {args.batch_size}')
+    if args.checkpoint:  # before any model is built: a missing or unreadable file at once
+        from mmeff.checkpoint import check_checkpoint_file
+        check_checkpoint_file(args.checkpoint)
+    from mmeff.deploy import build_model, export_coreml, export_onnx, parse_input_shape
     if args.task in WHOLE_MODEL_TASKS:
         print(f'Exporting the whole {args.task} of {args.model} (weights: '
               f"{args.checkpoint or 'random, no --checkpoint given'}) at "
@@ -192,14 +198,23 @@ def main(argv=None) -> int:
 
 
 def _finish(report: dict, args) -> int:
-    """Print the report, write it as JSON if asked, and turn failed checks into exit 1."""
+    """Print the report, write it as JSON if asked, and turn failed checks into exit 1.
+
+    The exporters put a model at its path only when its checks pass; one that fails them is
+    kept beside it under another name (``report['rejected']`` names the path left as it was).
+    """
+    from mmeff.engine.checkpointing import write_text_atomic
     problems = problems_of(report)
     print(describe(report))
     if args.report_json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.report_json)), exist_ok=True)
-        with open(args.report_json, 'w') as f:
-            json.dump(report, f, indent=2)
+        path = os.path.abspath(args.report_json)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_text_atomic(path, json.dumps(report, indent=2, default=str))
         print(f'Report written to {args.report_json}')
+    if report.get('rejected'):
+        print(f'Export checks FAILED: {"; ".join(problems)}. {report["rejected"]} was not '
+              f'replaced; the rejected model is at {report["path"]}', file=sys.stderr)
+        return 1
     print(f'Wrote {report["path"]}')
     if problems:
         print('Export checks FAILED: ' + '; '.join(problems), file=sys.stderr)

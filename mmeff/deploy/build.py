@@ -68,9 +68,11 @@ def _model_cfg_from_config(path: str, task: str) -> Tuple[dict, str]:
     return model_cfg, osp.splitext(osp.basename(path))[0]
 
 
-def _load_weights(model: nn.Module, checkpoint: str, task: str) -> str:
+def _load_weights(model: nn.Module, checkpoint: str, task: str,
+                  config: Optional[str] = None) -> str:
     """Convert ``checkpoint`` to mmeff's layout and load it with the fit checks of
-    ``mmeff.checkpoint``; returns a one-line report."""
+    ``mmeff.checkpoint`` (``config``, the model's, is named with its counterpart of the other
+    EfficientFormer family when the checkpoint is of that one); returns a one-line report."""
     from mmeff.checkpoint import (CheckpointMismatchError, backbone_part, check_model_fit,
                                   describe_checkpoint, load_backbone_state_dict)
     from mmeff.converters import CheckpointError, convert_state_dict, load_checkpoint_file
@@ -85,10 +87,11 @@ def _load_weights(model: nn.Module, checkpoint: str, task: str) -> str:
             f'mmpretrain\'s)') from None
     if task == 'backbone':
         bb = backbone_part(sd, 'backbone.', checkpoint)
-        return f'{layout} layout: ' + load_backbone_state_dict(model, bb, source=checkpoint)
+        return f'{layout} layout: ' + load_backbone_state_dict(model, bb, source=checkpoint,
+                                                               config=config)
     fit = check_model_fit(model, sd, checkpoint, purpose='exact',
                           hint='A dense (detection/segmentation) or backbone checkpoint has no '
-                               'classifier head: export it with task "backbone".')
+                               'classifier head: export it with task "backbone".', config=config)
     model.load_state_dict(sd, strict=False)
     msg = f'{layout} layout: {len(fit.matched)} keys loaded'
     if fit.unexpected:
@@ -119,6 +122,9 @@ def build_model(model: str = 'l1',
     """
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    if checkpoint:  # before building: a missing or unreadable file is found at once
+        from mmeff.checkpoint import check_checkpoint_file
+        check_checkpoint_file(checkpoint)
     import mmeff.models  # noqa: F401  (registers the models)
     from mmeff.models import EfficientFormer, EfficientFormerV2
     from mmeff.registry import MODELS
@@ -162,7 +168,8 @@ def build_model(model: str = 'l1',
                                     num_classes=num_classes)
     weights = 'random (no checkpoint given)'
     if checkpoint:
-        weights = f'{checkpoint} ({_load_weights(net, checkpoint, task)})'
+        report = _load_weights(net, checkpoint, task, config=model if is_config else None)
+        weights = f'{checkpoint} ({report})'
     if task == 'classifier':
         net = net.as_inference_module()
     meta = dict(arch=arch if isinstance(arch, str) else 'custom', name=name, task=task,

@@ -32,7 +32,6 @@ Only single-stage detectors whose head mmdet decodes with anchors and ``DeltaXYW
 the reason. Mask R-CNN: see docs/deployment.md ("Whole detector").
 """
 import copy
-import os
 import os.path as osp
 import time
 import warnings
@@ -42,9 +41,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .export import (coreml_problems, export_friendly_norms_, file_size, inspect_coreml,
-                     nonfinite, require)
+from .export import (check_export_memory, coreml_problems, export_friendly_norms_, file_size,
+                     inspect_coreml, nonfinite, require)
 from .fuse import fuse_model, fusion_report, parse_input_size
+from .output import StagedOutput, place_checked
 
 FORMATS = ('onnx', 'coreml')
 DETECTORS = ('RetinaNet',)
@@ -102,6 +102,9 @@ def build_detector(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
         tuple: ``(model, cfg, weights)``, ``weights`` a one-line description.
     """
     cfg = load_detector_config(config)
+    if checkpoint:  # before building: a missing or unreadable file is found at once
+        from mmeff.checkpoint import check_checkpoint_file
+        check_checkpoint_file(checkpoint)
     import mmeff.models  # noqa: F401  (registers mmeff.EfficientFormer*)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -117,7 +120,7 @@ def build_detector(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
         sd = mmengine_state_dict(read_checkpoint(checkpoint))
         fit = check_model_fit(model, sd, str(checkpoint), purpose='exact',
                               hint=f'export_detector needs the checkpoint tools/train.py saved '
-                                   f'with {config}.')
+                                   f'with {config}.', config=config)
         model.load_state_dict(sd, strict=False)
         weights = f'{checkpoint} ({len(fit.matched)} tensors)'
     return model.eval(), cfg, weights
@@ -359,8 +362,34 @@ def compare_detections(a: Sequence[np.ndarray], b: Sequence[np.ndarray], box_tol
                 max_abs_err_boxes=box_err, max_abs_err_scores=score_err)
 
 
+def detection_problems(agree: dict) -> list:
+    """What :func:`compare_detections`' result says is wrong with an export: too few of
+    torch's detections matched. Both sides finding nothing is agreement (a detector may find
+    nothing on the check image), ONNX Runtime finding boxes where torch finds none is not."""
+    n = agree['detections_a']
+    if n == 0:
+        if agree['detections_b'] == 0:
+            return []
+        return [f"ONNX Runtime finds {agree['detections_b']} detections where torch finds "
+                f"none: {agree}"]
+    if agree['matched'] < 0.99 * n:
+        return [f"ONNX Runtime's detections differ from torch's: {agree}"]
+    return []
+
+
 def _onnx_report(module: nn.Module, x: torch.Tensor, path: str) -> dict:
-    """Write ``module`` to ``path`` (ONNX), check it with onnx.checker and ONNX Runtime."""
+    """Write ``module`` to ``path`` (ONNX) through a staging file beside it, check it with
+    onnx.checker and ONNX Runtime there, and put it in place (``path`` is replaced only when
+    the checks pass; else it is kept at :func:`~mmeff.deploy.output.failed_path`)."""
+    require('onnx')
+    require('onnxruntime')
+    with StagedOutput(path) as staged:
+        report = _onnx_report_at(module, x, staged.path)
+        place_checked(staged, report)
+    return report
+
+
+def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str) -> dict:
     onnx = require('onnx')
     ort = require('onnxruntime')
     t0 = time.perf_counter()
@@ -383,9 +412,7 @@ def _onnx_report(module: nn.Module, x: torch.Tensor, path: str) -> dict:
     with torch.no_grad():
         ref = [t.numpy() for t in module(x)]
     agree = compare_detections(ref, got)
-    problems = []
-    if agree['matched'] < 0.99 * max(agree['detections_a'], 1):
-        problems.append(f"ONNX Runtime's detections differ from torch's: {agree}")
+    problems = detection_problems(agree)
     bad = nonfinite([(f'onnxruntime output {k!r}', torch.from_numpy(np.asarray(v, np.float64)))
                      for k, v in zip(OUTPUT_NAMES, got)])
     if bad:
@@ -436,21 +463,21 @@ def _coreml_report(module: nn.Module, x: torch.Tensor, path: str, precision: str
         'mmeff.outputs': 'boxes (x1,y1,x2,y2 input pixels), scores, labels (-1: padding)'})
     mlmodel.short_description = (f'mmeff detector, input RGB 0-255 {x.shape[2]}x{x.shape[3]}, '
                                  f'outputs boxes, scores, labels')
-    if osp.exists(path):
-        import shutil
-        shutil.rmtree(path)
-    mlmodel.save(path)
-    report = inspect_coreml(path)
-    # The FPN's upsample scale factors are op parameters, FP32 by the op's definition
-    from .segmentor import _scale_factor_consts, _tensor_name
-    params = _scale_factor_consts(path)
-    report['non_fp16_tensors'] = [t for t in report['non_fp16_tensors']
-                                  if _tensor_name(t) not in params]
-    report.update(method='trace', convert_s=round(convert_s, 2), fp32_op_parameters=sorted(params))
-    problems = coreml_problems(report, expect_fp16=precision == 'fp16')
-    if 'non_maximum_suppression' not in report['op_histogram']:
-        problems.append('no non_maximum_suppression op in the Core ML program')
-    report['problems'] = problems
+    with StagedOutput(path) as staged:  # saved and inspected beside `path`, then placed
+        mlmodel.save(staged.path)
+        report = inspect_coreml(staged.path)
+        # The FPN's upsample scale factors are op parameters, FP32 by the op's definition
+        from .segmentor import _scale_factor_consts, _tensor_name
+        params = _scale_factor_consts(staged.path)
+        report['non_fp16_tensors'] = [t for t in report['non_fp16_tensors']
+                                      if _tensor_name(t) not in params]
+        report.update(method='trace', convert_s=round(convert_s, 2),
+                      fp32_op_parameters=sorted(params))
+        problems = coreml_problems(report, expect_fp16=precision == 'fp16')
+        if 'non_maximum_suppression' not in report['op_histogram']:
+            problems.append('no non_maximum_suppression op in the Core ML program')
+        report['problems'] = problems
+        place_checked(staged, report)
     return report
 
 
@@ -506,12 +533,12 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
     test_cfg = dict(model.bbox_head.test_cfg or {})
     if nms_pre is None:
         nms_pre = int(test_cfg.get('nms_pre', 1000))
+    check_export_memory(model.backbone, (1, 3, h, w))
     fused = fuse_model(model, (h, w))
     if fmt == 'onnx':  # two-step GroupNorm statistics (ONNX Runtime's one-pass sum drifts);
         export_friendly_norms_(fused)  # Core ML converts nn.GroupNorm as it is
     module = DetectorExport(fused, (h, w), nms=fmt, max_dets=max_dets, score_thr=score_thr,
                             iou_thr=iou_thr, nms_pre=nms_pre).eval()
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
     if fmt == 'onnx':
         report = _onnx_report(module, x, out)
@@ -590,5 +617,6 @@ def detections_to_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
 
 __all__ = ['FORMATS', 'DETECTORS', 'BACKBONES', 'OUTPUT_NAMES', 'DetectorExport',
            'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
+           'detection_problems',
            'detections_to_image', 'export_detector', 'format_detector_report',
            'load_detector_config', 'preprocess_detection_image']

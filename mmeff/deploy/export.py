@@ -37,7 +37,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .fuse import cache_attention_bias, fuse_model, fusion_report, parse_input_size
+from .fuse import (attention_grids, cache_attention_bias, fuse_model, fusion_report,
+                   parse_input_size)
+from .output import StagedOutput, place_checked
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -169,6 +171,73 @@ def prepare_for_export(model: nn.Module, input_shape, fuse: bool = True,
     return wrapper, x, default_output_names(model, len(outs))
 
 
+def available_memory_bytes() -> Optional[int]:
+    """Memory this machine can still give (``MemAvailable`` of ``/proc/meminfo``, else the free
+    physical pages); None where neither can be read."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def export_memory_bytes(model: nn.Module, input_shape) -> Tuple[int, dict]:
+    """Estimated memory an export of ``model`` at ``input_shape`` needs, and what it comes from.
+
+    What grows fastest with the input size is attention: every attention block's bias is
+    cached for its token grid (``heads x queries x keys`` floats, so the fourth power of the
+    image side), held by the fused model, the exported graph and the runtime that checks it;
+    and at run time each block computes an attention matrix of that size per image. The sizes
+    come from each block's own index computation on the ``meta`` device (no memory used).
+
+    Returns:
+        tuple[int, dict]: bytes, and ``attention_blocks``, ``largest`` (heads, queries, keys).
+    """
+    from mmeff.models.layers.attention import relative_offset_index
+    b, _, h, w = parse_input_shape(input_shape)
+    grids = attention_grids(model, (h, w))
+    total, largest, shape = 0, 0, None
+    for module in model.modules():
+        if id(module) not in grids or not hasattr(module, 'attention_biases'):
+            continue
+        gh, gw = grids[id(module)]
+        if hasattr(module, 'bias_index'):  # V2: queries and keys may differ (strided)
+            idx = module.bias_index(gh, gw, device='meta')
+        else:
+            idx = relative_offset_index(gh, gw, device='meta')
+        heads = int(module.attention_biases.shape[0])
+        n = heads * idx.numel()
+        total += n
+        if n > largest:
+            largest, shape = n, (heads,) + tuple(idx.shape)
+    return 4 * (3 * total + 3 * b * largest), dict(attention_blocks=len(grids), largest=shape)
+
+
+def check_export_memory(model: nn.Module, input_shape, available: Optional[int] = None) -> None:
+    """Raise a ``ValueError`` naming the size, the memory it needs and the fix when exporting
+    ``model`` at ``input_shape`` needs more memory than the machine has available (before
+    anything is allocated: a 10000x10000 export would otherwise ask for hundreds of GB)."""
+    need, what = export_memory_bytes(model, input_shape)
+    available = available_memory_bytes() if available is None else available
+    if available is None or need <= available:
+        return
+    from mmeff.engine.checkpointing import format_bytes
+    b, c, h, w = parse_input_shape(input_shape)
+    heads, nq, nk = what['largest']
+    raise ValueError(
+        f'exporting at {h}x{w} (batch {b}) needs about {format_bytes(need)} of memory, and this '
+        f'machine has {format_bytes(available)} available: the attention biases are cached for '
+        f'the export size ({what["attention_blocks"]} attention blocks, the largest {heads} x '
+        f'{nq} x {nk} values; they grow with the 4th power of the image side). Export at the '
+        f'size the model will be fed, e.g. --input-size 512x512 (or 800x1333 for detection)')
+
+
 def _is_forbidden(op_name: str) -> bool:
     name = op_name.lower()
     return 'bicubic' in name or 'gather' in name
@@ -287,11 +356,25 @@ def export_onnx(model: nn.Module,
         dict: ``path``, ``exporter``, ``op_histogram``, ``gather_ops``, ``bicubic_ops``,
         ``problems``, ``inputs``/``outputs`` (name and shape), ``file_size_bytes``,
         ``export_s`` and, when checked, ``onnxruntime`` (``max_abs_err``, ``rel_err``).
+
+    The file is written and checked beside ``path`` and renamed over it only once the checks
+    passed: after any error ``path`` keeps its previous content.
     """
     require('onnx')
-    import onnx
+    check_export_memory(model, input_shape)
     wrapper, x, out_names = prepare_for_export(model, input_shape, fuse=fuse)
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    # Written and checked beside `path`, which is replaced only once every check passed.
+    with StagedOutput(path) as staged:
+        report = _export_onnx_checked(model, wrapper, x, out_names, staged.path, path, fuse,
+                                      opset, dynamic_batch, check, rtol)
+        report['path'] = staged.place()
+    return report
+
+
+def _export_onnx_checked(model, wrapper, x, out_names, tmp, path, fuse, opset, dynamic_batch,
+                         check, rtol) -> dict:
+    """:func:`export_onnx`'s export to ``tmp`` and its checks; messages name ``path``."""
+    import onnx
     n_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
     common = dict(input_names=['image'], output_names=out_names, opset_version=opset)
     t0 = time.perf_counter()
@@ -301,7 +384,7 @@ def export_onnx(model: nn.Module,
         dyn = dict(dynamic_shapes=({0: torch.export.Dim('batch')},)) if dynamic_batch else {}
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            torch.onnx.export(wrapper, (x,), path, dynamo=True, verbose=False,
+            torch.onnx.export(wrapper, (x,), tmp, dynamo=True, verbose=False,
                               external_data=n_bytes > 1.8e9, **dyn, **common)
     except Exception as exc:  # the TorchScript exporter handles what dynamo cannot
         exporter = f'torchscript (dynamo failed: {type(exc).__name__}: {str(exc)[:200]})'
@@ -309,9 +392,9 @@ def export_onnx(model: nn.Module,
                    ) if dynamic_batch else {}
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            torch.onnx.export(wrapper, (x,), path, dynamo=False, **dyn, **common)
+            torch.onnx.export(wrapper, (x,), tmp, dynamo=False, **dyn, **common)
     export_s = time.perf_counter() - t0
-    proto = onnx.load(path)
+    proto = onnx.load(tmp)
     onnx.checker.check_model(proto)
     hist = Counter(node.op_type for node in proto.graph.node)
     external_files = {entry.value for init in proto.graph.initializer
@@ -325,8 +408,8 @@ def export_onnx(model: nn.Module,
                   op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
                   gather_ops=sum(n for op, n in hist.items() if 'gather' in op.lower()),
                   inputs=io(proto.graph.input), outputs=io(proto.graph.output),
-                  file_size_bytes=file_size(path) + sum(
-                      file_size(osp.join(osp.dirname(path), f)) for f in external_files),
+                  file_size_bytes=file_size(tmp) + sum(
+                      file_size(osp.join(osp.dirname(tmp), f)) for f in external_files),
                   export_s=round(export_s, 2), fused=fuse, fusion=fusion_report(wrapper))
     report['bicubic_ops'] = sum(
         node.op_type == 'Resize' and any(a.name == 'mode' and a.s == b'cubic'
@@ -350,7 +433,7 @@ def export_onnx(model: nn.Module,
         if bad:
             raise _nonfinite_torch_outputs_error(bad, path)
         ort = require('onnxruntime')
-        sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        sess = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
         outs = sess.run(None, {'image': x.numpy()})
         bad = nonfinite((f'output {n!r}', o) for n, o in zip(out_names, outs))
         if bad:
@@ -444,6 +527,10 @@ def export_coreml(model: nn.Module,
     Returns:
         dict: the :func:`inspect_coreml` report plus ``method``, ``fallback_reason``,
         ``convert_s`` and ``problems`` (:func:`coreml_problems`; empty when all checks pass).
+        The package is saved and inspected beside ``path`` and replaces it only when the
+        checks pass; otherwise ``path`` keeps its previous content, the package is kept at
+        ``report['path']`` (:func:`mmeff.deploy.output.failed_path`) and ``report['rejected']``
+        names ``path``.
     """
     ct = require('coremltools')
     if precision not in ('fp16', 'fp32'):
@@ -455,6 +542,7 @@ def export_coreml(model: nn.Module,
     if not str(path).endswith('.mlpackage'):
         raise ValueError(f'a Core ML mlprogram is saved as a directory ending in .mlpackage, '
                          f'got {path!r}')
+    check_export_memory(model, input_shape)
     wrapper, x, out_names = prepare_for_export(model, input_shape, fuse=fuse,
                                                normalize=image_input)
     if image_input and x.shape[1] != 3:
@@ -490,19 +578,17 @@ def export_coreml(model: nn.Module,
     mlmodel.user_defined_metadata.update(meta)
     mlmodel.short_description = ('EfficientFormer (mmeff), input ' + meta['mmeff.input_shape']
                                  + ', outputs ' + ', '.join(out_names))
-    if osp.exists(path):
-        import shutil
-        shutil.rmtree(path)
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    mlmodel.save(path)
-    report = inspect_coreml(path)
-    with torch.no_grad():  # Core ML cannot run here (Linux); torch's outputs can be checked
-        refs = _as_tuple(wrapper(x))
-    report.update(method=used, fallback_reason=reason, convert_s=round(convert_s, 2),
-                  fused=fuse, fusion=fusion_report(wrapper),
-                  torch_nonfinite_outputs=nonfinite(
-                      (f'output {n!r}', r) for n, r in zip(out_names, refs)))
-    report['problems'] = coreml_problems(report, expect_fp16=precision == 'fp16')
+    with StagedOutput(path) as staged:  # saved and inspected beside `path`, then placed
+        mlmodel.save(staged.path)
+        report = inspect_coreml(staged.path)
+        with torch.no_grad():  # Core ML cannot run here (Linux); torch's outputs can be checked
+            refs = _as_tuple(wrapper(x))
+        report.update(method=used, fallback_reason=reason, convert_s=round(convert_s, 2),
+                      fused=fuse, fusion=fusion_report(wrapper),
+                      torch_nonfinite_outputs=nonfinite(
+                          (f'output {n!r}', r) for n, r in zip(out_names, refs)))
+        report['problems'] = coreml_problems(report, expect_fp16=precision == 'fp16')
+        place_checked(staged, report)
     return report
 
 

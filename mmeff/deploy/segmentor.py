@@ -44,9 +44,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .export import (COMPUTE_UNITS, _to_mlprogram_input, coreml_problems, export_friendly_norms_,
-                     file_size, format_report, inspect_coreml, nonfinite, onnx_problems,
-                     require)
+from .export import (COMPUTE_UNITS, _to_mlprogram_input, check_export_memory, coreml_problems,
+                     export_friendly_norms_, file_size, format_report, inspect_coreml, nonfinite,
+                     onnx_problems, require)
+from .output import StagedOutput, place_checked
 from .fuse import cache_attention_bias, fuse_model, fusion_report, parse_input_size
 
 OUTPUTS = ('labels', 'logits')
@@ -132,6 +133,9 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
             f'{", ".join(supported)} (their attention biases are cached and their BN folded for '
             f'the export). Use one of configs/segmentation/, or set model.backbone.type to one '
             f'of them')
+    if checkpoint:  # before building: a missing or unreadable file is found at once
+        from mmeff.checkpoint import check_checkpoint_file
+        check_checkpoint_file(checkpoint)
     sync_bn_to_bn(model_cfg)  # SyncBN needs CUDA; at inference it is BN
     model_cfg['pretrained'] = None
     backbone_cfg = model_cfg['backbone']
@@ -146,7 +150,8 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
         from mmeff.checkpoint import check_model_fit, mmengine_state_dict, read_checkpoint
         raw = read_checkpoint(checkpoint)
         state_dict = mmengine_state_dict(raw)
-        fit = check_model_fit(model, state_dict, str(checkpoint), purpose='exact')
+        fit = check_model_fit(model, state_dict, str(checkpoint), purpose='exact',
+                              config=config)
         model.load_state_dict(state_dict, strict=False)
         weights = f'{checkpoint} ({len(fit.matched)} tensors loaded)'
         meta = raw.get('meta') if isinstance(raw, dict) else None
@@ -371,6 +376,7 @@ def _prepare(segmentor: nn.Module, x: torch.Tensor, output: str, normalize: bool
     with cached biases, export GroupNorms, fixed adaptive pools) and the unfused module as
     built, both in eval mode."""
     size = tuple(x.shape[-2:])
+    check_export_memory(segmentor.backbone, tuple(x.shape))
     reference = SegmentorExportModule(segmentor, output=output, normalize=normalize).eval()
     if fuse:
         exported = fuse_model(reference, size)
@@ -514,12 +520,22 @@ def _as_logits(module: SegmentorExportModule) -> SegmentorExportModule:
 
 
 def _onnx(module, x, ref, path, output, opset, dynamic_batch, rtol) -> dict:
+    """Export to ONNX beside ``path``, check there, then replace ``path`` (never before the
+    checks passed: a failed export leaves the previous file, see :mod:`mmeff.deploy.output`)."""
+    with StagedOutput(path) as staged:
+        report = _onnx_at(module, x, ref, staged.path, path, output, opset, dynamic_batch, rtol)
+        place_checked(staged, report)
+    return report
+
+
+def _onnx_at(module, x, ref, tmp, path, output, opset, dynamic_batch, rtol) -> dict:
+    """:func:`_onnx`'s export to ``tmp`` and its checks; messages name ``path``."""
     import onnx
     from onnx import numpy_helper
     t0 = time.perf_counter()
-    exporter = _export_onnx(module, x, path, output, opset, dynamic_batch)
+    exporter = _export_onnx(module, x, tmp, output, opset, dynamic_batch)
     export_s = time.perf_counter() - t0
-    proto = onnx.load(path)
+    proto = onnx.load(tmp)
     onnx.checker.check_model(proto)
     hist = Counter(node.op_type for node in proto.graph.node)
     weights = [(f'initialiser {init.name!r}', numpy_helper.to_array(init))
@@ -528,7 +544,7 @@ def _onnx(module, x, ref, path, output, opset, dynamic_batch, rtol) -> dict:
     if bad:
         raise RuntimeError(f'{path}: {len(bad)} ONNX weight tensor(s) hold NaN or Inf: {bad[:3]}')
     ort = require('onnxruntime')
-    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    sess = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
     (got,) = sess.run(None, {'image': x.numpy()})
     errs = compare_outputs(output, got, ref)
     _check_agreement(output, errs, rtol, f'ONNX Runtime ({path})')
@@ -539,7 +555,7 @@ def _onnx(module, x, ref, path, output, opset, dynamic_batch, rtol) -> dict:
                       a.name == 'mode' and a.s == b'cubic' for a in node.attribute)
                       for node in proto.graph.node),
                   inputs=_onnx_io(proto.graph.input), outputs=_onnx_io(proto.graph.output),
-                  file_size_bytes=file_size(path), export_s=round(export_s, 2),
+                  file_size_bytes=file_size(tmp), export_s=round(export_s, 2),
                   onnxruntime=errs)
     report['problems'] = onnx_problems(report)
     return report
@@ -573,10 +589,16 @@ def _coreml(module, x, ref, path, output, precision, compute_units, image_input,
     mlmodel.user_defined_metadata.update({k: str(v) for k, v in metadata.items()})
     mlmodel.short_description = (f'{metadata["mmeff.config"]}: whole segmentor (mmeff), input '
                                  f'{size} ({metadata["mmeff.input"]}), output {output}')
-    if osp.exists(path):
-        import shutil
-        shutil.rmtree(path)
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    with StagedOutput(path) as staged:  # saved and inspected beside `path`, then placed
+        report = _coreml_checked(staged.path, mlmodel, ref, output, precision, image_input,
+                                 used, reason, convert_s)
+        place_checked(staged, report)
+    return report
+
+
+def _coreml_checked(path, mlmodel, ref, output, precision, image_input, used, reason,
+                    convert_s) -> dict:
+    """Save ``mlmodel`` at ``path`` (the staging place) and check it."""
     mlmodel.save(path)
     report = inspect_coreml(path)
     # The upsample ops' scale factors are op parameters, FP32 by the op's definition: not

@@ -384,3 +384,103 @@ def patch_checkpoint_hook() -> None:
     CheckpointHook._save_best_checkpoint = _wrap_save_best_checkpoint(
         CheckpointHook._save_best_checkpoint)
     CheckpointHook.before_train = _wrap_before_train(CheckpointHook.before_train)
+
+
+# ---------------------------------------------------------------------------- directories
+# renameat2(2)'s flag that swaps two paths in one step (Linux 3.15+; not every file system).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically (both must exist); False where the system or
+    the file system cannot, so that the caller falls back to two renames."""
+    import ctypes
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
+def _remove_tree(path: str) -> None:
+    if osp.isdir(path) and not osp.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _remove(path)
+
+
+def fsync_tree(path: str) -> None:
+    """Flush a file, or every file and folder below a directory, to disk."""
+    if not osp.isdir(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            fsync_tree(osp.join(root, name))
+        _fsync_dir(root)
+
+
+def replace_atomic(src: str, dst: str) -> None:
+    """Put the file or directory ``src`` at ``dst`` (same file system), replacing what ``dst``
+    held; the previous content is deleted afterwards.
+
+    A file replaces a file in one ``rename``. A directory (or a file replacing a directory) is
+    swapped with ``renameat2(RENAME_EXCHANGE)``, so that ``dst`` always holds the old or the new
+    content; where the system cannot swap, the old content is first renamed aside (a kill
+    between the two renames leaves it under a temporary name beside ``dst``).
+    """
+    if not osp.lexists(dst) or (not osp.isdir(src) and not osp.isdir(dst)):
+        os.replace(src, dst)
+    else:
+        if _exchange(src, dst):
+            old = src  # now holds the previous content
+        else:
+            old = temp_path(dst)
+            os.rename(dst, old)
+            try:
+                os.rename(src, dst)
+            except BaseException:
+                os.rename(old, dst)  # put the previous content back
+                raise
+        _remove_tree(old)
+    _fsync_dir(osp.dirname(osp.abspath(dst)))
+
+
+def write_dir_atomic(path: str, write) -> None:
+    """Call ``write(temporary_dir)`` to fill a new, empty directory beside ``path``, flush it to
+    disk and put it in place of ``path`` (:func:`replace_atomic`).
+
+    ``path`` keeps its previous content on any failure (``write`` raising, a full disk, a kill):
+    the temporary directory is removed, or left under a name :func:`is_stale_temp_file`
+    recognises when the process is killed. For directory outputs such as Core ML's
+    ``.mlpackage``; files use :func:`write_file_atomic`.
+    """
+    path = osp.abspath(osp.expanduser(str(path)))
+    folder = osp.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = temp_path(path)
+    os.mkdir(tmp)
+    try:
+        write(tmp)
+        fsync_tree(tmp)
+        replace_atomic(tmp, path)
+    except BaseException as exc:
+        usage = _disk_usage(folder)
+        _release_frames(exc)
+        _remove_tree(tmp)
+        error = _explain_write_error(exc, path, None, usage)
+        if error is not None:
+            raise error from exc
+        raise
