@@ -298,3 +298,25 @@ def test_slim_launcher_without_torchrun_is_one_line(tmp_path):
         proc.stderr[-2000:]
     assert 'torchrun' in last and 'tools/dist_train.sh' in last
     assert not list((tmp_path / 'slim').rglob('*.pth'))
+
+
+def test_run_state_hook_restores_the_sampler_and_refuses_another_world_size():
+    """What SupernetRunStateHook saves and restores, without a Runner: the sampler state, the
+    process count (another one is refused, naming both and the fix)."""
+    import types
+
+    from mmeff.slimming.hooks import SupernetResumeError, SupernetRunStateHook
+    model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES)
+    runner = types.SimpleNamespace(model=model, _resume=True, iter=4, train_loop=None)
+    hook = SupernetRunStateHook()
+    checkpoint = {}
+    hook.before_save_checkpoint(runner, checkpoint)
+    assert checkpoint['supernet']['world_size'] == 1
+    saved = model.sandwich_widths()['random'], model.sample_blocks()[0]
+    hook.after_load_checkpoint(runner, checkpoint)  # back to the state at the save
+    hook.before_train(runner)
+    assert (model.sandwich_widths()['random'], model.sample_blocks()[0]) == saved
+    checkpoint['supernet']['world_size'] = 8
+    with pytest.raises(SupernetResumeError, match=r'trained by 8 process\(es\), this run has 1.*'
+                                                  r'tools/dist_train.sh CONFIG 8 --resume'):
+        hook.after_load_checkpoint(runner, checkpoint)
