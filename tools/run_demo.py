@@ -90,6 +90,22 @@ def picture_link(report_dir, path, title):
     return f'![{title}]({osp.relpath(path, report_dir)})'
 
 
+def commands_section(commands, config_copies):
+    """The report's last section: each step's command as run (``commands``: (what, args)),
+    and where the configs were saved with the run's options (``config_copies``).
+
+    The README's own commands name full-size runs (work_dirs/fpn_l1/iter_40000.pth ...); these
+    are the same tools on what the demo left."""
+    lines = ['## The same commands on these outputs', '',
+             'Each step above, as run (from the repository root). A model is used with the '
+             'config it was trained with: the demo configs in `configs/demo/` (3 detection '
+             'classes, not COCO\'s 80), also saved with the cfg-options applied in each work '
+             f"dir ({', '.join(f'`{p}`' for p in config_copies)}).", '', '```shell']
+    for what, step in commands:
+        lines += [f'# {what}', shell_command(step)]
+    return lines + ['```', '']
+
+
 def run_step(step, args, log_dir):
     log = osp.join(log_dir, f'{step}.log')
     print(f'[demo] {step}: {" ".join(args)}', flush=True)
@@ -351,17 +367,8 @@ def main(argv=None):
         lines += [f'### {fmt}', '', f'`{path}` (full report: `{report}`)', '', '```']
         lines += [f'{k}: {json.dumps(data[k])}' for k in keys if k in data]
         lines += ['```', '']
-    # The README's own commands name full-size runs (work_dirs/fpn_l1/iter_40000.pth ...);
-    # these are the same tools on what this run left.
-    lines += ['## The same commands on these outputs', '',
-              'Each step above, as run (from the repository root). A model is used with the '
-              'config it was trained with: the demo configs in `configs/demo/` (3 detection '
-              'classes, not COCO\'s 80), also saved with the cfg-options applied in each work '
-              f'dir (`{osp.join(work_dir, osp.basename(CONFIG))}`, '
-              f'`{osp.join(seg_dir, osp.basename(SEG_CONFIG))}`).', '', '```shell']
-    for what, step in commands:
-        lines += [f'# {what}', shell_command(step)]
-    lines += ['```', '']
+    lines += commands_section(commands, [osp.join(work_dir, osp.basename(CONFIG)),
+                                         osp.join(seg_dir, osp.basename(SEG_CONFIG))])
     report_path = osp.join(out, 'REPORT.md')
     from mmeff.engine.checkpointing import write_file_atomic
 
