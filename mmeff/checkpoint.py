@@ -679,6 +679,48 @@ def check_model_fit(model: nn.Module, state_dict: Mapping[str, Any], source: str
         f'{fix}' + (f' {hint}' if hint else ''))
 
 
+def check_checkpoint_matches(checkpoint, backbone_type: str, arch: Any, source: str,
+                             config: Optional[str] = None) -> None:
+    """Before a model is built: raise :class:`CheckpointMismatchError` when ``checkpoint`` (the
+    loaded file) holds an EfficientFormer of another family than ``backbone_type``
+    (``'mmeff.EfficientFormerV2'``...) or of another named arch than ``arch``, naming the
+    config of the checkpoint's family and arch (:func:`configs_for`). Checkpoints that are no
+    EfficientFormer are left to the fit check after building (:func:`check_model_fit`)."""
+    family = str(backbone_type).split('.')[-1]
+    if family not in _FAMILY_LABEL:
+        return
+    try:
+        sd = unwrap_state_dict(checkpoint)
+    except CheckpointError:
+        return
+    ckpt_family = _checkpoint_family(sd)
+    if ckpt_family is None:
+        return
+    tensors = sd if any(k.startswith('backbone.') for k in sd) else \
+        {'backbone.' + k: v for k, v in sd.items()}
+    try:
+        from mmeff.converters import arch_name, convert_state_dict
+        ckpt_arch = arch_name(convert_state_dict(tensors)[0])
+    except Exception:  # noqa: BLE001  (named without the arch)
+        ckpt_arch = None
+    where = f'{config}' if config else 'the model'
+    if ckpt_family != family:
+        raise CheckpointMismatchError(
+            f'{source} does not fit {where} ({_FAMILY_LABEL[family]} backbone, arch {arch!r}). '
+            + _family_fix(ckpt_family, ckpt_arch, family, config, None))
+    if isinstance(arch, str) and isinstance(ckpt_arch, str) and arch.lower() != ckpt_arch:
+        if config:
+            configs = configs_for(family, ckpt_arch, config)
+            use = (f'use {" or ".join(configs)}, or ' if configs else '') + \
+                f"set model.backbone.arch='{ckpt_arch}' (and the neck's in_channels to its widths)"
+        else:
+            use = f'build arch {ckpt_arch!r} instead of {arch!r}'
+        raise CheckpointMismatchError(
+            f'{source} does not fit {where}: it is an {_FAMILY_LABEL[family]} checkpoint of '
+            f'arch {ckpt_arch!r}, and {where} builds arch {arch!r}. To use it, {use}; or give '
+            f'{arch!r} weights')
+
+
 # ---------------------------------------------------------------------------- backbones
 def backbone_part(sd: Mapping[str, Any], prefix: str, source: str) -> Dict[str, Any]:
     """The entries of ``sd`` under ``prefix`` (prefix removed); an error that says what the file
@@ -803,5 +845,6 @@ __all__ = ['CheckpointError', 'UnsafeCheckpointError', 'CheckpointMismatchError'
            'check_checkpoint_file', 'read_checkpoint_file', 'is_safetensors_file',
            'load_from_http', 'read_checkpoint', 'is_remote', 'unwrap_state_dict',
            'unwrap_state_dict_of', 'mmengine_state_dict', 'Fit', 'compare_state_dicts',
-           'describe_checkpoint', 'check_model_fit', 'configs_for', 'backbone_part',
+           'describe_checkpoint', 'check_model_fit', 'check_checkpoint_matches', 'configs_for',
+           'backbone_part',
            'load_backbone_state_dict', 'load_pretrained_backbone', 'check_checkpoint_for_model']

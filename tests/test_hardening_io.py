@@ -376,11 +376,28 @@ def test_timm_download_offline_fails_fast_in_one_line(tmp_path):
 def test_v1_checkpoint_for_a_v2_config_names_the_v1_config(tmp_path, capsys, monkeypatch):
     """A V1 (L1) checkpoint exported with a V2 config: it says it is a V1 checkpoint and names
     the V1 config, instead of suggesting arch='l1', which V2 rejects."""
+    import mmeff.deploy
+
+    def no_build(*args, **kwargs):
+        raise AssertionError('the model was built before the checkpoint was checked')
     v1 = tmp_path / 'l1_backbone.pth'
     sd = {'backbone.' + k: v for k, v in EfficientFormer('l1').state_dict().items()}
     torch.save({'state_dict': sd}, v1)
     cfg = osp.join('configs', 'segmentation', 'fpn_effformerv2_s0_ade20k_40k.py')
     monkeypatch.chdir(ROOT)
+    with monkeypatch.context() as patch:  # found before anything is built
+        patch.setattr(mmeff.deploy, 'build_model', no_build)
+        status, err = run_main(load_tool(ROOT, 'export').main,
+                               [cfg, '--format', 'onnx', '--checkpoint', str(v1), '--out',
+                                str(tmp_path / 'x.onnx')], capsys, monkeypatch)
+        assert status == 1 and 'Traceback' not in err and 'V1' in err, err
+        # Another arch of the same family, given by name: build the checkpoint's arch.
+        status, err = run_main(load_tool(ROOT, 'export').main,
+                               ['l3', '--format', 'onnx', '--checkpoint', str(v1)], capsys,
+                               monkeypatch)
+        (line,) = error_lines(err)
+        assert status == 1 and "an EfficientFormer (V1) checkpoint of arch 'l1', and the " \
+            "model builds arch 'l3'. To use it, build arch 'l1' instead of 'l3'" in line, line
     status, err = run_main(load_tool(ROOT, 'export').main,
                            [cfg, '--format', 'onnx', '--checkpoint', str(v1), '--out',
                             str(tmp_path / 'x.onnx')], capsys, monkeypatch)

@@ -108,6 +108,38 @@ def parse_args(argv=None):
     return args
 
 
+def backbone_of(model: str):
+    """``(backbone type, arch)`` that MODEL (an arch name or a config) builds, or None."""
+    from mmeff.models import EfficientFormer, EfficientFormerV2
+    if not model.endswith('.py'):
+        name = model.lower()
+        if name in EfficientFormerV2.arch_settings:
+            return 'EfficientFormerV2', name
+        return ('EfficientFormer', name) if name in EfficientFormer.arch_settings else None
+    from mmengine.config import Config
+    cfg = Config.fromfile(model).get('model')
+    if not isinstance(cfg, dict):
+        return None
+    backbone = cfg if str(cfg.get('type', '')).split('.')[-1].startswith('EfficientFormer') \
+        else cfg.get('backbone')
+    if not isinstance(backbone, dict):
+        return None
+    btype = str(backbone.get('type', '')).split('.')[-1]
+    default = 's0' if btype == 'EfficientFormerV2' else 'l1'
+    return btype, backbone.get('arch', default)
+
+
+def check_fit_first(args) -> None:
+    """The checkpoint's family and arch against what MODEL builds, before building it."""
+    from mmeff.checkpoint import check_checkpoint_matches, read_checkpoint
+    built = backbone_of(args.model)
+    if built is None:
+        return
+    check_checkpoint_matches(read_checkpoint(args.checkpoint), built[0], built[1],
+                             str(args.checkpoint),
+                             config=args.model if args.model.endswith('.py') else None)
+
+
 def export_whole_model(args) -> dict:
     """``--task segmentor|detector``: the report of mmeff.deploy's export function."""
     from mmeff.deploy.fuse import parse_input_size
@@ -167,6 +199,7 @@ def main(argv=None) -> int:
     if args.checkpoint:  # before any model is built: a missing or unreadable file at once
         from mmeff.checkpoint import check_checkpoint_file
         check_checkpoint_file(args.checkpoint)
+        check_fit_first(args)
     from mmeff.deploy import build_model, export_coreml, export_onnx, parse_input_shape
     if args.task in WHOLE_MODEL_TASKS:
         print(f'Exporting the whole {args.task} of {args.model} (weights: '
