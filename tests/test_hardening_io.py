@@ -235,6 +235,27 @@ def test_failed_onnx_export_keeps_the_previous_file(tmp_path):
     assert os.listdir(tmp_path) == ['model.onnx']  # no staging left
 
 
+def test_failed_coreml_export_keeps_the_previous_package(tmp_path):
+    """A NaN checkpoint's Core ML package fails its checks: the previous .mlpackage is kept
+    whole, the failed one lies beside it for inspection."""
+    from mmeff.deploy import export_coreml
+    pkg = tmp_path / 'model.mlpackage'
+    good = export_coreml(EfficientFormer(TINY_ARCH).eval(), str(pkg), 64)
+    assert good['problems'] == [] and good['path'] == str(pkg)
+    before = {osp.relpath(osp.join(r, f), pkg): open(osp.join(r, f), 'rb').read()
+              for r, _, files in os.walk(pkg) for f in files}
+    broken = EfficientFormer(TINY_ARCH).eval()
+    with torch.no_grad():
+        broken.stages[3].blocks[0].mlp.fc1.weight[0, :3] = float('nan')
+    report = export_coreml(broken, str(pkg), 64)
+    assert report['problems'] and report['rejected'] == str(pkg)
+    assert report['path'] == str(tmp_path / 'model.failed.mlpackage')
+    after = {osp.relpath(osp.join(r, f), pkg): open(osp.join(r, f), 'rb').read()
+             for r, _, files in os.walk(pkg) for f in files}
+    assert after == before
+    assert sorted(os.listdir(tmp_path)) == ['model.failed.mlpackage', 'model.mlpackage']
+
+
 def test_killed_export_keeps_the_previous_file(tmp_path):
     """kill -9 while tools/export.py writes: --out still holds the previous, complete file;
     the next export to it cleans the killed one's staging up."""
