@@ -37,7 +37,10 @@ def remove_stale_staging(path: str) -> List[str]:
     for entry in names:
         if entry.startswith(f'.{name}.tmp.') and is_stale_temp_file(folder, entry):
             full = osp.join(folder, entry)
-            shutil.rmtree(full, ignore_errors=True) if osp.isdir(full) else os.remove(full)
+            if osp.isdir(full):
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                os.remove(full)
             removed.append(full)
     return removed
 
