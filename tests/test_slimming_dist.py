@@ -15,7 +15,6 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.dist.utils import get_data_device
-from mmengine.structures import BaseDataElement
 
 import mmeff.models  # noqa: F401  (registers everything, compat fixes)
 from mmeff.datasets import make_imagefolder_dataset

@@ -299,7 +299,7 @@ def test_missing_teacher_and_bad_recipe_arguments(tmp_path):
     missing = str(tmp_path / 'regnety_160.pth')
     model = SlimmingSupernet(tiny_space(), num_classes=NUM_CLASSES, distillation=dict(
         teacher=dict(model_name='regnety_160', checkpoint=missing)))
-    model.forward(torch.randn(1, 3, 32, 32))  # inference needs no teacher
+    model.eval()(torch.randn(1, 3, 32, 32))  # inference needs no teacher
     with pytest.raises(FileNotFoundError, match=r'teacher checkpoint .*regnety_160\.pth.* does '
                                                 r'not exist.*model\.distillation=None'):
         model.init_weights()
@@ -508,7 +508,9 @@ def test_train_tool_kill_and_resume_is_bit_exact(tmp_path, tiny_teacher):
     proc = subprocess.Popen(command(cut), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not osp.isfile(osp.join(cut, 'epoch_1.pth')) and proc.poll() is None:
+    # last_checkpoint is written after the checkpoint: --resume starts from what it names
+    pointer = osp.join(cut, 'last_checkpoint')
+    while not (osp.isfile(pointer) and osp.getsize(pointer)) and proc.poll() is None:
         assert time.time() < deadline, 'the run to kill wrote no checkpoint in 10 minutes'
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

@@ -61,7 +61,8 @@ Mixed precision (``tools/train.py --amp``): on a GPU, fp16 autocast with *one* d
 scaler, the ``weights`` wrapper's (``AmpOptimWrapper``): every sandwich pass is
 back-propagated scaled, then both optimisers' gradients are unscaled by that scaler and
 stepped through it (torch's recipe for several optimisers: each step is skipped when its
-gradients hold inf/NaN) and the scale is updated once, from both. The ``arch`` wrapper is a plain ``OptimWrapper`` without a scaler of its own.
+gradients hold inf/NaN) and the scale is updated once, from both. The ``arch`` wrapper is a
+plain ``OptimWrapper`` without a scaler of its own.
 On a CPU, bf16 autocast (``mmeff.BF16AutocastOptimWrapper``; bf16 needs no loss scaling).
 """
 import copy
