@@ -159,6 +159,22 @@ def test_phase_all_checks_every_argument_before_training(slim, repo_root, data, 
                                        r'latency table .*lut_torch-cpu\.json')
 
 
+def test_under_a_launcher_only_rank_0_runs_the_phases_after_training(slim, repo_root, data,
+                                                                     tmp_path, monkeypatch):
+    """Under torchrun every process trains its share of the supernet; the table, the search
+    and the export are one process's work (rank 0): the others must not write them too."""
+    for name, value in dict(WORLD_SIZE='2', MASTER_ADDR='127.0.0.1', MASTER_PORT='29511',
+                            LOCAL_RANK='1', RANK='1').items():
+        monkeypatch.setenv(name, value)
+    argv = _args(repo_root, tmp_path, data, '--phase', 'search', '--budgets', '3',
+                 '--launcher', 'pytorch')
+    assert slim.main(argv) == 0  # rank 1: nothing to do
+    assert not (tmp_path / 'search_torch-cpu').exists()
+    monkeypatch.setenv('RANK', '0')
+    with pytest.raises(FileNotFoundError, match=r'no latency table'):
+        slim.main(argv)  # rank 0 searches (and finds no table here)
+
+
 def test_slim_end_to_end_on_cpu(searched, repo_root, tmp_path):
     from mmeff.deploy.export import export_onnx
     from mmeff.models import EfficientFormerClassifier

@@ -229,7 +229,7 @@ def build_lut(run: Run) -> None:
 
 
 def main(argv=None) -> int:
-    from mmeff.engine.workdir_lock import lock_work_dir
+    from mmeff.engine.workdir_lock import global_rank, lock_work_dir
     from mmeff.slimming.run import preflight
     args = parse_args(argv)
     run = Run(args)
@@ -240,10 +240,12 @@ def main(argv=None) -> int:
     steps = dict(zip(PHASES, (train_supernet, build_lut, search, export_subnets)))
     # one slimming run per work dir: two searches or table builds would replace each other's
     # results (train-supernet's tools/train.py also locks supernet/ for itself)
-    with lock_work_dir(run.work_dir, getattr(args, 'launcher', 'none'),
-                       activity='slimming run',
+    launcher = getattr(args, 'launcher', 'none')
+    with lock_work_dir(run.work_dir, launcher, activity='slimming run',
                        harm="replace each other's latency tables, trajectories and subnets"):
         for phase in phases:
+            if phase != 'train-supernet' and global_rank(launcher) != 0:
+                continue  # under torchrun/srun, one process measures, searches and exports
             print(f'== {phase}')
             with run.locked(phase):
                 steps[phase](run)

@@ -78,7 +78,7 @@ def _read_info(path: str) -> Optional[dict]:
     return None
 
 
-def _rank(launcher: str) -> int:
+def global_rank(launcher: str) -> int:
     """Global rank of this process under ``launcher`` (0 without a launcher)."""
     if launcher in (None, 'none'):
         return 0
@@ -193,7 +193,7 @@ def lock_work_dir(work_dir: str, launcher: str = 'none',
                   **kwargs) -> Iterator[Optional[WorkDirLock]]:
     """Hold the work dir's lock for the block; yields None on ranks other than 0.
     ``kwargs``: :class:`WorkDirLock`'s ``activity`` and ``harm``."""
-    if _rank(launcher) != 0:
+    if global_rank(launcher) != 0:
         yield None
         return
     with WorkDirLock(work_dir, **kwargs) as lock:

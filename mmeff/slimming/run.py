@@ -58,9 +58,10 @@ class SlimRun:
         self.config = args.config
         self.work_dir = args.work_dir or osp.join(
             'work_dirs', 'slim', osp.splitext(osp.basename(args.config))[0])
+        # no launcher here: under torchrun, tools/train.py (train-supernet) sets up the
+        # processes; the other phases run in rank 0 alone
         self.cfg = prepare_config(args.config, osp.join(self.work_dir, 'supernet'),
-                                  args.cfg_options,
-                                  launcher=getattr(args, 'launcher', None) or 'none')
+                                  args.cfg_options)
         if self.cfg.model.get('type') != 'SlimmingSupernet':
             raise ValueError(f"{args.config} is not a supernet config (model.type "
                              f"{self.cfg.model.get('type')!r}, expected 'SlimmingSupernet'): "
