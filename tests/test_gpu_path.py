@@ -67,3 +67,22 @@ def test_rng_state_restored_from_a_gpu_loaded_checkpoint():
     state['torch'] = _OnDevice(state['torch'])
     set_rng_state(state)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_benchmark_latency_cuda_without_a_gpu_is_one_line(capsys):
+    """`tools/benchmark_latency.py --device cuda` on a machine without a GPU: one line with the
+    fix, not a RuntimeError traceback shown as a bug."""
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU: the message is for machines without one')
+    from helpers import load_tool
+    from mmeff.cli import run
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tool = load_tool(root, 'benchmark_latency')
+    status = run(tool.main, ['--device', 'cuda', '--archs', 'l1', '--runtimes', 'eager',
+                             '--input-sizes', '64', '--reps', '1', '--warmup', '0'],
+                 prog='benchmark_latency.py')
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status != 0
+    assert len(err) == 1 and err[0].startswith('benchmark_latency.py: error: '), err
+    assert "no usable CUDA device" in err[-1] and 'use --device cpu' in err[-1], err
+    assert not any('Traceback' in line for line in err), err

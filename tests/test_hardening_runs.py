@@ -263,6 +263,11 @@ def test_misspelt_cfg_options_key_is_refused(seg_ckpt):
     with pytest.raises(ValueError, match=r"--cfg-options data_rot=\.\.\.: the config has no "
                                          r"top-level 'data_rot'.*did you mean 'data_root'"):
         test_tool.main([SEG_DEMO, seg_ckpt, '--cfg-options', 'data_rot=/data/ade/'])
+    # Every tool through prepare_config: tools/train.py too, before anything is built.
+    train_tool = load_tool(ROOT, 'train')
+    with pytest.raises(ValueError, match=r"no top-level 'data_rot'.*did you mean 'data_root'"):
+        train_tool.main([SEG_DEMO, '--work-dir', str(seg_ckpt) + '_w',
+                         '--cfg-options', 'data_rot=/data/ade/'])
     demo = load_tool(ROOT, 'demo')
     with pytest.raises(ValueError, match=r"no top-level 'pretraind'.*did you mean 'pretrained'"):
         demo.run_demo(SEG_DEMO, seg_ckpt, [seg_ckpt], cfg_options={'pretraind': 'x.pth'})

@@ -151,7 +151,7 @@ def build(args, amp: bool, device, teacher):
     return model, optim
 
 
-def run(args) -> dict:
+def measure(args) -> dict:
     stood_in = _light_imports()
     import contextlib
 
@@ -297,7 +297,7 @@ def to_markdown(result: dict) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    result = run(args)
+    result = measure(args)
     import json
 
     from mmeff.engine.checkpointing import write_file_atomic
@@ -319,5 +319,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmeff.cli import run as run_tool
-    sys.exit(run_tool(main))
+    from mmeff.cli import run
+    sys.exit(run(main))

@@ -90,10 +90,8 @@ def run_demo(config: str, checkpoint: str, inputs: List[str], out_dir: str = 'ou
     from mmeff.checkpoint import check_checkpoint_for_model, read_checkpoint
     from mmeff.datasets.image_files import unreadable_images
     from mmeff.engine import prepare_config
-    from mmeff.engine.cfg_checks import check_cfg_options
     from mmeff.engine.diagnostics import DataFileError
 
-    check_cfg_options(config, cfg_options)
     cfg = prepare_config(config, cfg_options=cfg_options)
     ckpt = read_checkpoint(checkpoint)  # a clear error for a missing, corrupt or unsafe file
     images = collect_images(inputs)

@@ -56,8 +56,6 @@ def main(argv=None):
     from mmeff.checkpoint import check_checkpoint_for_model, read_checkpoint
     from mmeff.engine import (build_runner, check_data_paths, check_model_channels,
                               explain_dataset_errors, prepare_config)
-    from mmeff.engine.cfg_checks import check_cfg_options
-    check_cfg_options(args.config, args.cfg_options)
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.amp, args.launcher)
     check_model_channels(cfg)  # neck/head in_channels vs the backbone, before data is loaded
     # A missing, corrupt or unsafe file (or URL) fails here, before anything is built.

@@ -327,7 +327,8 @@ def benchmark(archs: Sequence[str] = ('l1',),
     if unknown:
         raise ValueError(f'unknown runtimes {sorted(unknown)}; choose from {RUNTIMES}')
     if device.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError('device cuda requested but torch.cuda.is_available() is False')
+        raise ValueError(f'--device {device!r}: this machine has no usable CUDA device '
+                         f'(torch.cuda.is_available() is False); use --device cpu')
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()

@@ -29,6 +29,8 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
     import mmeff.models  # noqa: F401  (compat fixes; registers mmeff models)
     cfg = Config.fromfile(config)
     if cfg_options:
+        from .cfg_checks import check_cfg_option_keys  # cfg_checks imports this module
+        check_cfg_option_keys(cfg, cfg_options)  # a misspelt top-level key, before merging
         check_variable_overrides(cfg, cfg_options)
         before = {name: cfg.get(name) for name in PROPAGATED_VARIABLES}
         cfg.merge_from_dict(cfg_options)
