@@ -15,5 +15,9 @@ Modules (data in, data out; the expensive steps are resumable):
   that makes ``--resume`` bit-exact.
 * ``lut``: per-piece latency tables measured on a named backend, prediction and its accuracy.
 * ``search``: the greedy slimming trajectory over the budgets; ``report``: its outputs.
+* ``budgets``: absolute (ms) and relative (``0.8x``) budgets, resolved against a table;
+  ``calib``: the seeded calibration batches shared by every accuracy estimate and the export;
+  ``run``: the work-dir layout and the phases behind ``tools/slim.py`` (locks, the identities a
+  trajectory records, subnet export and evaluation configs).
 """
 from .space import CHOICES, SearchSpace, default_space, get_space  # noqa: F401
