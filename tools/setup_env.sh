@@ -98,7 +98,7 @@ sys.exit(mmcv.__version__ != '$MMCV_VERSION' or cuda != ($MMCV_CUDA == 1))" 2>/d
     SDIST_DIR="$(mktemp -d)"
     trap 'rm -rf "$SDIST_DIR"' EXIT
     if [ "$MMCV_CUDA" = 1 ]; then
-      log "building mmcv $MMCV_VERSION with C++ and CUDA ops ($OPS_TAG) from its sdist (on 2 cores about 40 to 90 min, see benchmarks/mmcv_cuda_build_cpu.md)"
+      log "building mmcv $MMCV_VERSION with C++ and CUDA ops ($OPS_TAG) from its sdist (on 2 cores from about 20 min idle to over 2 h under load, see benchmarks/mmcv_cuda_build_cpu.md)"
     else
       log "building mmcv $MMCV_VERSION with C++ ops from its sdist (about 6 to 10 min on 2 idle cores, several times longer under load)"
     fi
