@@ -90,9 +90,16 @@ WHEELHOUSE="${MMEFF_WHEELHOUSE:-$HOME/.cache/mmeff/wheelhouse}/mmcv-$MMCV_VERSIO
 # The installed mmcv is kept only if it has the version and the ops wanted: the tag of the wheel
 # it came from is noted in the venv (a CPU-only build also reports its CUDA version as 'not available').
 OPS_NOTE="$VENV/.mmcv-ops"
+# Whether _ext holds CUDA kernels is read from the library file (the name of a CUDA launcher is
+# in its symbol table), not from mmcv.ops.get_compiling_cuda_version(): that call segfaulted in
+# an mmcv built with CUDA 13.0 for torch 2.11 on an H200 while every op worked
+# (benchmarks/gpu_path_h200.md).
+MMCV_PROBE="import importlib.util, mmcv.ops
+lib = open(importlib.util.find_spec('mmcv._ext').origin, 'rb').read()
+cuda = b'ROIAlignForwardCUDAKernelLauncher' in lib"
 if ! { [ "$(cat "$OPS_NOTE" 2>/dev/null)" = "$OPS_TAG" ] && "$PY" -c "
-import sys, mmcv, mmcv.ops
-cuda = mmcv.ops.get_compiling_cuda_version() != 'not available'
+import sys, mmcv
+$MMCV_PROBE
 sys.exit(mmcv.__version__ != '$MMCV_VERSION' or cuda != ($MMCV_CUDA == 1))" 2>/dev/null; }; then
   if ! ls "$WHEELHOUSE"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
     SDIST_DIR="$(mktemp -d)"
@@ -120,5 +127,8 @@ log "installing pinned requirements and mmeff (editable)"
 "${PIP[@]}" install -q -r "$ROOT/requirements.txt"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
-"$PY" -c "import mmcv.ops, mmdet, mmseg, mmeff.models; print('mmcv', mmcv.__version__, '(ops:', mmcv.ops.get_compiling_cuda_version().replace('not available', 'cpu') + ') | mmdet', mmdet.__version__, '| mmseg', mmseg.__version__)"
+"$PY" -c "import mmcv, mmdet, mmseg, mmeff.models
+$MMCV_PROBE
+print('mmcv', mmcv.__version__, '(ops: $OPS_TAG' if cuda else '(ops: cpu', end='')
+print(') | mmdet', mmdet.__version__, '| mmseg', mmseg.__version__)"
 log "done: activate with 'source .venv/bin/activate'"
