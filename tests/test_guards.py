@@ -158,14 +158,21 @@ def test_override_of_a_number_variable_warns_of_chance_matches():
                        cfg_options={'num_classes': 10})
 
 
-def test_variables_the_runner_reads_and_new_ones_stay_settable():
+def test_variables_the_runner_reads_stay_settable_and_unknown_ones_are_refused():
     l3 = config('detection', 'mask_rcnn_effformer_l3.py')
     cfg = prepare_config(l3, cfg_options={
         'load_from': 'x.pth', 'resume': True, 'default_scope': 'mmdet', 'log_level': 'DEBUG',
-        'my_note': 3, 'arch': 'l3', 'data_root': '/data/coco/', 'pretrained': '/w/l3.pth'})
-    assert (cfg.load_from, cfg.resume, cfg.log_level, cfg.my_note) == ('x.pth', True, 'DEBUG', 3)
+        'arch': 'l3', 'data_root': '/data/coco/', 'pretrained': '/w/l3.pth'})
+    assert (cfg.load_from, cfg.resume, cfg.log_level) == ('x.pth', True, 'DEBUG')
     assert cfg.train_dataloader.dataset.data_root == '/data/coco/'  # still carried
     assert cfg.model.backbone.init_cfg.checkpoint == '/w/l3.pth'
+    # A top-level key neither the config nor the Runner has would change nothing: a misspelling
+    # (issue 20: it was silently ignored), refused with the close match.
+    with pytest.raises(ValueError, match=r"--cfg-options data_rot=\.\.\.: the config has no "
+                                         r"top-level 'data_rot'.*did you mean 'data_root'"):
+        prepare_config(l3, cfg_options={'data_rot': '/data/coco/'})
+    with pytest.raises(ValueError, match=r"no top-level 'my_note'"):
+        prepare_config(l3, cfg_options={'my_note': 3})
 
 
 def test_override_of_a_variable_nothing_holds_is_allowed_with_a_warning(tmp_path, monkeypatch):
