@@ -48,6 +48,19 @@ def temp_path(path: str) -> str:
     return osp.join(folder, f'.{name}.tmp.{os.getpid()}.{secrets.token_hex(4)}.{_host()}')
 
 
+def _fail_write(exc: BaseException, path: str, written: Optional[int], remove) -> None:
+    """After a failed atomic write of ``path``: drop the temporary copy (``remove()``) and
+    re-raise ``exc``, as the clearer error :func:`_explain_write_error` makes of it if any
+    (a full disk named as such, with the folder's free space)."""
+    usage = _disk_usage(osp.dirname(path))
+    _release_frames(exc)
+    remove()
+    error = _explain_write_error(exc, path, written, usage)
+    if error is not None:
+        raise error from exc
+    raise exc
+
+
 def write_file_atomic(path: str, write) -> None:
     """Call ``write(temporary_path)``, flush the file to disk and rename it to ``path``.
 
@@ -74,14 +87,7 @@ def write_file_atomic(path: str, write) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException as exc:
-        written = _size(tmp)
-        usage = _disk_usage(folder)
-        _release_frames(exc)
-        _remove(tmp)
-        error = _explain_write_error(exc, path, written, usage)
-        if error is not None:
-            raise error from exc
-        raise
+        _fail_write(exc, path, _size(tmp), lambda: _remove(tmp))
     _fsync_dir(folder)
 
 
@@ -477,10 +483,4 @@ def write_dir_atomic(path: str, write) -> None:
         fsync_tree(tmp)
         replace_atomic(tmp, path)
     except BaseException as exc:
-        usage = _disk_usage(folder)
-        _release_frames(exc)
-        _remove_tree(tmp)
-        error = _explain_write_error(exc, path, None, usage)
-        if error is not None:
-            raise error from exc
-        raise
+        _fail_write(exc, path, None, lambda: _remove_tree(tmp))

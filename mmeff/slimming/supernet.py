@@ -85,7 +85,7 @@ from mmeff.models.backbones.efficientformer import Downsample, Stem
 from mmeff.models.classifiers.distillation import TeacherRef, build_teacher, distillation_loss
 from mmeff.models.classifiers.efficientformer_classifier import (EfficientFormerClassifier,
                                                                  EfficientFormerClsHead,
-                                                                 gt_labels)
+                                                                 gt_labels, mix_batch)
 from mmeff.models.layers import Meta3D, Meta4D
 from mmeff.registry import MODELS
 from .space import SearchSpace, get_space
@@ -530,12 +530,7 @@ class SlimmingSupernet(BaseModel):
     def _prepare_batch(self, inputs: torch.Tensor, labels: torch.Tensor):
         """Mix the batch (once per step) and run the teacher on it (once per step): the three
         sandwich passes share ``(inputs, targets, teacher_logits)``."""
-        targets = labels
-        if self.mixup is not None:
-            if inputs.shape[0] % 2:
-                raise ValueError(f'mixup/cutmix needs an even batch size, got {inputs.shape[0]}: '
-                                 f'use an even train_dataloader.batch_size with drop_last=True')
-            inputs, targets = self.mixup(inputs, labels)
+        inputs, targets = mix_batch(self.mixup, inputs, labels)
         teacher = self.teacher()
         teacher_logits = teacher(inputs) if teacher is not None else None
         return inputs, targets, teacher_logits

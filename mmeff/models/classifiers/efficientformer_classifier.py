@@ -36,6 +36,17 @@ _MIXUP_KEYS = ('mixup_alpha', 'cutmix_alpha', 'cutmix_minmax', 'prob', 'switch_p
                'correct_lam')
 
 
+def mix_batch(mixup: Optional[Mixup], inputs: torch.Tensor, labels: torch.Tensor):
+    """``(inputs, targets)`` after timm's mixup/cutmix (``labels`` unchanged without it); timm
+    mixes a batch with its flipped self, so the batch size must be even."""
+    if mixup is None:
+        return inputs, labels
+    if inputs.shape[0] % 2:
+        raise ValueError(f'mixup/cutmix needs an even batch size, got {inputs.shape[0]}: '
+                         f'use an even train_dataloader.batch_size with drop_last=True')
+    return mixup(inputs, labels)
+
+
 @MODELS.register_module()
 class EfficientFormerClsHead(BaseModule):
     """LayerNorm over the last stage's tokens, token mean, ``head`` and ``dist_head``.
@@ -315,12 +326,7 @@ class EfficientFormerClassifier(BaseModel):
     def loss(self, inputs: torch.Tensor, data_samples: List[BaseDataElement]
              ) -> Dict[str, torch.Tensor]:
         labels = gt_labels(data_samples, inputs.device)
-        targets = labels
-        if self.mixup is not None:
-            if inputs.shape[0] % 2:
-                raise ValueError(f'mixup/cutmix needs an even batch size, got {inputs.shape[0]}: '
-                                 f'use an even train_dataloader.batch_size with drop_last=True')
-            inputs, targets = self.mixup(inputs, labels)
+        inputs, targets = mix_batch(self.mixup, inputs, labels)
         cls_logits, dist_logits = self.forward_heads(inputs)
         if self.distillation is None:
             return dict(loss_cls=self._base_loss((cls_logits + dist_logits) / 2, targets))
