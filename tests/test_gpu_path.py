@@ -86,3 +86,20 @@ def test_benchmark_latency_cuda_without_a_gpu_is_one_line(capsys):
     assert len(err) == 1 and err[0].startswith('benchmark_latency.py: error: '), err
     assert "no usable CUDA device" in err[-1] and 'use --device cpu' in err[-1], err
     assert not any('Traceback' in line for line in err), err
+
+
+def test_build_runner_applies_the_cuda_determinism(monkeypatch, restore_determinism, tmp_path):
+    """The wiring: tools build their Runner through build_runner, which relaxes what the
+    Runner's set_randomness set (stand-in Runner: no data or model is built)."""
+    from mmengine.runner import Runner
+
+    from mmeff.engine.launch import build_runner
+    MMLogger.get_instance('test_gpu_path_build')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(Runner, 'from_cfg',
+                        classmethod(lambda cls, cfg: torch.use_deterministic_algorithms(True)))
+    cfg = Config(dict(randomness=dict(seed=0, deterministic=True), work_dir=str(tmp_path)))
+    build_runner(cfg)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8'
