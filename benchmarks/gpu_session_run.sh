@@ -37,7 +37,7 @@ if [ $RC = 0 ]; then
   python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site $B/dist/mmcv-*.whl
   ls -la $B/dist | tee -a "$OUT/env.txt"
   el "training checks"
-  timeout 300 python3 tools/gpu_train_checks.py --out-dir "$OUT" --name gpu_train_checks_h200 \
+  timeout 300 python3 tools/gpu_train_checks.py --out-dir "$OUT" --name ${CHECKS_NAME:-gpu_train_checks_h200} \
     --timeout 240 2>&1 | tail -30
   el "training checks done"
   timeout 150 python3 -m pytest -m cuda -q tests/test_cuda.py -k "v2 or mmcv or amp" -p no:cacheprovider 2>&1 \
