@@ -1,0 +1,483 @@
+"""INT8 ONNX models: ONNX Runtime's static quantisation, calibrated on an ImageFolder.
+
+* :func:`check_calib_data`: the calibration folder (``DIR/<class>/<image>``, as
+  :class:`mmeff.datasets.ImageFolderDataset` reads it) exists, holds images, and has as many
+  class folders as the classifier has classes.
+* :func:`calibration_inputs`: its images through the classifier's evaluation pipeline (the
+  configs' ``test_pipeline``: ``LoadPILImage`` + ``TimmTransform(crop_pct=0.875, bicubic)``,
+  i.e. resize, centre crop, ImageNet mean/std), batched like the model's input.
+* :func:`quantize_onnx_file`: ``onnxruntime.quantization.quantize_static`` in the QDQ format
+  (ONNX Runtime's recommended format for CPU), per-channel INT8 weights, UINT8 activations
+  with MinMax ranges from the calibration inputs, after ``quant_pre_process`` (shape
+  inference, graph optimisation). Only :data:`INT8_OP_TYPES` are quantised; the report lists
+  every operator left in FP32 and, for :data:`KEEP_FP32`, why.
+* :func:`export_onnx_int8`: the FP32 export of :func:`mmeff.deploy.export_onnx` (checked
+  against torch), quantised, then compared with that FP32 graph on calibration images
+  (:func:`compare_onnx`); written beside ``out`` and put in place only when its checks pass
+  (:mod:`mmeff.deploy.output`).
+
+ONNX Runtime runs QDQ models by fusing ``DequantizeLinear -> Conv/MatMul -> QuantizeLinear``
+into integer kernels (``QLinearConv``, ``QLinearMatMul``, ``MatMulIntegerToFloat``); what stays
+between two quantised operators in FP32 costs a ``DequantizeLinear``/``QuantizeLinear`` pair.
+"""
+import os
+import os.path as osp
+import tempfile
+import time
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch.nn as nn
+
+from .export import IMAGENET_MEAN, IMAGENET_STD, parse_input_shape, require
+
+# Operators whose integer kernels are the speed-up (convolutions, the MLPs' and attention's
+# matrix products, the classifier head).
+INT8_OP_TYPES = ('Conv', 'MatMul', 'Gemm')
+# Operators that only move 8-bit data: quantised too, so that a Q/DQ pair is not broken up
+# around a reshape or a transpose between two quantised operators.
+PASS_THROUGH_OP_TYPES = ('Reshape', 'Transpose', 'Flatten', 'Squeeze', 'Unsqueeze', 'Slice',
+                         'Split', 'MaxPool')
+# Operators kept in FP32 on purpose, and why (tools/benchmark_int8.py measures the error each
+# adds when it is quantised as well: benchmarks/int8_*.md).
+KEEP_FP32 = {
+    'Softmax': 'attention probabilities: most are far below the largest, and 8-bit steps of '
+               '1/255 of the range round them to 0',
+    'LayerNormalization': 'normalises by per-token statistics computed in the operator; '
+                          'ONNX Runtime has no integer kernel for it (a Q/DQ pair around it '
+                          'only adds rounding)',
+    'Add': 'residual sums and the attention bias: ranges that differ per block and per '
+           'position; an integer Add saves no time on CPU',
+    'Mul': 'layer scales and GELU: elementwise, no integer kernel speed-up on CPU',
+    'AveragePool': "V1's pooling token mixer subtracts its input (pool(x) - x): two 8-bit "
+                   'roundings of nearly equal values',
+}
+CALIB_MAX_IMAGES = 64
+
+
+# ----------------------------------------------------------------------------- calibration
+def check_calib_data(calib_data: str, num_classes: Optional[int] = None) -> List[str]:
+    """The image paths of the calibration folder ``calib_data`` (``DIR/<class>/<image>``), in
+    :class:`mmeff.datasets.ImageFolderDataset`'s order (sorted class folders, then files).
+
+    Args:
+        calib_data (str): An ImageFolder split folder, e.g. ``data/imagenet/val``.
+        num_classes (int | None): The classifier's class count; the folder must have as many
+            class folders (a folder of another dataset would calibrate on the wrong images).
+            ``None`` (a backbone) checks no count.
+
+    Raises:
+        FileNotFoundError: ``calib_data`` does not exist or is not a folder.
+        ValueError: it holds no class folder or no image, a class folder holds no image, or
+            its class count differs from ``num_classes``.
+    """
+    from mmeff.datasets.imagenet import IMG_EXTENSIONS
+    folder = osp.expanduser(str(calib_data))
+    layout = ('an ImageFolder split folder DIR/<class>/<image> (e.g. data/imagenet/val, or '
+              'the demo\'s work_dirs/demo/data/imagenet/val)')
+    if not osp.exists(folder):
+        raise FileNotFoundError(f'calibration folder {calib_data!r} does not exist: pass '
+                                f'{layout} with --calib-data')
+    if not osp.isdir(folder):
+        raise FileNotFoundError(f'calibration data {calib_data!r} is a file, not a folder: '
+                                f'pass {layout} with --calib-data')
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    if not classes:
+        loose = [e.name for e in os.scandir(folder)
+                 if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+        hint = (f' ({len(loose)} images lie directly in it: put them in class sub-folders)'
+                if loose else '')
+        raise ValueError(f'calibration folder {calib_data!r} is empty: it holds no class '
+                         f'folder{hint}; pass {layout}')
+    if num_classes is not None and len(classes) != int(num_classes):
+        raise ValueError(f'calibration folder {calib_data!r} has {len(classes)} class folders '
+                         f'but the classifier has {num_classes} classes: calibrate with images '
+                         f'of the classes it was trained on (e.g. the val/ folder of its '
+                         f'dataset, {num_classes} class folders)')
+    paths = []
+    for name in classes:
+        files = sorted(osp.join(root, f) for root, _, fs in os.walk(osp.join(folder, name),
+                                                                     followlinks=True)
+                       for f in fs if f.lower().endswith(IMG_EXTENSIONS))
+        if not files:
+            raise ValueError(f'class folder {osp.join(folder, name)!r} of the calibration '
+                             f'folder holds no image (extensions {IMG_EXTENSIONS}): add its '
+                             f'images or remove it')
+        paths.append(files)
+    # Round-robin over the classes: the first N images cover every class.
+    ordered = []
+    for i in range(max(len(f) for f in paths)):
+        ordered += [f[i] for f in paths if i < len(f)]
+    return ordered
+
+
+def eval_transform(height: int, width: int):
+    """The classifier's evaluation pipeline (``LoadPILImage`` + ``TimmTransform(crop_pct=
+    0.875, interpolation='bicubic')``, as the configs' ``test_pipeline``) for an input of
+    ``height x width``: ``path -> (3, H, W)`` float32 array, ImageNet mean/std."""
+    from mmeff.datasets.imagenet import LoadPILImage, TimmTransform
+    load = LoadPILImage()
+    transform = TimmTransform(input_size=(3, height, width), crop_pct=0.875,
+                              interpolation='bicubic', mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    def apply(path: str) -> np.ndarray:
+        return transform(load(dict(img_path=path)))['img'].numpy().astype(np.float32)
+
+    return apply
+
+
+def calibration_inputs(calib_data: Union[str, Sequence[str]], input_shape,
+                       max_images: Optional[int] = CALIB_MAX_IMAGES,
+                       num_classes: Optional[int] = None) -> List[np.ndarray]:
+    """Batches of preprocessed images for the model's input shape.
+
+    Args:
+        calib_data (str | Sequence[str]): A calibration folder (:func:`check_calib_data`) or
+            image paths.
+        input_shape: ``(B, C, H, W)`` (or anything :func:`parse_input_shape` takes).
+        max_images (int | None): Use at most this many images (spread over the classes).
+        num_classes (int | None): See :func:`check_calib_data`.
+
+    Returns:
+        list[np.ndarray]: ``(B, 3, H, W)`` float32 arrays; the last one is filled up with the
+        first images when the count is not a multiple of ``B``.
+    """
+    b, c, h, w = parse_input_shape(input_shape)
+    if c != 3:
+        raise ValueError(f'calibration images are RGB: the model input needs 3 channels, '
+                         f'got {c}')
+    if isinstance(calib_data, (str, os.PathLike)):
+        paths = check_calib_data(str(calib_data), num_classes)
+    else:
+        paths = list(calib_data)
+    if max_images is not None:
+        paths = paths[:max_images]
+    if not paths:
+        raise ValueError('no calibration image given')
+    apply = eval_transform(h, w)
+    images = [apply(p) for p in paths]
+    while len(images) % b:
+        images.append(images[len(images) % len(paths)])
+    return [np.stack(images[i:i + b]) for i in range(0, len(images), b)]
+
+
+class _InputReader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over a list of input arrays."""
+
+    def __init__(self, name: str, arrays: Sequence[np.ndarray]):
+        self.name, self.arrays, self.pos = name, list(arrays), 0
+
+    def get_next(self):
+        if self.pos >= len(self.arrays):
+            return None
+        self.pos += 1
+        return {self.name: self.arrays[self.pos - 1]}
+
+    def __len__(self):
+        return len(self.arrays)
+
+
+# ----------------------------------------------------------------------------- graphs
+def _input_shape_of(proto) -> List[Union[int, str]]:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_param or d.dim_value for d in dims]
+
+
+def qdq_op_summary(proto) -> Dict[str, Dict[str, int]]:
+    """Which operators of a QDQ graph run on 8-bit data: ``{'int8': {op: n}, 'fp32': {op: n}}``
+    (an operator counts as INT8 when one of its inputs comes from a ``DequantizeLinear``;
+    ``QuantizeLinear``/``DequantizeLinear`` themselves are not counted)."""
+    from_dq = {o for n in proto.graph.node if n.op_type == 'DequantizeLinear' for o in n.output}
+    int8, fp32 = Counter(), Counter()
+    for node in proto.graph.node:
+        if node.op_type in ('QuantizeLinear', 'DequantizeLinear'):
+            continue
+        (int8 if any(i in from_dq for i in node.input) else fp32)[node.op_type] += 1
+    return dict(int8=dict(sorted(int8.items())), fp32=dict(sorted(fp32.items())))
+
+
+def _session(path: str):
+    from mmeff.runtime import ort_session
+    return ort_session(path)
+
+
+# ----------------------------------------------------------------------------- quantisation
+def quantize_onnx_file(fp32_path: str,
+                       out_path: str,
+                       calib: Union[str, Iterable[np.ndarray]],
+                       *,
+                       per_channel: bool = True,
+                       input_name: Optional[str] = None,
+                       op_types: Sequence[str] = INT8_OP_TYPES + PASS_THROUGH_OP_TYPES,
+                       reduce_range: bool = False,
+                       max_images: Optional[int] = CALIB_MAX_IMAGES,
+                       num_classes: Optional[int] = None) -> dict:
+    """Statically quantise an FP32 ONNX model to INT8 (QDQ) with ONNX Runtime.
+
+    Args:
+        fp32_path (str): The FP32 ``.onnx`` file (a static input shape).
+        out_path (str): Where the INT8 model goes; written atomically (a failure leaves
+            ``out_path`` as it was).
+        calib (str | Iterable[np.ndarray]): A calibration folder (``DIR/<class>/<image>``,
+            preprocessed by :func:`calibration_inputs`) or the input arrays themselves.
+        per_channel (bool): One scale per output channel of each weight. Defaults to True.
+        input_name (str | None): The input to feed; defaults to the model's first input.
+        op_types (Sequence[str]): Operator types to quantise; every other operator stays
+            FP32. Defaults to :data:`INT8_OP_TYPES` + :data:`PASS_THROUGH_OP_TYPES`.
+        reduce_range (bool): 7-bit weights (for CPUs whose 8-bit dot products saturate).
+            Defaults to False.
+        max_images (int | None): Calibration images used from a folder. Defaults to 64.
+        num_classes (int | None): The classifier's class count, checked against the folder.
+
+    Returns:
+        dict: ``path``, ``fp32_path``, ``file_size_bytes``, ``fp32_file_size_bytes``,
+        ``calibration`` (``batches``, ``source``), ``settings``, ``int8_ops`` and
+        ``fp32_ops`` (op type -> count, :func:`qdq_op_summary`), ``kept_fp32_reasons``
+        (:data:`KEEP_FP32` entries of the operators left in FP32) and ``quantize_s``.
+    """
+    onnx = require('onnx')
+    require('onnxruntime')
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from mmeff.engine.checkpointing import write_file_atomic
+    from mmeff.runtime import file_size
+    if not osp.isfile(fp32_path):
+        raise FileNotFoundError(f'FP32 ONNX model {fp32_path!r} does not exist: export it first '
+                                f'(mmeff.deploy.export_onnx or tools/export.py --format onnx)')
+    proto = onnx.load(fp32_path, load_external_data=False)
+    name = input_name or proto.graph.input[0].name
+    if name not in [i.name for i in proto.graph.input]:
+        raise ValueError(f'{fp32_path} has no input {name!r}; its inputs are '
+                         f'{[i.name for i in proto.graph.input]}')
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in _input_shape_of(proto)]
+    source = 'input arrays'
+    if isinstance(calib, (str, os.PathLike)):
+        source = f'{calib} (up to {max_images} images)'
+        arrays = calibration_inputs(str(calib), tuple(shape), max_images, num_classes)
+    else:
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in calib]
+    if not arrays:
+        raise ValueError('no calibration input given: pass a calibration folder or arrays')
+    bad = [i for i, a in enumerate(arrays) if list(a.shape[1:]) != shape[1:]]
+    if bad:
+        raise ValueError(f'calibration input {bad[0]} has shape {list(arrays[bad[0]].shape)}, '
+                         f'the model {fp32_path} takes {shape}')
+    out_path = osp.abspath(osp.expanduser(str(out_path)))
+    os.makedirs(osp.dirname(out_path), exist_ok=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='mmeff_int8_') as tmp:
+        prepared = osp.join(tmp, 'prepared.onnx')
+        quant_pre_process(fp32_path, prepared)
+
+        def write(target):
+            quantize_static(prepared, target, _InputReader(name, arrays),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
+                            per_channel=per_channel, reduce_range=reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+
+        write_file_atomic(out_path, write)
+    quantize_s = time.perf_counter() - t0
+    ops = qdq_op_summary(onnx.load(out_path))
+    return dict(path=out_path, fp32_path=osp.abspath(fp32_path), format='onnx',
+                file_size_bytes=file_size(out_path), fp32_file_size_bytes=file_size(fp32_path),
+                calibration=dict(batches=len(arrays), images=len(arrays) * shape[0],
+                                 source=source),
+                settings=dict(format='QDQ', per_channel=per_channel, reduce_range=reduce_range,
+                              activations='uint8 (MinMax)', weights='int8',
+                              op_types=list(op_types)),
+                int8_ops=ops['int8'], fp32_ops=ops['fp32'],
+                kept_fp32_reasons={op: KEEP_FP32[op] for op in ops['fp32'] if op in KEEP_FP32},
+                quantize_s=round(quantize_s, 2))
+
+
+def run_onnx(path_or_session, inputs: Sequence[np.ndarray]) -> List[List[np.ndarray]]:
+    """The outputs of an ONNX model (a path or an open session) for each input array."""
+    sess = _session(path_or_session) if isinstance(path_or_session, str) else path_or_session
+    name = sess.get_inputs()[0].name
+    return [sess.run(None, {name: x}) for x in inputs]
+
+
+def compare_onnx(path: str, reference: str, inputs: Sequence[np.ndarray],
+                 output_names: Optional[Sequence[str]] = None, task: str = 'backbone') -> dict:
+    """Errors of the model ``path`` against ``reference`` (both ONNX) on ``inputs``.
+
+    Returns:
+        dict: ``images``; ``rel_err`` (largest, over the outputs, of ``||o - r|| / ||r||``
+        over all inputs), ``max_abs_err`` and ``rel_err_per_output`` (output name -> relative
+        error: the stage maps of a backbone); for ``task='classifier'`` also
+        ``top1_agreement`` (share of images whose top-1 class is the reference's).
+    """
+    outs, refs = run_onnx(path, inputs), run_onnx(reference, inputs)
+    n_out = len(refs[0])
+    names = list(output_names or [f'output{i}' for i in range(n_out)])
+    per_output = {}
+    max_abs = 0.
+    for k in range(n_out):
+        o = np.concatenate([np.asarray(out[k], np.float64).ravel() for out in outs])
+        r = np.concatenate([np.asarray(ref[k], np.float64).ravel() for ref in refs])
+        per_output[names[k]] = float(np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12))
+        max_abs = max(max_abs, float(np.max(np.abs(o - r))))
+    report = dict(images=int(sum(x.shape[0] for x in inputs)),
+                  rel_err=float(np.max(list(per_output.values()))), max_abs_err=max_abs,
+                  rel_err_per_output=per_output)
+    if task == 'classifier':
+        top_o = np.concatenate([out[0].argmax(-1) for out in outs])
+        top_r = np.concatenate([ref[0].argmax(-1) for ref in refs])
+        report['top1_agreement'] = float((top_o == top_r).mean())
+    return report
+
+
+def onnx_top1(path: str, data_dir: str, max_images: Optional[int] = None) -> dict:
+    """Top-1 accuracy of an ONNX classifier on an ImageFolder split (``DIR/<class>/<image>``,
+    labels from the sorted class folders), images through :func:`eval_transform`.
+
+    Returns:
+        dict: ``top1``, ``images`` and ``predictions`` (one class index per image, in
+        :func:`check_calib_data`'s order).
+    """
+    onnx = require('onnx')
+    shape = _input_shape_of(onnx.load(path, load_external_data=False))
+    b = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
+    paths = check_calib_data(data_dir)[:max_images]
+    classes = sorted(e.name for e in os.scandir(data_dir) if e.is_dir())
+    labels = np.array([classes.index(osp.relpath(p, data_dir).split(os.sep)[0]) for p in paths])
+    inputs = calibration_inputs(paths, (b, 3, shape[2], shape[3]), max_images=None)
+    preds = np.concatenate([out[0].argmax(-1) for out in run_onnx(path, inputs)])[:len(paths)]
+    return dict(top1=float((preds == labels).mean()), images=len(paths),
+                predictions=preds.tolist())
+
+
+def _num_classes_of(model: nn.Module) -> Optional[int]:
+    head = getattr(model, 'head', None)
+    n = getattr(head, 'num_classes', None)
+    if n is None and isinstance(getattr(head, 'head', None), nn.Linear):
+        n = head.head.out_features
+    return int(n) if n is not None else None
+
+
+def export_onnx_int8(model: nn.Module,
+                     out: str,
+                     shape,
+                     calib_data: str,
+                     *,
+                     task: str,
+                     fuse: bool = True,
+                     opset: int = 18,
+                     num_classes: Optional[int] = None,
+                     max_images: Optional[int] = CALIB_MAX_IMAGES,
+                     method: str = 'auto',
+                     **quantize_options) -> dict:
+    """Export ``model`` to an INT8 ONNX model calibrated on ``calib_data``, and measure it.
+
+    The calibration folder is checked before anything is exported. The FP32 model is exported
+    with :func:`mmeff.deploy.export_onnx` (checked against torch), quantised by
+    :func:`quantize_onnx_file`, checked (:func:`mmeff.runtime.onnx_graph_report`: gathers,
+    bicubic resizes, NaN/Inf weights; finite outputs) and compared with the FP32 graph on the
+    calibration images.
+
+    Args:
+        model (nn.Module): An EfficientFormer (V1 or V2) backbone or a classifier's inference
+            module.
+        out (str): Output ``.onnx`` file.
+        shape: Input shape, as :func:`mmeff.deploy.parse_input_shape` takes it.
+        calib_data (str): Calibration folder ``DIR/<class>/<image>``.
+        task (str): ``'classifier'`` (logits: top-1 agreement is measured and the class count
+            checked) or ``'backbone'`` (stage maps: the error of each).
+        fuse (bool): Fuse the model before export. Defaults to True.
+        opset (int): ONNX opset. Defaults to 18.
+        num_classes (int | None): The classifier's class count; read from the model's head
+            when not given.
+        max_images (int | None): Calibration images used. Defaults to 64.
+        method (str): The FP32 ONNX exporter (:func:`mmeff.runtime.write_onnx`): ``'auto'``
+            (``torch.export``-based, falling back to TorchScript), ``'dynamo'`` or
+            ``'torchscript'``. Defaults to ``'auto'``.
+        **quantize_options: ``per_channel``, ``op_types``, ``reduce_range`` of
+            :func:`quantize_onnx_file`.
+
+    Returns:
+        dict: the :func:`quantize_onnx_file` report plus ``task``, ``input_shape``,
+        ``op_histogram``, ``gather_ops``, ``bicubic_ops``, ``inputs``/``outputs``,
+        ``fp32_export`` (the FP32 export's ``exporter``, ``onnxruntime`` error vs torch),
+        ``int8_vs_fp32`` (:func:`compare_onnx`) and ``problems``. ``path`` is ``out`` when
+        ``problems`` is empty; otherwise ``out`` keeps its previous content, the model is kept
+        at :func:`mmeff.deploy.output.failed_path` and ``rejected`` names ``out``.
+    """
+    from mmeff.runtime import nonfinite, onnx_graph_report
+
+    from .export import export_onnx
+    from .output import StagedOutput, place_checked
+    if task not in ('classifier', 'backbone'):
+        raise ValueError(f"task must be 'classifier' or 'backbone', got {task!r}")
+    if not str(out).endswith('.onnx'):
+        raise ValueError(f'an ONNX model is saved as a file ending in .onnx, got {out!r}')
+    if task == 'classifier' and num_classes is None:
+        num_classes = _num_classes_of(model)
+    paths = check_calib_data(calib_data, num_classes if task == 'classifier' else None)
+    input_shape = parse_input_shape(shape)
+    inputs = calibration_inputs(paths[:max_images] if max_images else paths, input_shape,
+                                max_images=None)
+    with tempfile.TemporaryDirectory(prefix='mmeff_int8_') as tmp:
+        fp32 = osp.join(tmp, 'fp32.onnx')
+        fp32_report = export_onnx(model, fp32, input_shape, fuse=fuse, opset=opset,
+                                  **({} if method == 'auto' else dict(method=method)))
+        with StagedOutput(out) as staged:
+            report = quantize_onnx_file(fp32, staged.path, inputs, **quantize_options)
+            graph = onnx_graph_report(staged.path, weights=True)
+            report.update({k: v for k, v in graph.items() if k not in ('format', 'path')})
+            report.update(task=task, input_shape=list(input_shape), opset=opset, fused=fuse,
+                          inputs=fp32_report['inputs'], outputs=fp32_report['outputs'],
+                          fp32_export=dict(exporter=fp32_report['exporter'],
+                                           onnxruntime=fp32_report.get('onnxruntime')),
+                          calibration=dict(report['calibration'], source=str(calib_data)))
+            names = [o['name'] for o in fp32_report['outputs']]
+            report['int8_vs_fp32'] = compare_onnx(staged.path, fp32, inputs, names, task)
+            problems = list(graph['problems'])  # gathers, bicubic resizes, NaN/Inf weights
+            bad = nonfinite((f'output {n!r}', o) for n, o in
+                            zip(names, run_onnx(staged.path, inputs[:1])[0]))
+            if bad:
+                problems.append(f'the INT8 model gives NaN or Inf on a calibration image: '
+                                f'{"; ".join(bad[:3])}')
+            report['problems'] = problems
+            place_checked(staged, report)
+    report.pop('fp32_path', None)  # a temporary file, gone now
+    return report
+
+
+def format_int8_report(report: dict) -> str:
+    """Human-readable summary of an :func:`export_onnx_int8` report."""
+    lines = [f"onnx INT8 model: {report['path']}",
+             f"  file size: {report['file_size_bytes'] / 2**20:.2f} MiB "
+             f"(FP32 {report['fp32_file_size_bytes'] / 2**20:.2f} MiB)"]
+    for kind in ('inputs', 'outputs'):
+        for io in report.get(kind, []):
+            lines.append(f"  {kind[:-1]:6s} {io['name']}: {io['shape']}")
+    s = report['settings']
+    lines.append(f"  quantisation: static {s['format']}, weights {s['weights']}"
+                 f"{' per channel' if s['per_channel'] else ''}, activations "
+                 f"{s['activations']}; calibration {report['calibration']['images']} images "
+                 f"from {report['calibration']['source']}")
+    lines.append('  INT8 operators: ' + ', '.join(f'{k} {v}' for k, v in
+                                                  report['int8_ops'].items()))
+    lines.append('  kept FP32: ' + ', '.join(f'{k} {v}' for k, v in report['fp32_ops'].items()))
+    for op, why in report.get('kept_fp32_reasons', {}).items():
+        lines.append(f'    {op}: {why}')
+    e = report.get('int8_vs_fp32')
+    if e:
+        line = (f"  INT8 vs FP32 on {e['images']} calibration images: relative error "
+                f"{e['rel_err']:.2e} (largest over the outputs), max abs {e['max_abs_err']:.2e}")
+        if 'top1_agreement' in e:
+            line += f", top-1 agreement {e['top1_agreement']:.1%}"
+        lines.append(line)
+    problems = report.get('problems', [])
+    lines.append('  checks: ' + ('all passed' if not problems else
+                                 'FAILED: ' + '; '.join(problems)))
+    return '\n'.join(lines)
+
+
+__all__ = ['INT8_OP_TYPES', 'PASS_THROUGH_OP_TYPES', 'KEEP_FP32', 'check_calib_data',
+           'eval_transform', 'calibration_inputs', 'qdq_op_summary', 'quantize_onnx_file',
+           'run_onnx', 'compare_onnx', 'onnx_top1', 'export_onnx_int8', 'format_int8_report']
