@@ -11,6 +11,11 @@ fit is an error naming the file, what does not fit, what the file seems to be, a
 Reading unpickles with ``weights_only=True``, allowing exactly the types mmengine's checkpoints
 hold (:func:`mmengine_safe_globals`); a file with any other Python object is refused, unless the
 user opts in with the environment variable ``MMEFF_ALLOW_UNSAFE_LOAD=1`` for a file they trust.
+
+Imports: nothing of mmeff at module level, so the converters and the models can import this
+module and it never imports them back while being imported. Only the diagnosis of a checkpoint
+that does not fit (what the file is, which family and arch, which config to use) reads
+``mmeff.converters`` and the family registry (``mmeff.models.families``), inside the functions.
 """
 import os
 import os.path as osp
@@ -413,16 +418,6 @@ def compare_state_dicts(own: Mapping[str, torch.Tensor], ckpt: Mapping[str, Any]
     return fit
 
 
-def _arch_label(arch):
-    """``'l1'`` for an arch dict equal to a named one, else the dict itself."""
-    from mmeff.models.backbones.efficientformer import EfficientFormer
-    for name, setting in EfficientFormer.arch_settings.items():
-        if isinstance(arch, dict) and all(setting[k] == arch.get(k)
-                                          for k in ('depths', 'widths', 'num_vit')):
-            return name
-    return arch
-
-
 def describe_checkpoint(sd: Mapping[str, Any]) -> Tuple[str, str, Optional[Any]]:
     """What a state dict seems to be: ``(kind, description, EfficientFormer arch or None)``.
 
@@ -436,7 +431,7 @@ def describe_checkpoint(sd: Mapping[str, Any]) -> Tuple[str, str, Optional[Any]]
         return 'resnet', 'a ResNet checkpoint (torchvision/mmcv layout: conv1, layer1..4)', None
     if 'stem.conv1.weight' in keys and any(re.match(r'^norm\d\.', k) for k in keys):
         try:  # EfficientFormer(...).state_dict() saved as it is
-            arch = _arch_label(arch_name({'backbone.' + k: sd[k] for k in keys}))
+            arch = arch_name({'backbone.' + k: sd[k] for k in keys})
         except Exception:  # noqa: BLE001  (described without the arch)
             arch = None
         return ('backbone', f"an mmeff EfficientFormer backbone state dict without the "
@@ -445,7 +440,7 @@ def describe_checkpoint(sd: Mapping[str, Any]) -> Tuple[str, str, Optional[Any]]
     try:
         layout = detect_layout(tensors)
         converted, _ = convert_state_dict(tensors)
-        arch = _arch_label(arch_name(converted))
+        arch = arch_name(converted)
     except Exception:  # noqa: BLE001  (not an EfficientFormer: described below)
         layout, arch = None, None
     parts = sorted({k.split('.')[0] for k in keys} - {'backbone', 'data_preprocessor'})
@@ -483,28 +478,50 @@ def _backbone_of(model: nn.Module):
 
 
 def _backbone_arch(model: nn.Module):
-    """The arch name (``'l1'``, ``'s0'``...) of the model's EfficientFormer(V2) backbone, its
-    arch dict when it is no named one, or None when it has none."""
+    """The arch name (``'l1'``, ``'s0'``...) of the model's backbone of a registered family,
+    its arch dict when it is no named one, or None when it has none."""
     backbone = _backbone_of(model)
     arch = getattr(backbone, 'arch', None)
     if not isinstance(arch, dict):
         return None
-    try:  # the name a checkpoint of this backbone would be given (V1 and V2)
-        from mmeff.converters import arch_name
-        return arch_name({'backbone.' + k: v for k, v in backbone.state_dict().items()})
-    except Exception:  # noqa: BLE001  (a backbone the converters do not know: the dict)
-        return _arch_label(arch)
+    from mmeff.converters import named_arch  # arch naming is the converters'
+    from mmeff.models.families import family_of
+    try:
+        return named_arch(family_of(backbone), arch)
+    except ValueError:  # no family's backbone: its arch dict
+        return arch
 
 
-# Family names (the backbone classes) as the user knows them.
-_FAMILY_LABEL = {'EfficientFormer': 'EfficientFormer (V1)',
-                 'EfficientFormerV2': 'EfficientFormerV2'}
-_CONFIG_ARCH = re.compile(r'effformer(v2)?_(l1|l3|l7|s0|s1|s2|l)(?=[_.])')
+# What this module knows of the model families is read from their registry
+# (``mmeff.models.families``) when a message needs it: only diagnosing a checkpoint that does
+# not fit imports the models, so reading checkpoints never does.
+def _family_named(name: str):
+    """The registered family whose backbone class is called ``name``, else None."""
+    from mmeff.models.families import FAMILIES
+    return FAMILIES.get(name)
+
+
+def _family_label(name: str) -> str:
+    """How messages name the family of backbone class ``name`` (``'EfficientFormer (V1)'``)."""
+    return _family_named(name).label
+
+
+def _config_arch_pattern() -> re.Pattern:
+    """``<family config token>_<arch>`` in a config file name (``effformerv2_s0``), any
+    registered family; longest names first so that ``effformerv2`` wins over ``effformer``."""
+    from mmeff.models.families import FAMILIES
+    tokens = sorted({f.config_token for f in FAMILIES.values()}, key=len, reverse=True)
+    archs = sorted({a for f in FAMILIES.values() for a in f.archs}, key=len, reverse=True)
+    return re.compile(rf"({'|'.join(map(re.escape, tokens))})_"
+                      rf"({'|'.join(map(re.escape, archs))})(?=[_.])")
+
+
 _CONFIG_DIRS = {'EncoderDecoder': 'segmentation', 'EfficientFormerClassifier': 'classification'}
 
 
 def _checkpoint_family(state_dict: Mapping[str, Any]) -> Optional[str]:
-    """``'EfficientFormer'``/``'EfficientFormerV2'`` for a checkpoint of either, else None."""
+    """The backbone class name of the family of a checkpoint (``'EfficientFormerV2'``...),
+    else None."""
     tensors = {k: v for k, v in state_dict.items() if hasattr(v, 'shape')}
     if not any(k.startswith('backbone.') for k in tensors):
         tensors = {'backbone.' + k: v for k, v in tensors.items()}
@@ -522,10 +539,10 @@ def configs_for(family: str, arch: Any, config: Optional[str] = None,
     the model's task (detection, segmentation, classification); ``[]`` when none is found."""
     if not isinstance(arch, str):
         return []
-    token = f"effformer{'v2' if family == 'EfficientFormerV2' else ''}_{arch}"
+    token = f'{_family_named(family).config_token}_{arch}'
     if config:
         folder, name = osp.split(str(config))
-        twin = osp.join(folder, _CONFIG_ARCH.sub(token, name, count=1))
+        twin = osp.join(folder, _config_arch_pattern().sub(token, name, count=1))
         if twin != str(config) and osp.isfile(twin):
             return [twin]
     root = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
@@ -549,12 +566,12 @@ def _family_fix(ckpt_family: str, ckpt_arch: Any, model_family: str, config: Opt
     """What to do with a checkpoint of the other EfficientFormer family."""
     arch = f' (arch {ckpt_arch!r})' if isinstance(ckpt_arch, str) else ''
     configs = configs_for(ckpt_family, ckpt_arch, config, model)
-    use = (f'use the {_FAMILY_LABEL[ckpt_family]} config: {" or ".join(configs)}' if configs
-           else f'use a config whose backbone is mmeff.{ckpt_family}')
-    return (f'It is an {_FAMILY_LABEL[ckpt_family]} checkpoint{arch}, and this model has an '
-            f'{_FAMILY_LABEL[model_family]} backbone: the two families have different layers, '
-            f'so no arch setting makes it fit; {use}, or give {_FAMILY_LABEL[model_family]} '
-            f'weights.')
+    ckpt_label, model_label = _family_label(ckpt_family), _family_label(model_family)
+    use = (f'use the {ckpt_label} config: {" or ".join(configs)}' if configs
+           else f'use a config whose backbone is {_family_named(ckpt_family).type}')
+    return (f'It is an {ckpt_label} checkpoint{arch}, and this model has an {model_label} '
+            f'backbone: the two families have different layers, so no arch setting makes it '
+            f'fit; {use}, or give {model_label} weights.')
 
 
 def _num_classes_settings(model: nn.Module, keys) -> List[str]:
@@ -646,7 +663,7 @@ def check_model_fit(model: nn.Module, state_dict: Mapping[str, Any], source: str
         if purpose == 'exact':
             fix += (' Testing, drawing and resuming need the checkpoint that tools/train.py '
                     'saved with this config.')
-    elif ckpt_family and model_family in _FAMILY_LABEL and ckpt_family != model_family:
+    elif ckpt_family and _family_named(model_family) and ckpt_family != model_family:
         fix = _family_fix(ckpt_family, ckpt_arch, model_family, config, model)
     elif backbone_bad and ckpt_arch is not None and model_arch is not None \
             and ckpt_arch != model_arch:
@@ -687,7 +704,7 @@ def check_checkpoint_matches(checkpoint, backbone_type: str, arch: Any, source: 
     config of the checkpoint's family and arch (:func:`configs_for`). Checkpoints that are no
     EfficientFormer are left to the fit check after building (:func:`check_model_fit`)."""
     family = str(backbone_type).split('.')[-1]
-    if family not in _FAMILY_LABEL:
+    if _family_named(family) is None:
         return
     try:
         sd = unwrap_state_dict(checkpoint)
@@ -706,7 +723,7 @@ def check_checkpoint_matches(checkpoint, backbone_type: str, arch: Any, source: 
     where = f'{config}' if config else 'the model'
     if ckpt_family != family:
         raise CheckpointMismatchError(
-            f'{source} does not fit {where} ({_FAMILY_LABEL[family]} backbone, arch {arch!r}). '
+            f'{source} does not fit {where} ({_family_label(family)} backbone, arch {arch!r}). '
             + _family_fix(ckpt_family, ckpt_arch, family, config, None))
     if isinstance(arch, str) and isinstance(ckpt_arch, str) and arch.lower() != ckpt_arch:
         if config:
@@ -716,7 +733,7 @@ def check_checkpoint_matches(checkpoint, backbone_type: str, arch: Any, source: 
         else:
             use = f'build arch {ckpt_arch!r} instead of {arch!r}'
         raise CheckpointMismatchError(
-            f'{source} does not fit {where}: it is an {_FAMILY_LABEL[family]} checkpoint of '
+            f'{source} does not fit {where}: it is an {_family_label(family)} checkpoint of '
             f'arch {ckpt_arch!r}, and {where} builds arch {arch!r}. To use it, {use}; or give '
             f'{arch!r} weights')
 
@@ -756,7 +773,7 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, Any],
     missing = [k for k in fit.missing if not re.match(r'^norm\d\.', k)]
     model_family = type(model).__name__
     if (found < strict_min_match * len(own) or fit.mismatched or missing) \
-            and model_family in _FAMILY_LABEL:
+            and _family_named(model_family) is not None:
         ckpt_family = _checkpoint_family(state_dict)
         if ckpt_family and ckpt_family != model_family:
             from mmeff.converters import arch_name, convert_state_dict
@@ -779,8 +796,7 @@ def load_backbone_state_dict(model: nn.Module, state_dict: Mapping[str, Any],
         ckpt_arch = None
         try:
             from mmeff.converters import arch_name
-            ckpt_arch = _arch_label(arch_name({'backbone.' + k: v
-                                               for k, v in state_dict.items()}))
+            ckpt_arch = arch_name({'backbone.' + k: v for k, v in state_dict.items()})
         except Exception:  # noqa: BLE001  (the message is clear without it)
             pass
         model_arch = _backbone_arch(model)

@@ -19,3 +19,40 @@ METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mmeff', locations=[
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmeff', locations=['mmeff.engine'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmeff',
                           locations=['mmeff.engine.optim_wrappers'])
+
+# Modules whose import registers mmeff's modules in the registries above.
+REGISTERING_MODULES = ('mmeff.models', 'mmeff.datasets', 'mmeff.evaluation', 'mmeff.engine',
+                       'mmeff.engine.hooks_classification', 'mmeff.slimming.hooks',
+                       'mmeff.slimming.supernet', 'mmeff.slimming.wrapper')
+
+
+def register_all_modules(init_default_scope: bool = True) -> None:
+    """Register every mmeff module in mmeff's registries, as mmdet's and mmseg's
+    ``register_all_modules`` do for theirs: import the modules that register (which includes
+    ``mmeff.models``: the model families and ``mmeff.compat``'s fixes, see its docstring).
+
+    Args:
+        init_default_scope (bool): Also make ``'mmeff'`` the default scope, so that bare type
+            names are looked up in mmeff's registries first. When another scope is current, a
+            new ``'mmeff'`` scope instance is made current, with a warning (as mmdet does).
+            Defaults to True.
+    """
+    import datetime
+    import importlib
+    import warnings
+
+    from mmengine.registry import DefaultScope
+
+    for name in REGISTERING_MODULES:
+        importlib.import_module(name)
+    if not init_default_scope:
+        return
+    current = DefaultScope.get_current_instance()
+    if current is None or not DefaultScope.check_instance_created('mmeff'):
+        DefaultScope.get_instance('mmeff', scope_name='mmeff')
+        return
+    if current.scope_name != 'mmeff':
+        warnings.warn(f'The current default scope "{current.scope_name}" is not "mmeff"; '
+                      f'register_all_modules makes "mmeff" the default scope. If that is not '
+                      f'what you want, call it with init_default_scope=False.')
+        DefaultScope.get_instance(f'mmeff-{datetime.datetime.now()}', scope_name='mmeff')

@@ -34,4 +34,13 @@ def to_builtin(obj: Any) -> Any:
     return obj
 
 
-__all__ = ['to_builtin']
+def register_all_modules(init_default_scope: bool = True) -> None:
+    """Register every mmeff module (models, model families, datasets, metrics, hooks) in
+    mmeff's registries, and by default make ``'mmeff'`` the default scope: the OpenMMLab entry
+    point (``mmdet.utils.register_all_modules``); see :func:`mmeff.registry.register_all_modules`.
+    """
+    from mmeff.registry import register_all_modules as register
+    register(init_default_scope)
+
+
+__all__ = ['to_builtin', 'register_all_modules']

@@ -44,7 +44,8 @@ def test_all_variants_params_and_macs(repo_root, capsys):
 def test_analyze_tool_backbone_only_and_bad_arch(repo_root, capsys):
     main = load_tool(repo_root, 'analyze').main
     rows = main(['--archs', 's0', '--no-head'])
-    assert rows['s0']['params_m'] == pytest.approx(3.25, abs=6e-3)  # PAPER-V2: backbone only
+    # backbone only (the V2 paper, arXiv 2212.08059, counts one head: 3.5 M)
+    assert rows['s0']['params_m'] == pytest.approx(3.25, abs=6e-3)
     assert '| s0 | 3.25 |' in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"'s9' is not a named EfficientFormer arch.*'s0'"):
         main(['--archs', 's9'])

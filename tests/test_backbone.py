@@ -1,3 +1,6 @@
+"""EfficientFormer (V1) backbone; the first section checks the contract every registered
+family shares (``EfficientFormerBase``: arguments, input checks, freezing, autocast), for each
+family of ``mmeff.models.families``; V2's own checks are in tests/test_backbone_v2.py."""
 import copy
 
 import pytest
@@ -5,11 +8,90 @@ import torch
 
 from mmeff.converters import convert_timm
 from mmeff.models import EfficientFormer
-from mmeff.models.backbones.efficientformer import load_backbone_state_dict
+from mmeff.models.backbones import load_backbone_state_dict
+from mmeff.models.families import FAMILIES
 
 from helpers import randomise_, rel_err, timm_efficientformer
 
 ARCHS = ['l1', 'l3', 'l7']
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request):
+    return FAMILIES[request.param]
+
+
+# ------------------------------------------------------------ the contract of every family
+@pytest.mark.parametrize('kwargs,exc,msg', [
+    (dict(arch=dict(depths=[1, 1, 1], widths=[8, 8, 8, 8], num_vit=0)), ValueError,
+     "arch['depths'] must be 4"),
+    (dict(arch=dict(depths=[1, 1, 1, 1], widths=[8, 8, 8, 8])), ValueError, "missing ['num_vit']"),
+    (dict(arch=3), TypeError, 'arch must be a str or a dict'),
+    (dict(out_indices=(0, 4)), ValueError, 'allowed stage indices are 0..3'),
+    (dict(out_indices=()), TypeError, 'non-empty sequence'),
+    (dict(out_indices=(1, 1)), ValueError, 'duplicates'),
+    (dict(out_indices=('a',)), TypeError, 'must contain ints'),
+    (dict(frozen_stages=5), ValueError, 'frozen_stages must be an int in [-1, 4]'),
+    (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
+    (dict(in_channels=0), ValueError, 'in_channels must be a positive int'),
+    (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate'),
+    (dict(bias_interpolation='area'), ValueError, 'bias_interpolation must be one of'),
+])
+def test_bad_arguments_every_family(family, kwargs, exc, msg):
+    with pytest.raises(exc) as info:
+        family.cls(**kwargs)
+    assert msg in str(info.value)
+
+
+@pytest.mark.parametrize('shape,msg', [
+    ((1, 4, 64, 64), 'Input has 4 channels but the backbone was built with in_channels=3'),
+    ((3, 64, 64), 'expects a 4D (B, C, H, W) input'),
+    ((1, 3, 31, 64), 'too small: EfficientFormer needs at least 32 pixels per side'),
+    ((1, 3, 64, 16), 'too small: EfficientFormer needs at least 32 pixels per side'),
+])
+def test_bad_inputs(family, shape, msg):
+    model = family.cls(family.default_arch).eval()
+    with pytest.raises(ValueError) as info:
+        model(torch.randn(*shape))
+    assert msg in str(info.value)
+
+
+def test_in_channels(family):
+    model = family.cls(family.default_arch, in_channels=1).eval()
+    assert model(torch.randn(1, 1, 64, 64))[0].shape[1] == model.arch['widths'][0]
+    if family.name == 'EfficientFormer':
+        assert model.arch['widths'][0] == 48
+
+
+def test_frozen_stages_and_norm_eval(family):
+    model = family.cls(family.default_arch, frozen_stages=2, norm_eval=True)
+    model.train()
+    assert all(not p.requires_grad for p in model.stem.parameters())
+    assert all(not p.requires_grad for p in model.stages[1].parameters())
+    assert all(p.requires_grad for p in model.stages[2].parameters())
+    assert not model.stem.training and not model.stages[1].training
+    assert model.stages[2].training
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    # frozen weights really do not change during a step
+    before = copy.deepcopy(model.stages[0].state_dict())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    opt.step()
+    for k, v in model.stages[0].state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize('size', [(96, 160), (48, 80)])  # (48, 80): stride-16 grid 3x5
+def test_autocast_bf16(family, size):
+    model = family.cls(family.default_arch).eval()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(torch.randn(1, 3, *size))
+    assert [tuple(o.shape[1:]) for o in outs] == model.output_shape(*size)
+    assert all(torch.isfinite(o.float()).all() for o in outs)
+
+
+# ------------------------------------------------------------ V1
 
 
 def backbone_from_timm(arch, seed=0, **kwargs):
@@ -86,61 +168,12 @@ def test_arch_dict():
 
 @pytest.mark.parametrize('kwargs,exc,msg', [
     (dict(arch='l2'), ValueError, "choose one of ['l1', 'l3', 'l7']"),
-    (dict(arch=dict(depths=[1, 1, 1], widths=[8, 8, 8, 8], num_vit=0)), ValueError, "arch['depths'] must be 4"),
-    (dict(arch=dict(depths=[1, 1, 1, 1], widths=[8, 8, 8, 8])), ValueError, "missing ['num_vit']"),
     (dict(arch=dict(depths=[1, 1, 1, 1], widths=[8, 8, 8, 8], num_vit=3)), ValueError, 'num_vit'),
-    (dict(arch=3), TypeError, 'arch must be a str or a dict'),
-    (dict(out_indices=(0, 4)), ValueError, 'allowed stage indices are 0..3'),
-    (dict(out_indices=()), TypeError, 'non-empty sequence'),
-    (dict(out_indices=(1, 1)), ValueError, 'duplicates'),
-    (dict(out_indices=('a',)), TypeError, 'must contain ints'),
-    (dict(frozen_stages=5), ValueError, 'frozen_stages must be an int in [-1, 4]'),
-    (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
-    (dict(in_channels=0), ValueError, 'in_channels must be a positive int'),
-    (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate'),
-    (dict(bias_interpolation='area'), ValueError, 'bias_interpolation must be one of'),
 ])
 def test_bad_arguments(kwargs, exc, msg):
     with pytest.raises(exc) as info:
         EfficientFormer(**kwargs)
     assert msg in str(info.value)
-
-
-@pytest.mark.parametrize('shape,msg', [
-    ((1, 4, 64, 64), 'Input has 4 channels but the backbone was built with in_channels=3'),
-    ((3, 64, 64), 'expects a 4D (B, C, H, W) input'),
-    ((1, 3, 31, 64), 'too small: EfficientFormer needs at least 32 pixels per side'),
-    ((1, 3, 64, 16), 'too small'),
-])
-def test_bad_inputs(shape, msg):
-    model = EfficientFormer('l1').eval()
-    with pytest.raises(ValueError) as info:
-        model(torch.randn(*shape))
-    assert msg in str(info.value)
-
-
-def test_in_channels():
-    model = EfficientFormer('l1', in_channels=1).eval()
-    assert model(torch.randn(1, 1, 64, 64))[0].shape[1] == 48
-
-
-def test_frozen_stages_and_norm_eval():
-    model = EfficientFormer('l1', frozen_stages=2, norm_eval=True)
-    model.train()
-    assert all(not p.requires_grad for p in model.stem.parameters())
-    assert all(not p.requires_grad for p in model.stages[1].parameters())
-    assert all(p.requires_grad for p in model.stages[2].parameters())
-    assert not model.stem.training and not model.stages[1].training
-    assert model.stages[2].training
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert bns and all(not m.training for m in bns)
-    # frozen weights really do not change during a step
-    before = copy.deepcopy(model.stages[0].state_dict())
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
-    opt.step()
-    for k, v in model.stages[0].state_dict().items():
-        assert torch.equal(v, before[k]), k
 
 
 def test_with_cp_and_drop_path_train_step():
@@ -188,13 +221,6 @@ def test_jit_trace_and_export():
     ep = torch.export.export(model, (x,))
     for a, b in zip(ep.module()(x), model(x)):
         torch.testing.assert_close(a, b)
-
-
-def test_autocast_bf16():
-    model = EfficientFormer('l1').eval()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        outs = model(torch.randn(1, 3, 96, 160))
-    assert all(torch.isfinite(o.float()).all() for o in outs)
 
 
 def test_load_backbone_state_dict_reports(tmp_path):

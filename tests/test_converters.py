@@ -8,6 +8,7 @@ from mmeff.converters import (CheckpointError, convert_authors, convert_mmpretra
                               convert_state_dict, convert_timm, detect_layout, infer_arch,
                               load_checkpoint_file)
 from mmeff.models import EfficientFormer
+from mmeff.models.families import FAMILIES
 
 from helpers import randomise_, timm_efficientformer, timm_to_authors
 
@@ -36,14 +37,21 @@ def test_authors_layout_matches_timm(arch):
     assert infer_arch(convert_timm(timm_sd)) == ARCH_CFG[arch]
 
 
-def test_converters_are_idempotent_and_pure():
-    sd = timm_efficientformer('l1').state_dict()
+@pytest.mark.parametrize('name', list(FAMILIES))
+def test_converters_are_idempotent_and_pure(name):
+    """Every family's timm state dict: the layout converters and each converter the family
+    declares give an mmeff-layout dict back unchanged, and never modify their input."""
+    import timm
+    family = FAMILIES[name]
+    sd = randomise_(timm.create_model(family.timm_name(family.default_arch))).state_dict()
     before = {k: v.clone() for k, v in sd.items()}
     once = convert_timm(sd)
     _assert_same(convert_timm(once), once)
     _assert_same(convert_authors(once), once)
     _assert_same(convert_mmpretrain(once), once)
     _assert_same(convert_state_dict(once)[0], once)
+    for layout in family.converters:
+        _assert_same(family.converter(layout)(once), once)
     assert list(sd) == list(before) and all(torch.equal(sd[k], before[k]) for k in sd)
 
 

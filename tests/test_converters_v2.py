@@ -159,14 +159,13 @@ def test_authors_and_timm_layouts_convert_alike(arch):
 
 
 def test_v2_converters_are_pure_and_idempotent():
+    """What the test of every family (tests/test_converters.py) does not cover: V2's
+    converters by name, the family found, and the authors' converter leaving its input."""
     sd = timm_v2('s0').state_dict()
-    before = {k: v.clone() for k, v in sd.items()}
     once = convert_timm_v2(sd)
     _assert_same(convert_timm_v2(once), once)
     _assert_same(convert_authors_v2(once), once)
-    _assert_same(convert_state_dict(once)[0], once)
     assert detect_layout(once) == 'mmeff' and detect_family(once) == 'v2'
-    assert list(sd) == list(before) and all(torch.equal(sd[k], before[k]) for k in sd)
     authors = timm_v2_to_authors(sd)
     authors_before = {k: v.clone() for k, v in authors.items()}
     convert_authors_v2(authors)

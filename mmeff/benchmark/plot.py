@@ -1,8 +1,9 @@
 """Accuracy vs latency plot in the style of the paper's Figure 1.
 
 The paper plots ImageNet-1K top-1 against iPhone 12 (Core ML) latency. Here the paper's
-points (EfficientFormer L1/L3/L7, EfficientFormerV2 S0/S1/S2/L (V2 paper, authors' README) and
-MobileNetV2 x1.0, from ``PAPER``; one line per family) are drawn together with
+points (every registered family's: EfficientFormer L1/L3/L7, EfficientFormerV2 S0/S1/S2/L (V2
+paper, authors' README), from ``mmeff.models.families``, one line per family in the family's
+colour, and MobileNetV2 x1.0) are drawn together with
 any measured latencies from results files (``mmeff.benchmark.latency`` JSON, written by
 ``tools/benchmark_latency.py`` or ``tools/coreml_latency.py``). A measured point is placed at the
 paper's top-1 of its arch: the benchmarks time randomly initialised models, so only their
@@ -11,33 +12,45 @@ logarithmic because desktop-CPU figures are tens of times the iPhone's.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .complexity import PAPER, V2_ARCHS, display_name
+from .complexity import display_name
 from .latency import device_label, load_results
 
 # The paper's reference in the same setting (Table 1): MobileNetV2 x1.0.
 PAPER_BASELINES = {'MobileNetV2 x1.0': dict(top1=71.8, iphone12_ms=1.7)}
-# One paper line per family: (legend name, colour, archs).
-FAMILIES = (('EfficientFormer', 'crimson', tuple(a for a in PAPER if a not in V2_ARCHS)),
-            ('EfficientFormerV2', 'navy', tuple(a for a in PAPER if a in V2_ARCHS)))
+
+
+def paper_lines() -> List[Tuple[str, str, Tuple[str, ...]]]:
+    """One paper line per registered family: ``(legend name, colour, archs with figures)``."""
+    from mmeff.models.families import FAMILIES
+    return [(f.name, f.colour, tuple(f.paper)) for f in FAMILIES.values() if f.paper]
+
+
+def _paper() -> Dict[str, dict]:
+    from .complexity import PAPER
+    return PAPER
 
 
 def measured_series(results: Sequence[dict], input_size=(224, 224), batch_size: int = 1
                     ) -> Dict[str, List[Tuple[str, float]]]:
     """``{label: [(arch, median_ms), ...]}`` of the ok rows at ``input_size``/``batch_size``."""
+    from mmeff.models.families import FAMILIES, family_of_arch
+    first = next(iter(FAMILIES.values()))
+    paper = _paper()
     series: Dict[str, List[Tuple[str, float]]] = {}
     for result in results:
         where = device_label(result['machine'])
         for row in result['results']:
-            if (row.get('status') != 'ok' or row['arch'] not in PAPER
+            if (row.get('status') != 'ok' or row['arch'] not in paper
                     or list(row['input_size']) != list(input_size)
                     or row['batch_size'] != batch_size):
                 continue
             label = f"{row['runtime']}, {row.get('task', 'classifier')} ({where})"
-            if row['arch'] in V2_ARCHS:  # a line per family, as the paper points
-                label = f'EfficientFormerV2: {label}'
+            family = family_of_arch(row['arch'])
+            if family is not first:  # a line per family, as the paper points
+                label = f'{family.name}: {label}'
             series.setdefault(label, []).append((row['arch'], row['median_ms']))
     for points in series.values():
-        points.sort(key=lambda p: PAPER[p[0]]['top1'])
+        points.sort(key=lambda p: paper[p[0]]['top1'])
     return series
 
 
@@ -63,13 +76,14 @@ def plot_accuracy_latency(results_paths: Sequence[str], out_path: str,
     import os
     results = [load_results(p) for p in results_paths]
     series = measured_series(results, input_size, batch_size)
+    paper = _paper()
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    archs = sorted(PAPER, key=lambda a: PAPER[a]['top1'])
-    for family, colour, members in FAMILIES:
-        members = sorted(members, key=lambda a: PAPER[a]['top1'])
-        xs = [PAPER[a]['iphone12_ms'] for a in members]
-        ys = [PAPER[a]['top1'] for a in members]
+    archs = sorted(paper, key=lambda a: paper[a]['top1'])
+    for family, colour, members in paper_lines():
+        members = sorted(members, key=lambda a: paper[a]['top1'])
+        xs = [paper[a]['iphone12_ms'] for a in members]
+        ys = [paper[a]['top1'] for a in members]
         ax.plot(xs, ys, '-*', color=colour, markersize=12,
                 label=f'{family}, iPhone 12 Core ML (paper)')
         for a, x, y in zip(members, xs, ys):
@@ -83,10 +97,10 @@ def plot_accuracy_latency(results_paths: Sequence[str], out_path: str,
     markers = 'osD^vP'
     for i, (label, points) in enumerate(sorted(series.items())):
         px = [ms for _, ms in points]
-        py = [PAPER[a]['top1'] for a, _ in points]
+        py = [paper[a]['top1'] for a, _ in points]
         ax.plot(px, py, '--' + markers[i % len(markers)], label=f'{label} (measured)')
     for a in archs:  # measured series sit at the paper's top-1 of their arch
-        ax.axhline(PAPER[a]['top1'], color='crimson', alpha=0.12, lw=0.8)
+        ax.axhline(paper[a]['top1'], color='crimson', alpha=0.12, lw=0.8)
     ax.set_xscale('log')
     ax.set_xlabel(f'latency per image (ms, log scale), batch {batch_size}, '
                   f'{input_size[0]}x{input_size[1]}')

@@ -17,9 +17,15 @@ and mmpretrain's (``backbone.patch_embed.N.{conv,bn}``, ``backbone.network``, ``
 
 EfficientFormerV2 (S0/S1/S2/L) files come in the authors' (``eformer_s0_450.pth``), timm's
 (``efficientformerv2_*``) and mmeff's layouts; :mod:`mmeff.converters.v2` maps them. The layout
-names are shared by both families (:func:`detect_layout`); :func:`detect_family` tells V1 from
-V2, and :func:`convert_state_dict` picks the converter of the pair. A file that is neither, or
-that mixes signs of both, is refused with a message naming what was found.
+names are shared by every family (:func:`detect_layout`); :func:`detect_family` tells the
+families apart by the key patterns each declares (``mmeff.models.families``: ``block_keys``,
+``stem_keys``), and :func:`convert_state_dict` picks the converter the family declares for the
+layout. A file that is no family's, or that mixes signs of two, is refused with a message naming
+what was found.
+
+Imports: this package reads files through ``mmeff.checkpoint`` and reads the family registry
+(``mmeff.models.families``, built from the backbone classes) when a function needs it; nothing
+here is imported by ``mmeff.checkpoint`` or the models at module level.
 """
 import re
 from collections import OrderedDict
@@ -33,9 +39,28 @@ from mmeff.checkpoint import (CheckpointError, read_checkpoint_file, unwrap_stat
 from .v2 import arch_name_v2, convert_authors_v2, convert_timm_v2, infer_arch_v2, is_v2
 
 LAYOUTS = ('mmeff', 'authors', 'timm', 'mmpretrain')
-FAMILIES = ('v1', 'v2')
-_FAMILY_NAME = {'v1': 'EfficientFormer', 'v2': 'EfficientFormerV2'}
-_DROP = ('attention_bias_idxs', 'num_batches_tracked_unused')
+_WHOSE = {'authors': "the authors'", 'timm': "timm's", 'mmpretrain': "mmpretrain's"}
+
+
+def _families():
+    """The registered model families (importing ``mmeff.models`` registers them)."""
+    from mmeff.models.families import FAMILIES as registry
+    return registry
+
+
+def _family(key: str):
+    """The family whose short key (``'v1'``, ``'v2'``) is ``key``."""
+    for family in _families().values():
+        if family.key == key:
+            return family
+    raise ValueError(f'no model family has key {key!r}; keys: '
+                     f'{[f.key for f in _families().values()]}')
+
+
+def __getattr__(name: str):
+    if name == 'FAMILIES':  # the families' short keys, from the registry
+        return tuple(f.key for f in _families().values())
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def load_checkpoint_file(path: str, map_location='cpu') -> Dict[str, torch.Tensor]:
@@ -81,41 +106,66 @@ def detect_layout(sd: Dict[str, torch.Tensor]) -> str:
                           f'EfficientFormer or EfficientFormerV2 (first keys: {keys[:4]})')
 
 
-def _stem_family(sd: Dict[str, torch.Tensor], layout: str) -> Optional[str]:
-    """The family the stem's key names point to (timm/mmeff only: V1's stem is plain
-    ``conv1``/``norm1``, V2's ``conv1.conv``/``conv1.bn``), or None when they do not tell."""
+def _stem_family(sd: Dict[str, torch.Tensor], layout: str):
+    """The family the stem's key names point to (timm/mmeff layouts only, by each family's
+    ``stem_keys``: V1's stem is plain ``conv1``/``norm1``, V2's ``conv1.conv``/``conv1.bn``),
+    or None when they do not tell."""
     if layout not in ('timm', 'mmeff'):
         return None
     prefix = 'backbone.stem.' if layout == 'mmeff' else 'stem.'
-    if any(k.startswith(prefix + 'conv1.conv.') for k in sd):
-        return 'v2'
-    if any(k.startswith(prefix + 'norm1.') for k in sd):
-        return 'v1'
+    stem = [k[len(prefix):] for k in sd if k.startswith(prefix)]
+    for family in _families().values():
+        if any(re.match(family.stem_keys[0], k) for k in stem):
+            return family
     return None
 
 
-def detect_family(sd: Dict[str, torch.Tensor], layout: Optional[str] = None) -> str:
-    """``'v1'`` (EfficientFormer L1/L3/L7) or ``'v2'`` (EfficientFormerV2 S0/S1/S2/L).
+def _block_family(sd: Dict[str, torch.Tensor], layout: str):
+    """The family the block keys point to: the one whose ``block_keys`` some key matches, else
+    the family recognised by the absence of the others' (V1)."""
+    found = [f for f in _families().values()
+             if f.block_keys is not None and any(re.search(f.block_keys[0], k) for k in sd)]
+    if len(found) > 1:
+        raise CheckpointError(
+            f'looks like a {layout}-layout checkpoint with the blocks of several families ('
+            + ', '.join(f'{f.name}: {f.block_keys[1]}' for f in found)
+            + '): a mix of families; convert the original file')
+    if found:
+        return found[0]
+    return next(f for f in _families().values() if f.block_keys is None)
 
-    V2 blocks all have a depthwise ``mlp.mid`` conv; timm's and mmeff's V2 stems are
-    ``conv1.conv``/``conv1.bn`` where V1's are ``conv1``/``norm1``. A state dict whose blocks
-    and stem disagree, or an mmpretrain one with V2 blocks (mmpretrain has no V2), is refused.
+
+def detect_family(sd: Dict[str, torch.Tensor], layout: Optional[str] = None) -> str:
+    """The short key of the family of ``sd`` (``mmeff.models.families``): ``'v1'``
+    (EfficientFormer L1/L3/L7) or ``'v2'`` (EfficientFormerV2 S0/S1/S2/L).
+
+    Told by the keys each family declares: V2 blocks all have a depthwise ``mlp.mid`` conv;
+    timm's and mmeff's V2 stems are ``conv1.conv``/``conv1.bn`` where V1's are
+    ``conv1``/``norm1``. A state dict whose blocks and stem disagree, or one in a layout its
+    family's files never come in (mmpretrain has no V2), is refused.
     """
     layout = layout or detect_layout(sd)
-    blocks = 'v2' if is_v2(sd) else 'v1'
+    blocks = _block_family(sd, layout)
     stem = _stem_family(sd, layout)
-    if stem is not None and stem != blocks:
-        found = ('a V2 stem (stem.conv1.conv.*) but no V2 FFN blocks (mlp.mid.*)' if stem == 'v2'
-                 else 'V2 FFN blocks (mlp.mid.*) but a V1 stem (stem.conv1.*, stem.norm1.*)')
+    if stem is not None and stem is not blocks:
+        if blocks.block_keys is not None:
+            found = (f'{blocks.key.upper()} {blocks.block_keys[1]} but a {stem.key.upper()} '
+                     f'stem ({stem.stem_keys[1]})')
+        else:
+            found = (f'a {stem.key.upper()} stem ({stem.stem_keys[1]}) but no '
+                     f'{stem.key.upper()} {stem.block_keys[1]}')
         raise CheckpointError(
-            f"looks like a {layout}-layout {_FAMILY_NAME[stem]} checkpoint but has {found}: "
-            f"a mix of EfficientFormer and EfficientFormerV2 tensors, or a truncated file; "
-            f"convert the original file")
-    if layout == 'mmpretrain' and blocks == 'v2':
-        raise CheckpointError('looks like an mmpretrain-layout checkpoint but has '
-                              'EfficientFormerV2 blocks (mlp.mid.*); mmpretrain has no V2: '
-                              "convert the authors' or timm's V2 file instead")
-    return blocks
+            f"looks like a {layout}-layout {stem.name} checkpoint but has {found}: a mix of "
+            f"{blocks.name} and {stem.name} tensors, or a truncated file; convert the original "
+            f"file")
+    if layout in _WHOSE and layout not in blocks.converters:
+        what = f' ({blocks.block_keys[1].split(" (")[-1]}' if blocks.block_keys else ''
+        raise CheckpointError(
+            f'looks like an {layout}-layout checkpoint but has {blocks.name} blocks{what}; '
+            f'{layout} has no {blocks.key.upper()}: convert '
+            + ' or '.join(_WHOSE[lt] for lt in blocks.converters)
+            + f' {blocks.key.upper()} file instead')
+    return blocks.key
 
 
 def _compact_blocks(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -148,12 +198,14 @@ _HEAD = {'norm': 'head.norm', 'head': 'head.head', 'dist_head': 'head.dist_head'
 def convert_authors(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """snap-research/EfficientFormer layout -> mmeff (``network`` even = stages, odd = downsample).
 
-    V2 files (``eformer_s0_450.pth``) go to :func:`~mmeff.converters.v2.convert_authors_v2`.
+    Files of another family (V2: ``eformer_s0_450.pth``) go to that family's authors'
+    converter (:func:`~mmeff.converters.v2.convert_authors_v2`).
     """
     if detect_layout(sd) == 'mmeff':
         return OrderedDict(sd)
-    if detect_family(sd, 'authors') == 'v2':
-        return convert_authors_v2(sd)
+    family = _family(detect_family(sd, 'authors'))
+    if family.converter('authors') is not convert_authors:
+        return family.converter('authors')(sd)
     stem = {'0': 'conv1', '1': 'norm1', '3': 'conv2', '4': 'norm2'}
     out = OrderedDict()
     for k, v in sd.items():
@@ -181,12 +233,14 @@ def convert_authors(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def convert_timm(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """timm ``efficientformer_l*`` layout -> mmeff; ``efficientformerv2_*`` state dicts go to
-    :func:`~mmeff.converters.v2.convert_timm_v2`."""
+    """timm ``efficientformer_l*`` layout -> mmeff; state dicts of another family
+    (``efficientformerv2_*``) go to that family's timm converter
+    (:func:`~mmeff.converters.v2.convert_timm_v2`)."""
     if detect_layout(sd) == 'mmeff':
         return OrderedDict(sd)
-    if detect_family(sd, 'timm') == 'v2':
-        return convert_timm_v2(sd)
+    family = _family(detect_family(sd, 'timm'))
+    if family.converter('timm') is not convert_timm:
+        return family.converter('timm')(sd)
     out = OrderedDict()
     for k, v in sd.items():
         if k.startswith(('stem.', 'stages.')):
@@ -204,7 +258,7 @@ def convert_mmpretrain(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """mmpretrain ``EfficientFormer`` (+ ``EfficientFormerClsHead``) layout -> mmeff."""
     if detect_layout(sd) == 'mmeff':
         return OrderedDict(sd)
-    detect_family(sd, 'mmpretrain')  # refuses V2 blocks: mmpretrain has no V2
+    detect_family(sd, 'mmpretrain')  # refuses a family mmpretrain does not have (V2)
     has_head = any(k.startswith('head.head.') for k in sd)
     out = OrderedDict()
     for k, v in sd.items():
@@ -245,7 +299,7 @@ def _check_structure(out: Dict[str, torch.Tensor], layout: str, family: str) -> 
     empty = [i for i, (d, w) in enumerate(zip(arch['depths'], arch['widths'])) if not d or not w]
     if empty:
         raise CheckpointError(
-            f'looks like a {layout}-layout {_FAMILY_NAME[family]} checkpoint but stage(s) '
+            f'looks like a {layout}-layout {_family(family).name} checkpoint but stage(s) '
             f"{empty} have no blocks or no width (depths {arch['depths']}, widths "
             f"{arch['widths']}): a truncated or partial file; convert the complete checkpoint")
 
@@ -260,23 +314,27 @@ def convert_state_dict(sd: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Ten
     """
     layout = detect_layout(sd)
     family = detect_family(sd, layout)
-    out = CONVERTERS[layout](sd)
+    out = OrderedDict(sd) if layout == 'mmeff' else _family(family).converter(layout)(sd)
     _check_structure(out, layout, family)
     return out, layout
 
 
 def infer_arch(sd: Dict[str, torch.Tensor], family: Optional[str] = None) -> dict:
-    """Recover the arch dict from an mmeff-layout state dict.
+    """Recover the arch dict from an mmeff-layout state dict, with the ``infer_arch`` function
+    of its family (``family``: a short key such as ``'v2'``, detected when None): V2 gives
+    :func:`~mmeff.converters.v2.infer_arch_v2`'s dict, V1 :func:`infer_arch_v1`'s."""
+    family = _family(family) if family else _family(detect_family(sd, 'mmeff'))
+    return family.arch_of_state_dict(sd)
 
-    V2 state dicts (``family='v2'``, detected when None) give
-    :func:`~mmeff.converters.v2.infer_arch_v2`'s dict. For V1 (``EfficientFormer``):
+
+def infer_arch_v1(sd: Dict[str, torch.Tensor]) -> dict:
+    """The V1 (``EfficientFormer``) arch dict of an mmeff-layout state dict.
+
     ``num_vit`` counts the MHSA blocks (``token_mixer.qkv``) of stages 3 and 4, so the archs
     of the slimming search space, whose MB3D blocks may reach into stage 3, come back too.
     ``mlp_ratios`` (from the MLPs' hidden widths) is included only when some stage's ratio is
     not the default 4, so the dicts of L1/L3/L7 are ``depths``/``widths``/``num_vit`` only.
     """
-    if (family or ('v2' if is_v2(sd) else 'v1')) == 'v2':
-        return infer_arch_v2(sd)
     depths, widths, ratios = [], [], []
     num_vit = 0
     for i in range(4):
@@ -297,27 +355,37 @@ def infer_arch(sd: Dict[str, torch.Tensor], family: Optional[str] = None) -> dic
 
 
 def arch_name(sd: Dict[str, torch.Tensor]):
-    """``'l1'``/``'l3'``/``'l7'`` (V1) or ``'s0'``/``'s1'``/``'s2'``/``'l'`` (V2) if the
-    mmeff-layout state dict matches one, else the arch dict."""
-    if is_v2(sd):
-        return arch_name_v2(sd)
-    from mmeff.models.backbones.efficientformer import EfficientFormer
-    arch = infer_arch(sd, 'v1')
-    for name, setting in EfficientFormer.arch_settings.items():
-        if 'mlp_ratios' not in arch and all(setting[k] == arch[k]
-                                            for k in ('depths', 'widths', 'num_vit')):
+    """The name of the family's arch (``'l1'``/``'l3'``/``'l7'``, ``'s0'``/``'s1'``/``'s2'``/
+    ``'l'``...) that the mmeff-layout state dict is, else its arch dict (:func:`infer_arch`).
+    Archs are compared as the backbone class parses them, so ``mlp_ratios=4`` equals
+    ``[4, 4, 4, 4]`` and a V2 stage's single ratio its per-block list."""
+    family = _family(detect_family(sd, 'mmeff'))
+    return named_arch(family, family.arch_of_state_dict(sd))
+
+
+def named_arch(family, arch):
+    """The name of ``family``'s arch equal to the arch dict ``arch`` (as the backbone class
+    parses both), else ``arch`` itself (also a name, or a dict the class refuses)."""
+    if not isinstance(arch, dict):
+        return arch
+    try:
+        parsed = family.cls._parse_arch(arch)
+    except (TypeError, ValueError):  # e.g. V2 stages with different attention counts
+        return arch
+    for name, setting in family.cls.arch_settings.items():
+        if family.cls._parse_arch(setting) == parsed:
             return name
     return arch
 
 
 def family_name(sd: Dict[str, torch.Tensor]) -> str:
-    """``'EfficientFormer'`` or ``'EfficientFormerV2'``: the backbone class a state dict of
-    any layout is for."""
-    return _FAMILY_NAME[detect_family(sd)]
+    """The backbone class a state dict of any layout is for (``'EfficientFormer'``,
+    ``'EfficientFormerV2'``)."""
+    return _family(detect_family(sd)).name
 
 
 __all__ = ['LAYOUTS', 'FAMILIES', 'CheckpointError', 'unwrap_state_dict', 'load_checkpoint_file',
            'save_checkpoint_atomic', 'detect_layout', 'convert_authors', 'convert_timm',
-           'convert_mmpretrain', 'convert_state_dict', 'infer_arch', 'arch_name',
-           'detect_family', 'family_name', 'convert_authors_v2', 'convert_timm_v2',
-           'infer_arch_v2', 'arch_name_v2']
+           'convert_mmpretrain', 'convert_state_dict', 'infer_arch', 'infer_arch_v1',
+           'arch_name', 'named_arch', 'detect_family', 'family_name', 'convert_authors_v2',
+           'convert_timm_v2', 'infer_arch_v2', 'arch_name_v2', 'is_v2']

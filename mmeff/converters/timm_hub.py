@@ -55,10 +55,14 @@ class WeightsDownloadError(CheckpointError):
 
 
 def timm_pretrained_names() -> List[str]:
-    """The pretrained EfficientFormer (V1 and V2) weights timm knows, e.g.
+    """The pretrained weights timm knows of every family's archs, e.g.
     ``efficientformer_l1.snap_dist_in1k``, ``efficientformerv2_s0.snap_dist_in1k``."""
     import timm
-    return timm.list_pretrained('efficientformer_l*') + timm.list_pretrained('efficientformerv2_*')
+
+    from mmeff.models.families import FAMILIES
+    return [name for family in FAMILIES.values()  # family by family, each sorted as timm does
+            for name in sorted(n for timm_name in family.timm_names.values()
+                               for n in timm.list_pretrained(timm_name + '.*'))]
 
 
 def timm_hub_page(name: str) -> str:

@@ -188,29 +188,12 @@ def infer_arch_v2(sd: Dict[str, torch.Tensor]) -> dict:
     return dict(depths=depths, widths=widths, num_vit=num_vit, mlp_ratios=ratios)
 
 
-def _normalised(arch: dict) -> dict:
-    """An arch dict in :func:`infer_arch_v2`'s form: per-block ratios (a stage's single ratio
-    repeated), ``num_vit`` an int when stages 3 and 4 agree."""
-    depths = list(arch['depths'])
-    ratios = arch.get('mlp_ratios', 4)
-    ratios = [ratios] * len(depths) if isinstance(ratios, (int, float)) else list(ratios)
-    ratios = [list(r) if isinstance(r, (list, tuple)) else [r] * d
-              for r, d in zip(ratios, depths)]
-    num_vit = arch['num_vit']
-    if isinstance(num_vit, (list, tuple)):
-        num_vit = num_vit[0] if len(set(num_vit)) == 1 else list(num_vit)
-    return dict(depths=depths, widths=list(arch['widths']), num_vit=num_vit, mlp_ratios=ratios)
-
-
 def arch_name_v2(sd: Dict[str, torch.Tensor]):
     """``'s0'``/``'s1'``/``'s2'``/``'l'`` if the state dict matches one of
     ``EfficientFormerV2.arch_settings``, else the :func:`infer_arch_v2` dict."""
-    from mmeff.models.backbones.efficientformer_v2 import EfficientFormerV2
-    arch = infer_arch_v2(sd)
-    for name, setting in EfficientFormerV2.arch_settings.items():
-        if _normalised(setting) == arch:
-            return name
-    return arch
+    from mmeff.converters import named_arch
+    from mmeff.models.families import family_of
+    return named_arch(family_of('EfficientFormerV2'), infer_arch_v2(sd))
 
 
 __all__ = ['is_v2', 'convert_authors_v2', 'convert_timm_v2', 'infer_arch_v2', 'arch_name_v2']

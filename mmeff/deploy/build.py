@@ -2,8 +2,9 @@
 
 Two tasks:
 
-* ``'backbone'``: :class:`~mmeff.models.EfficientFormer` (V1: ``l1``/``l3``/``l7``) or
-  :class:`~mmeff.models.EfficientFormerV2` (V2: ``s0``/``s1``/``s2``/``l``) returning its stage
+* ``'backbone'``: the backbone of a registered family (``mmeff.models.families``):
+  :class:`~mmeff.models.EfficientFormer` (V1: ``l1``/``l3``/``l7``) or
+  :class:`~mmeff.models.EfficientFormerV2` (V2: ``s0``/``s1``/``s2``/``l``), returning its stage
   maps (what detection/segmentation models run); from an arch name it uses the backbone's
   defaults, from a config the ``model.backbone`` dict (mmdet/mmseg configs) or a bare backbone
   ``model`` dict.
@@ -22,14 +23,13 @@ from typing import Optional, Sequence, Tuple
 import torch.nn as nn
 
 TASKS = ('backbone', 'classifier')
-_BACKBONES = ('EfficientFormer', 'EfficientFormerV2')
 
 
 def _backbone_class(btype) -> str:
-    """``'EfficientFormer'``/``'EfficientFormerV2'`` for a backbone type in any scope
-    (``'mmeff.EfficientFormerV2'``, ``'EfficientFormer'``), else ``''``."""
-    name = str(btype).split('.')[-1]
-    return name if name in _BACKBONES else ''
+    """The class name of a registered family (``mmeff.models.families``) for a backbone type in
+    any scope (``'mmeff.EfficientFormerV2'``, ``'EfficientFormer'``), else ``''``."""
+    from mmeff.models.families import is_family_type
+    return str(btype).split('.')[-1] if is_family_type(btype) else ''
 
 
 def _classifier_cls():
@@ -58,8 +58,9 @@ def _model_cfg_from_config(path: str, task: str) -> Tuple[dict, str]:
         backbone = model_cfg.get('backbone')
         btype = backbone.get('type') if isinstance(backbone, dict) else None
         if not _backbone_class(btype):
-            raise ValueError(f'config {path!r}: model.backbone is not an EfficientFormer or '
-                             f'EfficientFormerV2 (type {btype!r})')
+            from mmeff.models.families import FAMILIES
+            raise ValueError(f'config {path!r}: model.backbone is not an '
+                             f'{" or ".join(FAMILIES)} (type {btype!r})')
         return backbone, osp.splitext(osp.basename(path))[0]
     if mtype.split('.')[-1] != 'EfficientFormerClassifier':
         raise ValueError(f'config {path!r}: task "classifier" needs model.type '
@@ -126,7 +127,7 @@ def build_model(model: str = 'l1',
         from mmeff.checkpoint import check_checkpoint_file
         check_checkpoint_file(checkpoint)
     import mmeff.models  # noqa: F401  (registers the models)
-    from mmeff.models import EfficientFormer, EfficientFormerV2
+    from mmeff.models.families import FAMILIES, family_of, family_of_arch
     from mmeff.registry import MODELS
 
     is_config = str(model).endswith('.py')
@@ -137,7 +138,7 @@ def build_model(model: str = 'l1',
         # init_cfg (e.g. Pretrained) only acts in init_weights(), which is not called here:
         # weights come from `checkpoint`.
         if task == 'backbone':
-            cfg['type'] = 'mmeff.' + _backbone_class(cfg.get('type', 'EfficientFormer'))
+            cfg['type'] = family_of(cfg['type']).type  # mmeff's scope
             if out_indices is not None:
                 cfg['out_indices'] = tuple(out_indices)
         # Built in mmeff's scope whatever scope is current (another library's default scope,
@@ -146,25 +147,24 @@ def build_model(model: str = 'l1',
         with DefaultScope.overwrite_default_scope('mmeff'):
             net = MODELS.build(cfg)
         bcfg = cfg if task == 'backbone' else cfg.get('backbone', {})
-        default = 's0' if _backbone_class(bcfg.get('type')) == 'EfficientFormerV2' else 'l1'
-        arch = bcfg.get('arch', default)
+        arch = bcfg.get('arch') or family_of(
+            net if task == 'backbone' else net.backbone).default_arch
     else:
         arch = str(model).lower()
-        if arch in EfficientFormerV2.arch_settings:
-            cls, btype = EfficientFormerV2, 'mmeff.EfficientFormerV2'
-        elif arch in EfficientFormer.arch_settings:
-            cls, btype = EfficientFormer, 'mmeff.EfficientFormer'
-        else:
+        try:
+            family = family_of_arch(arch)
+        except ValueError:
             raise ValueError(
-                f'model must be an EfficientFormerV2 arch {sorted(EfficientFormerV2.arch_settings)}'
-                f', an EfficientFormer (V1) arch: one of {sorted(EfficientFormer.arch_settings)} '
-                f'or a config file path ending in .py, got {model!r}')
-        name = arch if cls is EfficientFormer else f'v2_{arch}'
+                'model must be '
+                + ', '.join(f'an {f.label} arch: one of {sorted(f.archs)}'
+                            for f in FAMILIES.values())
+                + f' or a config file path ending in .py, got {model!r}') from None
+        name = f'{family.export_prefix}{arch}'
         if task == 'backbone':
             kwargs = {} if out_indices is None else dict(out_indices=tuple(out_indices))
-            net = cls(arch, **kwargs)
+            net = family.cls(arch, **kwargs)
         else:
-            net = _classifier_cls()(backbone=dict(type=btype, arch=arch),
+            net = _classifier_cls()(backbone=dict(type=family.type, arch=arch),
                                     num_classes=num_classes)
     weights = 'random (no checkpoint given)'
     if checkpoint:

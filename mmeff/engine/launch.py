@@ -309,14 +309,11 @@ def _efficientformer_out_channels(backbone: dict) -> Optional[List[int]]:
     """Channels of the maps an ``EfficientFormer`` or ``EfficientFormerV2`` config returns,
     from its ``arch`` and ``out_indices`` (without building it); None for another backbone or
     an out_indices the backbone itself will reject."""
-    import mmeff.models as models
-    family = {'EfficientFormer': (models.EfficientFormer, 'l1'),
-              'EfficientFormerV2': (models.EfficientFormerV2, 's0')}
-    kind = str(backbone.get('type', '')).split('.')[-1]
-    if kind not in family:
+    from mmeff.models.families import family_of, is_family_type
+    if not is_family_type(backbone.get('type')):
         return None
-    cls, default_arch = family[kind]
-    widths = cls._parse_arch(backbone.get('arch', default_arch))['widths']  # clear errors
+    family = family_of(backbone['type'])
+    widths = family.cls._parse_arch(backbone.get('arch', family.default_arch))['widths']
     indices = backbone.get('out_indices', (0, 1, 2, 3))
     indices = [indices] if isinstance(indices, int) else indices
     stages = len(widths)
@@ -389,8 +386,8 @@ def check_model_channels(cfg: Config) -> None:
     if not found:
         return
     bb = cfg.model.backbone
-    kind = str(bb.get('type', 'EfficientFormer')).split('.')[-1]
-    arch = bb.get('arch', 's0' if kind == 'EfficientFormerV2' else 'l1')
+    from mmeff.models.families import family_of
+    arch = bb.get('arch', family_of(bb['type']).default_arch)
     out = _efficientformer_out_channels(bb)
     details = '; '.join(
         f'{path} is {cli_value(have)}, the backbone needs {cli_value(want)}' if want is not None

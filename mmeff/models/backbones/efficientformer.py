@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
-from mmeff.checkpoint import load_backbone_state_dict  # noqa: F401  (public here too)
 from mmeff.registry import MODELS
+from ..families import register_family
 from ..layers import Meta3D, Meta4D
 from ..layers.blocks import build_norm
 # MHSA bias tables are learned on the token grid of a 224 input (224 // stride: 7x7 in the
@@ -219,3 +219,38 @@ class EfficientFormer(EfficientFormerBase):
         the last stage takes ``min(num_vit, depths[3])``, stage 3 the rest."""
         last = min(arch['num_vit'], arch['depths'][-1])
         return [0] * (cls.num_stages - 2) + [arch['num_vit'] - last, last]
+
+
+# The family record (``mmeff.models.families``): what the rest of the code knows about V1.
+register_family(
+    key='v1',
+    label='EfficientFormer (V1)',
+    timm_names={arch: f'efficientformer_{arch}' for arch in EfficientFormer.arch_settings},
+    converters={'authors': 'mmeff.converters:convert_authors',
+                'timm': 'mmeff.converters:convert_timm',
+                'mmpretrain': 'mmeff.converters:convert_mmpretrain'},
+    block_keys=None,  # V1 blocks have no key of their own: the blocks without V2's
+    stem_keys=(r'^norm1\.', 'stem.conv1.*, stem.norm1.*'),
+    infer_arch='mmeff.converters:infer_arch_v1',
+    cls_head='EfficientFormerClsHead',
+    config_token='effformer',
+    colour='crimson',
+    paper_ref='Li et al., EfficientFormer: Vision Transformers at MobileNet Speed, NeurIPS 2022 '
+              '(arXiv 2206.01191), Tables 1 and 3',
+    # ImageNet-1K at 224x224 (Table 1; iPhone 12: Core ML, iOS 16) and, under 'dense', Mask
+    # R-CNN 1x on COCO val2017 and Semantic FPN 40k on ADE20K val (Table 3).
+    paper={
+        'l1': dict(params_m=12.3, gmacs=1.3, top1=79.2, iphone12_ms=1.6,
+                   dense=dict(detection=dict(bbox_mAP=37.9, segm_mAP=35.4),
+                              segmentation=dict(mIoU=38.9), checked=True)),
+        'l3': dict(params_m=31.3, gmacs=3.9, top1=82.4, iphone12_ms=3.0,
+                   dense=dict(detection=dict(bbox_mAP=41.4, segm_mAP=38.1),
+                              segmentation=dict(mIoU=43.5), checked=True)),
+        'l7': dict(params_m=82.1, gmacs=10.2, top1=83.3, iphone12_ms=7.0,
+                   dense=dict(detection=dict(bbox_mAP=42.6, segm_mAP=39.0),
+                              segmentation=dict(mIoU=45.1), checked=True)),
+    },
+    # timm's results list (params with both heads).
+    timm_figures={'l1': dict(params_m=12.29, gmacs=1.30), 'l3': dict(params_m=31.41, gmacs=3.93),
+                  'l7': dict(params_m=82.23, gmacs=10.17)},
+)(EfficientFormer)

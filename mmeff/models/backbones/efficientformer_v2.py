@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 
 from mmeff.registry import MODELS
+from ..families import register_family
 from ..layers.v2 import BlockV2, ConvNorm, DownsampleV2, ResizableBiasAttention
 from .base import BIAS_TABLE_INPUT_SIZE, EfficientFormerBase, pretrained_to_init_cfg
 
@@ -218,3 +219,42 @@ class EfficientFormerV2(EfficientFormerBase):
             for block in stage.blocks:
                 if block.token_mixer is not None:
                     yield block.token_mixer, grids[i]
+
+
+# The family record (``mmeff.models.families``): what the rest of the code knows about V2.
+register_family(
+    key='v2',
+    label='EfficientFormerV2',
+    timm_names={arch: f'efficientformerv2_{arch}' for arch in EfficientFormerV2.arch_settings},
+    converters={'authors': 'mmeff.converters.v2:convert_authors_v2',
+                'timm': 'mmeff.converters.v2:convert_timm_v2'},  # mmpretrain has no V2
+    # Every V2 FFN has a depthwise mid conv; the stem is ConvNorm units conv1.{conv,bn}, ...
+    block_keys=(r'\.mlp\.mid(_norm)?\.', 'FFN blocks (mlp.mid.*)'),
+    stem_keys=(r'^conv1\.conv\.', 'stem.conv1.conv.*'),
+    infer_arch='mmeff.converters.v2:infer_arch_v2',
+    cls_head='EfficientFormerV2ClsHead',
+    config_token='effformerv2',
+    export_prefix='v2_',
+    display_prefix='V2-',  # V2's L is not V1's L1
+    colour='navy',
+    paper_ref='Li et al., Rethinking Vision Transformers for MobileNet Size and Speed, ICCV 2023 '
+              '(arXiv 2212.08059), and the authors\' README '
+              '(https://github.com/snap-research/EfficientFormer)',
+    # ImageNet-1K at 224x224: top-1 after 300 epochs (top1_450: 450), params with one head;
+    # iPhone 12: Core ML, iOS 16. 'dense' (Mask R-CNN 1x, Semantic FPN 40k) for S2 and L only,
+    # from a secondary source (PaddleSeg's README), not yet checked against the paper; the
+    # paper reports none for S0/S1 (snap-research/EfficientFormer issue 54).
+    paper={
+        's0': dict(params_m=3.5, gmacs=0.40, top1=75.7, top1_450=76.2, iphone12_ms=0.9),
+        's1': dict(params_m=6.1, gmacs=0.65, top1=79.0, top1_450=79.7, iphone12_ms=1.1),
+        's2': dict(params_m=12.6, gmacs=1.25, top1=81.6, top1_450=82.0, iphone12_ms=1.6,
+                   dense=dict(detection=dict(bbox_mAP=43.4, segm_mAP=39.5),
+                              segmentation=dict(mIoU=42.4), checked=False)),
+        'l': dict(params_m=26.1, gmacs=2.56, top1=83.3, top1_450=83.5, iphone12_ms=2.7,
+                  dense=dict(detection=dict(bbox_mAP=44.7, segm_mAP=40.4),
+                             segmentation=dict(mIoU=45.2), checked=False)),
+    },
+    # timm's results list (params with both heads).
+    timm_figures={'s0': dict(params_m=3.60, gmacs=0.41), 's1': dict(params_m=6.19, gmacs=0.67),
+                  's2': dict(params_m=12.71, gmacs=1.27), 'l': dict(params_m=26.32, gmacs=2.59)},
+)(EfficientFormerV2)

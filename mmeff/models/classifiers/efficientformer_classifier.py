@@ -26,7 +26,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from mmeff.registry import MODELS
-from ..backbones import EfficientFormerV2
+from ..families import FAMILIES, Family, family_of, family_of_arch
 from ..layers.blocks import build_norm
 from .distillation import DISTILLATION_TYPES, TeacherRef, build_teacher, distillation_loss
 
@@ -34,6 +34,15 @@ from .distillation import DISTILLATION_TYPES, TeacherRef, build_teacher, distill
 # from the classifier so that they cannot disagree with the head and the loss.
 _MIXUP_KEYS = ('mixup_alpha', 'cutmix_alpha', 'cutmix_minmax', 'prob', 'switch_prob', 'mode',
                'correct_lam')
+
+
+def _family_of_arch_arg(arch) -> Family:
+    """The family of a named arch; the first registered family (V1, whose arch check names
+    its valid archs) for an arch dict or an unknown name."""
+    try:
+        return family_of_arch(arch)
+    except ValueError:
+        return next(iter(FAMILIES.values()))
 
 
 def mix_batch(mixup: Optional[Mixup], inputs: torch.Tensor, labels: torch.Tensor):
@@ -163,11 +172,12 @@ class EfficientFormerClassifier(BaseModel):
 
     Args:
         backbone (dict): ``EfficientFormer`` or ``EfficientFormerV2`` arguments (``arch``,
-            ``drop_path_rate``, ...); ``type`` defaults to ``'mmeff.EfficientFormerV2'`` for
-            the V2 archs (``'s0'``, ``'s1'``, ``'s2'``, ``'l'``), else to
-            ``'mmeff.EfficientFormer'``. The classifier uses the last stage only, without
-            output norm (``out_indices=(3,)``, ``out_norm_cfg=None``). The head follows the
-            family: :class:`EfficientFormerClsHead` (LayerNorm, token mean) for V1,
+            ``drop_path_rate``, ...); ``type`` defaults to the type of the family that has
+            the named arch (``mmeff.models.families``: ``'mmeff.EfficientFormerV2'`` for
+            ``'s0'``, ``'s1'``, ``'s2'``, ``'l'``), else to ``'mmeff.EfficientFormer'``. The
+            classifier uses the last stage only, without output norm (``out_indices=(3,)``,
+            ``out_norm_cfg=None``). The head is the one the family declares (``cls_head``):
+            :class:`EfficientFormerClsHead` (LayerNorm, token mean) for V1,
             :class:`EfficientFormerV2ClsHead` (BatchNorm, average pool) for V2.
         num_classes (int): Number of classes. Defaults to 1000.
         dropout (float): Dropout before the heads. Defaults to 0.
@@ -221,12 +231,10 @@ class EfficientFormerClassifier(BaseModel):
                                  f'{backbone[key]!r}')
             backbone[key] = required
         if 'type' not in backbone:
-            arch = backbone.get('arch')
-            v2 = isinstance(arch, str) and arch.lower() in EfficientFormerV2.arch_settings
-            backbone['type'] = 'mmeff.EfficientFormerV2' if v2 else 'mmeff.EfficientFormer'
+            backbone['type'] = _family_of_arch_arg(backbone.get('arch')).type
         self.backbone = MODELS.build(backbone)
-        head_cls = (EfficientFormerV2ClsHead if isinstance(self.backbone, EfficientFormerV2)
-                    else EfficientFormerClsHead)
+        # The head the backbone's family declares (V1: LayerNorm + token mean, V2: BN + pool).
+        head_cls = MODELS.get(family_of(self.backbone).cls_head)
         self.head = head_cls(self.backbone.out_channels[-1], num_classes, dropout)
 
         self.mixup = self._build_mixup(mixup)
