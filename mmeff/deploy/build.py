@@ -43,10 +43,14 @@ def _classifier_cls():
     return EfficientFormerClassifier
 
 
-def _model_cfg_from_config(path: str, task: str) -> Tuple[dict, str]:
-    """The model dict to build from a config file, and a name for it."""
+def _model_cfg_from_config(path: str, task: str,
+                           cfg_options: Optional[dict] = None) -> Tuple[dict, str]:
+    """The model dict to build from a config file (with ``cfg_options`` merged as the tools
+    merge ``--cfg-options``), and a name for it."""
     from mmengine.config import Config
-    cfg = Config.fromfile(path)
+
+    from mmeff.engine.launch import apply_cfg_options
+    cfg = apply_cfg_options(Config.fromfile(path), cfg_options)
     model_cfg = cfg.get('model')
     if model_cfg is None:
         raise ValueError(f'config {path!r} has no `model` dict')
@@ -104,7 +108,8 @@ def build_model(model: str = 'l1',
                 task: str = 'backbone',
                 checkpoint: Optional[str] = None,
                 out_indices: Optional[Sequence[int]] = None,
-                num_classes: int = 1000) -> Tuple[nn.Module, dict]:
+                num_classes: int = 1000,
+                cfg_options: Optional[dict] = None) -> Tuple[nn.Module, dict]:
     """Build an EfficientFormer (V1 or V2) for export/benchmarking.
 
     Args:
@@ -116,6 +121,8 @@ def build_model(model: str = 'l1',
         out_indices (Sequence[int] | None): Backbone stages to return (backbone task, overrides
             the config/default). Defaults to None.
         num_classes (int): Classes of a classifier built from an arch name. Defaults to 1000.
+        cfg_options (dict | None): Config entries to override (``--cfg-options``, merged as
+            the train/test tools merge them); only with a config. Defaults to None.
 
     Returns:
         tuple[nn.Module, dict]: The model in eval mode (for the classifier, its inference
@@ -123,6 +130,9 @@ def build_model(model: str = 'l1',
     """
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    if cfg_options and not str(model).endswith('.py'):
+        raise ValueError(f'--cfg-options changes a config: give a config file (.py) instead of '
+                         f'the arch name {model!r}, or drop the options')
     if checkpoint:  # before building: a missing or unreadable file is found at once
         from mmeff.checkpoint import check_checkpoint_file
         check_checkpoint_file(checkpoint)
@@ -134,7 +144,7 @@ def build_model(model: str = 'l1',
     if is_config:
         if not osp.isfile(model):
             raise FileNotFoundError(f'config file {model!r} does not exist')
-        cfg, name = _model_cfg_from_config(model, task)
+        cfg, name = _model_cfg_from_config(model, task, cfg_options)
         # init_cfg (e.g. Pretrained) only acts in init_weights(), which is not called here:
         # weights come from `checkpoint`.
         if task == 'backbone':

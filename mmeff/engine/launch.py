@@ -20,6 +20,22 @@ from .diagnostics import (check_label_maps, check_launcher_env, check_resume,
                           explain_json_error)
 
 
+def apply_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> Config:
+    """Merge ``--cfg-options`` into ``cfg`` (in place; returned) as every mmeff tool does: a
+    misspelt top-level key and an override of a variable that entries were derived from are
+    refused with the entries to set instead, then the options are merged and the derived
+    variables (``PROPAGATED_VARIABLES``) are carried to the entries that used them."""
+    if not cfg_options:
+        return cfg
+    from .cfg_checks import check_cfg_option_keys  # cfg_checks imports this module
+    check_cfg_option_keys(cfg, cfg_options)  # a misspelt top-level key, before merging
+    check_variable_overrides(cfg, cfg_options)
+    before = {name: cfg.get(name) for name in PROPAGATED_VARIABLES}
+    cfg.merge_from_dict(cfg_options)
+    propagate_variables(cfg, before, cfg_options)
+    return cfg
+
+
 def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                    amp: bool = False, launcher: str = 'none') -> Config:
     """Load a config and apply the command-line options of the train/test tools."""
@@ -27,14 +43,7 @@ def prepare_config(config: str, work_dir: Optional[str] = None, cfg_options: Opt
         raise FileNotFoundError(f'Config file {config!r} does not exist')
     check_launcher_env(launcher, config)  # before torch.distributed waits for a rendezvous
     import mmeff.models  # noqa: F401  (compat fixes; registers mmeff models)
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        from .cfg_checks import check_cfg_option_keys  # cfg_checks imports this module
-        check_cfg_option_keys(cfg, cfg_options)  # a misspelt top-level key, before merging
-        check_variable_overrides(cfg, cfg_options)
-        before = {name: cfg.get(name) for name in PROPAGATED_VARIABLES}
-        cfg.merge_from_dict(cfg_options)
-        propagate_variables(cfg, before, cfg_options)
+    cfg = apply_cfg_options(Config.fromfile(config), cfg_options)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
