@@ -1,2 +1,2 @@
 """mmeff: EfficientFormer for OpenMMLab 2.x."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401

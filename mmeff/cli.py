@@ -13,8 +13,8 @@ Every ``tools/*.py`` ends with::
   or type in the arguments or the config, a name no registry knows, a config that does not
   parse, a module that is not installed; and every exception class mmeff defines, such as a
   checkpoint that cannot be read): one line ``<tool>: error: <message>`` on stderr, exit
-  status 1. The libraries' messages name the file, the value and the fix (STYLE rule 12), so
-  the traceback would only bury them;
+  status 1. The libraries' messages name the file, the value and the fix, so the traceback
+  would only bury them;
 * a ``TypeError``/``KeyError`` is a user's mistake only when it comes from building what the
   user's config or arguments describe (mmengine's registry and config code are on its
   traceback) or from a ``raise`` statement of the project's own code (its argument checks).

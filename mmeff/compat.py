@@ -1,8 +1,8 @@
 """Fixes for known problems of mmengine 0.10.7 / mmdet 3.3 / mmseg 1.2 on torch >= 2.6, numpy 2
 and CPU, applied in one place when ``mmeff.models`` is imported (``apply_all()``).
 
-Each fix names its source (see also ../shared/OPENMMLAB-NOTES.md) and has a test in
-``tests/test_compat.py``.
+Each fix names its source (the upstream code, issue or pull request it works around) and has a
+test in ``tests/test_compat.py``.
 """
 _APPLIED = False
 
@@ -11,8 +11,9 @@ def patch_checkpoint_loading() -> None:
     """mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; torch >= 2.6 defaults to
     ``weights_only=True`` and refuses mmengine's own checkpoints (``Unsupported global:
     mmengine.logging.history_buffer.HistoryBuffer``), breaking resume, ``load_checkpoint``,
-    ``init_detector``/``init_model``. Fixed upstream in mmengine PR #1670 (not released) by
-    loading with ``weights_only=False``, which lets any file run code when it is unpickled.
+    ``init_detector``/``init_model``. Fixed upstream, not in a release
+    (https://github.com/open-mmlab/mmengine/pull/1670), by loading with
+    ``weights_only=False``, which lets any file run code when it is unpickled.
 
     Instead, mmengine's local-file loader is re-registered to load with ``weights_only=True``,
     allowing exactly the types mmengine's checkpoints hold (``HistoryBuffer``, numpy arrays,

@@ -1,5 +1,5 @@
-"""Command-line behaviour: a user's mistake is one line on stderr and a non-zero exit (STYLE
-rule 12), the shell tools answer --help, and the docs' commands and timings hold as written."""
+"""Command-line behaviour: a user's mistake is one line on stderr and a non-zero exit, the
+shell tools answer --help, and the docs' commands and timings hold as written."""
 import ast
 import glob
 import os
@@ -57,7 +57,8 @@ def _raise(exc):
 @pytest.mark.parametrize('exc,shown', [
     (FileNotFoundError("Config file 'x.py' does not exist"), "Config file 'x.py' does not exist"),
     (ValueError('arch must be one of l1, l3, l7'), 'arch must be one of l1, l3, l7'),
-    (KeyError('Foo is not in the mmdet::model registry'), 'Foo is not in the mmdet::model registry'),
+    (KeyError('Foo is not in the mmdet::model registry'),
+     'Foo is not in the mmdet::model registry'),
     (TypeError("__init__() got an unexpected keyword argument 'x'"), 'unexpected keyword'),
     (ValueError('Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most '
                 'recent call last):\n  File "a.py", line 1\nValueError: bad label'),
