@@ -106,14 +106,14 @@ def _weight_bytes(mlmodel) -> int:
 
 def package_weights(mlmodel) -> Dict[str, Tuple[str, np.ndarray]]:
     """The compressed weights of an mlprogram: name of the compressing op -> (op type, the
-    dense values it produces), decompressed by the op itself (``constexpr_lut_to_dense``,
-    ``constexpr_affine_dequantize``, ...)."""
+    dense values it produces), decompressed by the op itself (``materialized_val_inference``
+    of ``constexpr_lut_to_dense``, ``constexpr_affine_dequantize``, ...)."""
     program = _mil_program(mlmodel)
     found = {}
     for func in program.functions.values():
         for op in _ops(func):
             if op.op_type.startswith('constexpr_'):
-                found[op.name] = (op.op_type, np.asarray(op.outputs[0].val))
+                found[op.name] = (op.op_type, np.asarray(op.materialized_val_inference()))
     return found
 
 
@@ -196,28 +196,31 @@ def _errors(outs, refs) -> dict:
     return report
 
 
-def _match(package: Dict[str, Tuple[str, np.ndarray]], reproduced: Dict[str, np.ndarray]):
-    """Which package weights the torch-side reproduction gives exactly (same values, the
-    torch tensor's shape or the package's); returns (matched names, unmatched names)."""
-    by_size: Dict[int, List[Tuple[str, np.ndarray]]] = {}
-    for name, arr in reproduced.items():
-        by_size.setdefault(arr.size, []).append((name, arr))
-    matched, unmatched = {}, []
+def _package_to_torch(package: Dict[str, Tuple[str, np.ndarray]],
+                      tensors: Dict[str, torch.Tensor]) -> Tuple[Dict[str, str], List[str]]:
+    """Which torch tensor each compressed package weight is: the converter names a weight's
+    const after the tensor's path (``model.backbone.x.weight`` ->
+    ``p_model_backbone_x_weight_to_fp16``, the compression adds ``_palettized`` or
+    ``_quantized``), with the same number of values. Returns (op name -> torch name, op names
+    without a torch tensor)."""
+    keys = sorted(((n.replace('.', '_'), n) for n in tensors), key=lambda kv: -len(kv[0]))
+    mapped, unmapped = {}, []
     for op_name, (_, dense) in package.items():
-        dense = dense.astype(np.float16)
-        hit = None
-        for name, arr in by_size.get(dense.size, []):
-            if name not in matched.values() and (
-                    np.array_equal(arr.reshape(dense.shape), dense)
-                    or (arr.ndim == 2 and arr.T.shape == dense.shape
-                        and np.array_equal(arr.T, dense))):
-                hit = name
-                break
+        hit = next((n for key, n in keys if key in op_name and n not in mapped.values()
+                    and tensors[n].numel() == dense.size), None)
         if hit is None:
-            unmatched.append(op_name)
+            unmapped.append(op_name)
         else:
-            matched[op_name] = hit
-    return matched, unmatched
+            mapped[op_name] = hit
+    return mapped, unmapped
+
+
+def _as_torch_layout(dense: np.ndarray, shape: torch.Size) -> np.ndarray:
+    """Package values in the torch tensor's layout (the same order, or a transposed matrix)."""
+    if dense.ndim == 2 and len(shape) == 2 and dense.shape == tuple(shape)[::-1] \
+            and dense.shape != tuple(shape):
+        return dense.T
+    return dense.reshape(tuple(shape))
 
 
 @torch.no_grad()
@@ -226,49 +229,65 @@ def compressed_torch_error(model: nn.Module, mode: str, x: torch.Tensor,
     """The output error of Core ML's compressed weights, measured with PyTorch.
 
     ``model`` is prepared as :func:`mmeff.deploy.export_coreml` prepares it for ``x``'s shape
-    (fused, attention biases cached), then every weight Core ML would compress (more than
-    2048 values) is replaced by its compressed and decompressed values (:func:`compress_array`);
-    the outputs on ``x`` are compared with the FP32 model's. The computation stays FP32: what
+    (fused, attention biases cached); every float tensor is rounded to FP16 (as the package
+    stores it), and the weights Core ML compresses are replaced by their compressed values:
+
+    * with ``mlmodel`` (the compressed package), the package's own values, decompressed by its
+      ops; one of them (the smallest) is also reproduced from the torch tensor with
+      :func:`compress_array` and compared value for value;
+    * without, every weight of more than :data:`WEIGHT_THRESHOLD` values goes through
+      :func:`compress_array` (what the package would hold).
+
+    The outputs on ``x`` are compared with the FP32 model's. The computation stays FP32: what
     is measured is the weights' compression (FP16 weights alone are reported beside it).
 
     Args:
         model (nn.Module): The model as given to the export (backbone or classifier).
         mode (str): One of :data:`COMPRESS_MODES`.
         x (torch.Tensor): Input batch (B, 3, H, W), normalised.
-        mlmodel (MLModel | None): The compressed package (:func:`compress_mlmodel`): each of
-            its compressed weights is then compared with the reproduction.
+        mlmodel (MLModel | None): The compressed package (:func:`compress_mlmodel`).
         fuse (bool): Prepare the model fused, as the export does. Defaults to True.
 
     Returns:
-        dict: ``mode``, ``rel_err``, ``max_abs_err``, ``rel_err_per_output``,
-        ``top1_agreement`` (logits), ``fp16_weights`` (the same errors with FP16 weights
-        only), ``compressed_tensors`` and, with ``mlmodel``, ``package_check``:
-        ``package_tensors``, ``matched`` (equal to the reproduction, value for value) and
-        ``unmatched`` (op names).
+        dict: ``mode``, ``weights`` (``'package'`` or ``'reproduced'``), ``rel_err``,
+        ``max_abs_err``, ``rel_err_per_output``, ``top1_agreement`` (logits),
+        ``fp16_weights`` (the same errors with FP16 weights only), ``compressed_tensors`` and,
+        with ``mlmodel``, ``package_check``: ``package_tensors``, ``mapped`` (package weights
+        found in the torch model), ``unmapped`` (op names: not in the torch model, so the
+        error leaves them out), ``reproduced`` (the torch tensor compressed here) and
+        ``reproduction_equal`` (whether it equals the package's values exactly).
     """
     check_compress_mode(mode)
     from .export import _as_tuple, prepare_for_export
     wrapper, _, _ = prepare_for_export(model, tuple(x.shape), fuse=fuse)
     refs = _as_tuple(wrapper(x))
-    tensors = _compressible(wrapper)
-    originals = {n: t.detach().clone() for n, t in tensors}
-    # FP16 weights only (every float tensor, as Core ML stores them), then compressed.
-    for t in list(wrapper.parameters()) + list(wrapper.buffers()):  # cached biases too
-        if t.is_floating_point():
+    named = dict(list(wrapper.named_parameters()) + list(wrapper.named_buffers()))
+    for t in named.values():  # Core ML stores every float tensor in FP16
+        if t is not None and t.is_floating_point():
             t.copy_(t.half().float())
     fp16 = _errors(_as_tuple(wrapper(x)), refs)
-    reproduced = {}
-    for name, t in tensors:
-        arr = compress_array(originals[name].cpu().numpy(), mode)
-        reproduced[name] = arr
-        t.copy_(torch.from_numpy(arr.astype(np.float32)).to(t.device))
-    report = dict(mode=mode, **_errors(_as_tuple(wrapper(x)), refs), fp16_weights=fp16,
-                  compressed_tensors=len(tensors))
-    if mlmodel is not None:
+    report = dict(mode=mode, fp16_weights=fp16)
+    if mlmodel is None:
+        tensors = _compressible(wrapper)
+        for _, t in tensors:
+            t.copy_(torch.from_numpy(compress_array(t.cpu().numpy(), mode).astype(np.float32)))
+        report.update(weights='reproduced', compressed_tensors=len(tensors))
+    else:
         package = package_weights(mlmodel)
-        matched, unmatched = _match(package, reproduced)
-        report['package_check'] = dict(package_tensors=len(package), matched=len(matched),
-                                       unmatched=unmatched)
+        mapped, unmapped = _package_to_torch(package, named)
+        check = dict(package_tensors=len(package), mapped=len(mapped), unmapped=unmapped,
+                     reproduced=None, reproduction_equal=None)
+        if mapped:  # the cheapest one: palettisation runs k-means
+            op_name = min(mapped, key=lambda n: package[n][1].size)
+            t = named[mapped[op_name]]
+            dense = _as_torch_layout(package[op_name][1], t.shape)
+            check.update(reproduced=mapped[op_name], reproduction_equal=bool(np.array_equal(
+                compress_array(t.cpu().numpy(), mode), dense.astype(np.float16))))
+        for op_name, name in mapped.items():
+            dense = _as_torch_layout(package[op_name][1], named[name].shape)
+            named[name].copy_(torch.from_numpy(dense.astype(np.float32)))
+        report.update(weights='package', compressed_tensors=len(mapped), package_check=check)
+    report.update(_errors(_as_tuple(wrapper(x)), refs))
     return report
 
 

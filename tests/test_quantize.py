@@ -1,0 +1,177 @@
+"""INT8 ONNX export (mmeff.deploy.quantize): the calibration folder's checks, the calibration
+preprocessing against timm's evaluation transform, ONNX Runtime static quantisation of V1/V2
+classifiers and backbones (operators kept in FP32 named, errors against the FP32 graph), a
+trained classifier's top-1 in INT8, and the atomic output on bad input."""
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+from mmeff.datasets import make_imagefolder_dataset
+from mmeff.deploy.quantize import (KEEP_FP32, calibration_inputs, check_calib_data,
+                                   export_onnx_int8, format_int8_report, onnx_top1,
+                                   quantize_onnx_file)
+from mmeff.models import EfficientFormer, EfficientFormerV2
+from mmeff.models.classifiers import EfficientFormerClassifier
+
+from helpers import load_tool, randomise_
+
+pytest.importorskip('onnxruntime')
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# Small archs of both families (one attention block each) at 64x64: seconds per export.
+TINY = {'v1': ('mmeff.EfficientFormer', EfficientFormer,
+               dict(depths=[1, 1, 2, 2], widths=[16, 32, 48, 64], num_vit=1)),
+        'v2': ('mmeff.EfficientFormerV2', EfficientFormerV2,
+               dict(depths=[1, 1, 2, 2], widths=[16, 32, 48, 64], num_vit=1))}
+SIZE = 64
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('imagenet'))
+    return make_imagefolder_dataset(root, num_classes=3, per_class=(8, 4), size=SIZE)
+
+
+def tiny_model(family, task, num_classes=3):
+    btype, cls, arch = TINY[family]
+    if task == 'backbone':
+        return randomise_(cls(arch), 0).eval()
+    clf = EfficientFormerClassifier(backbone=dict(type=btype, arch=arch), num_classes=num_classes)
+    return randomise_(clf, 0).as_inference_module()
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_check_calib_data_missing_file_empty(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"calibration folder '.*nope' does not exist: "
+                                                r'pass an ImageFolder .*--calib-data'):
+        check_calib_data(str(tmp_path / 'nope'))
+    (tmp_path / 'a.txt').write_text('x')
+    with pytest.raises(FileNotFoundError, match='is a file, not a folder'):
+        check_calib_data(str(tmp_path / 'a.txt'))
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"calibration folder '.*empty' is empty: it holds no "
+                                         r'class folder; pass an ImageFolder split folder'):
+        check_calib_data(str(empty))
+    (empty / 'img.JPEG').write_bytes(b'')
+    with pytest.raises(ValueError, match=r'1 images lie directly in it: put them in class '
+                                         r'sub-folders'):
+        check_calib_data(str(empty))
+    (empty / 'n0').mkdir()
+    with pytest.raises(ValueError, match=r"class folder '.*n0' of the calibration folder holds "
+                                         r'no image'):
+        check_calib_data(str(empty))
+
+
+def test_check_calib_data_class_count_and_order(data):
+    val = osp.join(data['data_root'], 'val')
+    with pytest.raises(ValueError, match=r"has 3 class folders but the classifier has 1000 "
+                                         r'classes: calibrate with images of the classes it was '
+                                         r'trained on'):
+        check_calib_data(val, num_classes=1000)
+    paths = check_calib_data(val, num_classes=3)
+    assert len(paths) == 12
+    # round-robin over the classes: any prefix covers them evenly
+    assert [osp.basename(osp.dirname(p)) for p in paths[:3]] == data['classes']
+
+
+def test_calibration_inputs_are_the_eval_pipeline(data):
+    """The preprocessing is timm's evaluation transform (resize SIZE/0.875 bicubic, centre
+    crop, ImageNet mean/std), batched and padded to the input's batch size."""
+    from PIL import Image
+    from timm.data import create_transform
+    paths = check_calib_data(osp.join(data['data_root'], 'val'))[:5]
+    batches = calibration_inputs(paths, (2, 3, SIZE, SIZE), max_images=None)
+    assert [b.shape for b in batches] == [(2, 3, SIZE, SIZE)] * 3
+    ref = create_transform(input_size=SIZE, crop_pct=0.875, interpolation='bicubic')
+    for i, p in enumerate(paths):
+        expected = ref(Image.open(p).convert('RGB')).numpy()
+        np.testing.assert_allclose(batches[i // 2][i % 2], expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(batches[2][1], batches[0][0])  # padded with the first
+
+
+def test_bad_calibration_leaves_the_target_alone(tmp_path, data):
+    """A missing, empty or wrong-count calibration folder stops the export before anything is
+    written: the previous file stays, byte for byte, and nothing is left beside it."""
+    out = tmp_path / 'model.onnx'
+    out.write_bytes(b'previous')
+    model = tiny_model('v1', 'classifier', num_classes=5)
+    val = osp.join(data['data_root'], 'val')
+    for calib, exc, msg in [(str(tmp_path / 'none'), FileNotFoundError, 'does not exist'),
+                            (val, ValueError, 'has 3 class folders but the classifier has 5')]:
+        with pytest.raises(exc, match=msg):
+            export_onnx_int8(model, str(out), SIZE, calib, task='classifier')
+        assert out.read_bytes() == b'previous'
+        assert sorted(os.listdir(tmp_path)) == ['model.onnx']
+
+
+def test_quantize_onnx_file_is_atomic(tmp_path, data):
+    from mmeff.runtime import write_onnx
+    fp32 = str(tmp_path / 'fp32.onnx')
+    write_onnx(tiny_model('v1', 'backbone'), torch.zeros(1, 3, SIZE, SIZE), fp32,
+               method='torchscript')
+    out = tmp_path / 'int8.onnx'
+    out.write_bytes(b'previous')
+    with pytest.raises(ValueError, match=r'calibration input 0 has shape \[1, 3, 32, 32\], the '
+                                         r'model .* takes \[1, 3, 64, 64\]'):
+        quantize_onnx_file(fp32, str(out), [np.zeros((1, 3, 32, 32), np.float32)])
+    with pytest.raises(FileNotFoundError, match='FP32 ONNX model .* does not exist: export it'):
+        quantize_onnx_file(str(tmp_path / 'x.onnx'), str(out), [])
+    assert out.read_bytes() == b'previous'
+    assert sorted(os.listdir(tmp_path)) == ['fp32.onnx', 'int8.onnx']
+
+
+# ----------------------------------------------------------------------------- exports
+@pytest.mark.parametrize('family', ['v1', 'v2'])
+@pytest.mark.parametrize('task', ['classifier', 'backbone'])
+def test_export_onnx_int8(tmp_path, data, family, task):
+    model = tiny_model(family, task)
+    out = str(tmp_path / 'int8.onnx')
+    report = export_onnx_int8(model, out, SIZE, osp.join(data['data_root'], 'train'), task=task)
+    assert report['problems'] == [] and report['path'] == out and osp.isfile(out)
+    assert sorted(os.listdir(tmp_path)) == ['int8.onnx']  # no FP32 copy or staging left
+    assert report['calibration']['images'] == 24
+    # the convolutions and matrix products run in INT8 ...
+    assert report['int8_ops'].get('Conv', 0) >= 4 and report['int8_ops'].get('MatMul', 0) >= 2
+    assert report['op_histogram']['QuantizeLinear'] > 0
+    # ... softmax and the normalisations stay FP32, and the report says why
+    assert report['fp32_ops'].get('Softmax', 0) >= 1
+    assert 'Softmax' in report['kept_fp32_reasons']
+    assert set(report['kept_fp32_reasons']) <= set(KEEP_FP32)
+    if family == 'v1':
+        assert report['fp32_ops'].get('LayerNormalization', 0) >= 1
+    assert report['file_size_bytes'] < report['fp32_file_size_bytes']
+    err = report['int8_vs_fp32']
+    names = [o['name'] for o in report['outputs']]
+    assert list(err['rel_err_per_output']) == names
+    if task == 'backbone':
+        assert names == ['stage0', 'stage1', 'stage2', 'stage3']
+    else:
+        assert names == ['logits'] and 0 <= err['top1_agreement'] <= 1
+    # 8-bit rounding shows, but the INT8 model computes the same function
+    assert 1e-4 < err['rel_err'] < 0.3, err
+    text = format_int8_report(report)
+    assert 'kept FP32: ' in text and 'checks: all passed' in text
+
+
+@pytest.mark.parametrize('family', ['v1', 'v2'])
+def test_int8_classifier_that_learned_keeps_its_top1(tmp_path, data, family):
+    """A classifier trained on the generated classes (tools/benchmark_int8.py's training):
+    the INT8 model's top-1 on the val split stays that of the FP32 model."""
+    from mmeff.deploy import export_onnx
+    tool = load_tool(ROOT, 'benchmark_int8')
+    btype, _, arch = TINY[family]
+    model = tool.train_classifier(arch, data['data_root'], SIZE, steps=25, lr=3e-3,
+                                  log=lambda *_: None, backbone_type=btype)
+    val, train = (osp.join(data['data_root'], s) for s in ('val', 'train'))
+    fp32 = str(tmp_path / 'fp32.onnx')
+    export_onnx(model, fp32, (1, 3, SIZE, SIZE))
+    int8 = str(tmp_path / 'int8.onnx')
+    export_onnx_int8(model, int8, SIZE, train, task='classifier')
+    top_fp32, top_int8 = onnx_top1(fp32, val), onnx_top1(int8, val)
+    assert top_fp32['images'] == 12
+    assert top_fp32['top1'] >= 0.75  # it learned the classes (chance: 1/3)
+    assert top_int8['top1'] >= top_fp32['top1'] - 1 / 12  # at most one image changes
