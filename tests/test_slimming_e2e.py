@@ -3,7 +3,8 @@
 
 The full run (every phase, each from the work dir the previous ones left) is done once per
 module (``searched``) and shared: the checks of what the export refuses, the locks and the
-over-budget flag each work on a copy of its work dir."""
+over-budget flag each work on a copy of its work dir. The tool is a command line over
+:mod:`mmeff.slimming.run`; the phases' own contracts are tested on the library at the end."""
 import json
 import os
 import os.path as osp
@@ -393,3 +394,35 @@ def test_search_and_export_refuse_a_supernet_in_training(slim, searched, repo_ro
             slim.main(_args(repo_root, copy, data, '--phase', phase, *more))
     # the lock of the work dir itself was released on the way out
     assert not (copy / '.mmeff_train.lock').exists()
+
+
+# ---------------------------------------------------------------------------- the library
+def test_train_supernet_resumes_with_the_options_as_typed(tmp_path):
+    """The training phase runs tools/train.py's ``main`` on the run's supernet: the options as
+    typed, the launcher, and ``--resume`` once a checkpoint exists (it is trained once)."""
+    import types
+
+    from mmeff.slimming.run import supernet_train_argv, train_supernet
+    args = types.SimpleNamespace(cfg_options_argv=['train_cfg.max_epochs=1'], launcher='none')
+    run = types.SimpleNamespace(args=args, config='cfg.py', supernet_dir=str(tmp_path),
+                                supernet_checkpoint=lambda: 'epoch_1.pth')
+    fresh = ['cfg.py', '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_epochs=1',
+             '--launcher', 'none']
+    assert supernet_train_argv(run) == fresh
+    (tmp_path / 'last_checkpoint').write_text('epoch_1.pth')
+    calls = []
+    train_supernet(run, calls.append)
+    assert calls == [fresh[:3] + ['--resume'] + fresh[3:]]
+
+
+def test_run_phases_refuses_an_unknown_phase_before_anything(tmp_path):
+    import types
+
+    from mmeff.slimming.run import PHASES, run_phases
+    run = types.SimpleNamespace(work_dir=str(tmp_path / 'slim'))
+    with pytest.raises(ValueError, match=r"unknown slimming phase\(s\) \['serch'\]: choose "
+                                         r"from \['train-supernet', 'build-lut', 'search', "
+                                         r"'export-subnet'\]"):
+        run_phases(run, ['serch'], train_main=None)
+    assert list(PHASES) == ['train-supernet', 'build-lut', 'search', 'export-subnet']
+    assert not (tmp_path / 'slim').exists()

@@ -17,6 +17,7 @@ Builds the model of each config with random weights (no checkpoint is read) and 
   a trained RPN does on a busy image (the count is printed).
 
 Backbone and backbone+neck rows are printed too, since they do not depend on the proposals.
+The counting is :func:`mmeff.benchmark.dense.analyze`.
 """
 import argparse
 import os
@@ -26,87 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-
-def _data_samples(scope: str, height: int, width: int):
-    """The meta information the heads' ``mode='tensor'`` forward needs for one padded image."""
-    meta = dict(img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width),
-                batch_input_shape=(height, width), scale_factor=(1., 1.), img_id=0)
-    if scope == 'mmdet':
-        from mmdet.structures import DetDataSample
-        return [DetDataSample(metainfo=meta)]
-    if scope == 'mmseg':
-        from mmseg.structures import SegDataSample
-        return [SegDataSample(metainfo=meta)]
-    raise ValueError(f'analyze_dense.py handles mmdet and mmseg configs; this config has '
-                     f'default_scope={scope!r}')
-
-
-def analyze(config: str, shape=(800, 1333), cfg_options=None) -> dict:
-    """Params and MACs (whole model, backbone, backbone + neck) of ``config`` at ``shape``.
-
-    Returns:
-        dict: ``params`` / ``macs`` (whole model), ``backbone_params`` / ``backbone_macs``,
-        ``neck_macs`` (backbone + neck), ``num_proposals`` (two-stage detectors, else None),
-        ``shape`` and ``config``.
-    """
-    import torch
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import MODELS, init_default_scope
-
-    from mmeff.benchmark import count_macs, count_params
-    from mmeff.engine import prepare_config
-
-    height, width = shape
-    if height < 32 or width < 32:
-        raise ValueError(f'--shape {height} {width}: both sides must be at least 32 pixels')
-    cfg = prepare_config(config, cfg_options=cfg_options)
-    rpn_test = (cfg.model.get('test_cfg') or {}).get('rpn')
-    if rpn_test and rpn_test.get('nms'):
-        rpn_test.nms.iou_threshold = 1.0  # keep max_per_img proposals (see the module doc)
-    scope = cfg.get('default_scope')
-    if scope not in ('mmdet', 'mmseg'):
-        raise ValueError(f'{config}: analyze_dense.py handles mmdet and mmseg configs; this one '
-                         f'has default_scope={scope!r}')
-    init_default_scope(scope)
-    if scope == 'mmseg':
-        import mmseg.models  # noqa: F401  (registers the segmentors)
-    else:
-        import mmdet.models  # noqa: F401
-    model = revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
-    x = torch.zeros(1, 3, height, width)
-    samples = _data_samples(scope, height, width)
-
-    num_proposals = None
-    if scope == 'mmdet' and getattr(model, 'with_rpn', False):
-        with torch.no_grad():
-            feats = model.extract_feat(x)
-            num_proposals = len(model.rpn_head.predict(feats, samples, rescale=False)[0])
-
-    class _TensorForward(torch.nn.Module):
-        """The model's ``mode='tensor'`` forward with fixed data samples, for tracing."""
-
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, inputs):
-            return self.net(inputs, samples, mode='tensor')
-
-    class _Neck(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, inputs):
-            return self.net.extract_feat(inputs)
-
-    return dict(
-        config=config, shape=(height, width),
-        params=count_params(model), macs=count_macs(_TensorForward(model), x),
-        backbone_params=count_params(model.backbone),
-        backbone_macs=count_macs(model.backbone, x),
-        neck_macs=count_macs(_Neck(model), x),
-        num_proposals=num_proposals)
+from mmeff.benchmark.dense import analyze, format_rows  # noqa: E402
 
 
 def main(argv=None):
@@ -120,24 +41,8 @@ def main(argv=None):
     parser.add_argument('--markdown', action='store_true', help='print a Markdown table')
     args = parser.parse_args(argv)
     rows = [analyze(c, tuple(args.shape), args.cfg_options) for c in args.configs]
-    h, w = args.shape
-    if args.markdown:
-        print(f'| config | params (M) | GMACs @{w}x{h} | backbone params (M) | '
-              f'backbone GMACs | backbone+neck GMACs | proposals |')
-        print('|---|---|---|---|---|---|---|')
-    for r in rows:
-        name = os.path.splitext(os.path.basename(r['config']))[0]
-        if args.markdown:
-            print(f"| {name} | {r['params'] / 1e6:.1f} | {r['macs'] / 1e9:.1f} | "
-                  f"{r['backbone_params'] / 1e6:.1f} | {r['backbone_macs'] / 1e9:.1f} | "
-                  f"{r['neck_macs'] / 1e9:.1f} | {r['num_proposals'] or '-'} |")
-        else:
-            print(f"{name} @ {w}x{h}: {r['params'] / 1e6:.2f} M params, "
-                  f"{r['macs'] / 1e9:.2f} GMACs (backbone {r['backbone_params'] / 1e6:.2f} M, "
-                  f"{r['backbone_macs'] / 1e9:.2f} GMACs; backbone+neck "
-                  f"{r['neck_macs'] / 1e9:.2f} GMACs"
-                  + (f"; RoI heads on {r['num_proposals']} proposals" if r['num_proposals']
-                     is not None else '') + ')')
+    for line in format_rows(rows, markdown=args.markdown):
+        print(line)
     return rows
 
 

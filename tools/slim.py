@@ -33,11 +33,10 @@ from what the earlier ones saved in the work dir (default work_dirs/slim/<config
 
 ``--phase all`` (the default) checks every argument, then runs the four in order. Every phase
 holds the work dir's lock; the search and the export also wait for no supernet training.
+The phases are :mod:`mmeff.slimming.run`'s; this file turns the command line into its run.
 """
 import argparse
 import importlib.util
-import json
-import os
 import os.path as osp
 import sys
 
@@ -45,9 +44,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mmeff.slimming.run import SlimRun, export_subnets, search  # noqa: E402
-
-PHASES = ('train-supernet', 'build-lut', 'search', 'export-subnet')
+from mmeff.slimming import run as slimming  # noqa: E402
+from mmeff.slimming.run import PHASES, SlimRun  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -108,7 +106,7 @@ def parse_args(argv=None):
     return args
 
 
-# The paths of one run, its checks, search and export: mmeff.slimming.run
+# The paths of one run, its checks and phases: mmeff.slimming.run
 Run = SlimRun
 
 
@@ -121,134 +119,16 @@ def _tool(name: str):
     return module
 
 
-# ---------------------------------------------------------------------------- phases
 def train_supernet(run: Run) -> None:
-    argv = [run.config, '--work-dir', run.supernet_dir]
-    if osp.isfile(osp.join(run.supernet_dir, 'last_checkpoint')):
-        argv.append('--resume')
-    if run.args.cfg_options_argv:
-        argv += ['--cfg-options'] + run.args.cfg_options_argv
-    # Under torchrun/srun every process trains its share (tools/train.py checks the launcher's
-    # environment first: --launcher without torchrun is one line, before anything is written).
-    argv += ['--launcher', getattr(run.args, 'launcher', 'none')]
-    _tool('train').main(argv)
-    print(f'Supernet: {run.supernet_checkpoint()}')
-
-
-LUT_CHECK_NETWORKS = 20  # held-out networks the table is judged on (issue: at least 20)
-_LUT_FLAGS = dict(threads='--threads', warmup='--warmup', reps='--reps',
-                  compute_units='--compute-units')
-
-
-def _resumable_table(run: Run):
-    """The table ``build-lut`` left in the work dir (to complete), or ``None``; one that
-    cannot be completed with these arguments is refused with the file to delete or the
-    ``--work-dir`` to use."""
-    from mmeff.slimming import lut
-    args, path = run.args, run.lut_path
-    if not osp.isfile(path):
-        return None
-    table = lut.load(path)  # unreadable or invalid: names the file to delete
-    try:
-        lut.check_extendable(table, args.backend, run.input_size, run.space,
-                             threads=args.threads, warmup=args.warmup, reps=args.reps,
-                             num_classes=run.num_classes, compute_units=args.compute_units,
-                             path=path, keep='give another --work-dir to keep it')
-    except lut.TableSettingsError as exc:
-        if not all(k in _LUT_FLAGS for k in exc.differ):
-            raise
-        flags = ' '.join(f'{_LUT_FLAGS[k]} {t}' for k, (t, _) in exc.differ.items())
-        had = ', '.join(f'{k}={t!r}' for k, (t, _) in exc.differ.items())
-        asked = ', '.join(f'{k}={a!r}' for k, (_, a) in exc.differ.items())
-        raise lut.TableSettingsError(
-            f'{path} was measured with {had}, not {asked}: run build-lut with {flags} to '
-            f'complete it (settings are not mixed in one table), or delete it to measure a new '
-            f'table with the new settings, or give another --work-dir', exc.differ) from None
-    return table
-
-
-def _write_json_atomic(data: dict, path: str) -> None:
-    from mmeff.engine.checkpointing import write_text_atomic
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=1) + '\n')
-
-
-def _unfinished_check(path: str):
-    """The accuracy check an interrupted ``build-lut`` saved (its networks are not measured
-    again), or ``None``."""
-    if not osp.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            check = json.load(f)
-    except (OSError, ValueError):
-        print(f'warning: {path} is unreadable; the accuracy check is measured again',
-              file=sys.stderr)
-        return None
-    return check if isinstance(check, dict) and check.get('complete') is False else None
-
-
-def build_lut(run: Run) -> None:
-    from mmeff.slimming import lut
-    args = run.args
-    table = _resumable_table(run)  # resume: measure only the missing pieces
-    # saved after every chunk of pieces: a kill loses at most the chunk being measured
-    table = lut.build_lut(run.space, args.backend, run.input_size, table=table,
-                          threads=args.threads, warmup=args.warmup, reps=args.reps,
-                          num_classes=run.num_classes, compute_units=args.compute_units,
-                          save_to=run.lut_path)
-    print(f'Latency table: {run.lut_path} (measured on {lut.device_of(table)})')
-    resume = _unfinished_check(run.lut_check_path)
-    if resume:
-        print(f"Resuming the accuracy check in {run.lut_check_path} "
-              f"({len(resume.get('networks', []))} networks measured)")
-    check = lut.lut_accuracy(table, run.space, n=LUT_CHECK_NETWORKS, seed=0, resume=resume,
-                             on_network=lambda c: _write_json_atomic(c, run.lut_check_path))
-    _write_json_atomic(check, run.lut_check_path)
-    lut.save(lut.with_accuracy(table, check, run.lut_check_path), run.lut_path)
-    print(f"Predicted vs measured latency of {check['num_networks']} held-out random networks "
-          f"of the space: {check['within_10pct']:.0%} within +-10 %, {check['within_5pct']:.0%} "
-          f"within +-5 %, mean |error| {check['mean_abs_rel_err']:.1%}, worst "
-          f"{check['worst_rel_err']:+.1%}, RMSE {check['rmse_ms']:.4g} ms")
-    print(f"Measurement noise (each network timed twice): mean "
-          f"{check['noise_mean_abs_rel']:.1%}, worst {check['noise_worst_rel']:+.1%}")
-    if 'mean_abs_rel_err_same_run' in check:
-        drift = sorted(n['piece_drift'] for n in check['networks'])[len(check['networks']) // 2]
-        print(f"Against its pieces timed again beside it: mean "
-              f"{check['mean_abs_rel_err_same_run']:.1%}, worst "
-              f"{check['worst_rel_err_same_run']:+.1%} (pieces now {drift:.2f}x their "
-              f"time in the table)")
-    print(f'Accuracy check: {run.lut_check_path} (its statistics also in {run.lut_path})')
-    if check['within_10pct'] < 0.95:
-        print(f"warning: only {check['within_10pct']:.0%} of the networks are predicted within "
-              f"+-10 % (target 95 %; measurement noise {check['noise_mean_abs_rel']:.1%}): "
-              f'other processes competing for the cores and few repetitions make timings '
-              f'noisy; measure on an idle machine with more --reps: delete {run.lut_path} '
-              f'(existing pieces are kept) or give another --work-dir, and run --phase '
-              f'build-lut again', file=sys.stderr)
+    """Phase ``train-supernet``: tools/train.py on the run's supernet config."""
+    slimming.train_supernet(run, _tool('train').main)
 
 
 def main(argv=None) -> int:
-    from mmeff.engine.workdir_lock import global_rank, lock_work_dir
-    from mmeff.slimming.run import preflight
     args = parse_args(argv)
     run = Run(args)
     phases = list(PHASES if args.phase == 'all' else (args.phase,))
-    preflight(run, phases)  # every argument, before an hour of training
-    if 'build-lut' in phases:
-        _resumable_table(run)  # a kept table these settings cannot complete: now, not later
-    steps = dict(zip(PHASES, (train_supernet, build_lut, search, export_subnets)))
-    # one slimming run per work dir: two searches or table builds would replace each other's
-    # results (train-supernet's tools/train.py also locks supernet/ for itself)
-    launcher = getattr(args, 'launcher', 'none')
-    with lock_work_dir(run.work_dir, launcher, activity='slimming run',
-                       harm="replace each other's latency tables, trajectories and subnets"):
-        for phase in phases:
-            if phase != 'train-supernet' and global_rank(launcher) != 0:
-                continue  # under torchrun/srun, one process measures, searches and exports
-            print(f'== {phase}')
-            with run.locked(phase):
-                steps[phase](run)
+    slimming.run_phases(run, phases, lambda train_argv: _tool('train').main(train_argv))
     print(f'Work dir: {osp.abspath(run.work_dir)}')
     return 0
 

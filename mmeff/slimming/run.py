@@ -1,5 +1,5 @@
-"""The phases of ``tools/slim.py`` after supernet training and table building: a slimming run's
-work dir, the checks that keep its outputs consistent, the search and the subnet export.
+"""The phases of a slimming run (``tools/slim.py``): its work dir, the checks that keep its
+outputs consistent, supernet training, the latency table, the search and the subnet export.
 
 A work dir (default ``work_dirs/slim/<config name>/``) holds::
 
@@ -12,10 +12,16 @@ A work dir (default ``work_dirs/slim/<config name>/``) holds::
         configs/<name>_{in1k,mask_rcnn,fpn}.py   # training recipes for it
         configs/<name>_eval.py     # tools/test.py <it> subnets/<name>.pth: its accuracy
 
+Each phase is a function of a :class:`SlimRun` (:data:`PHASES`: :func:`train_supernet`,
+:func:`build_lut`, :func:`search`, :func:`export_subnets`); :func:`run_phases` checks every
+argument, takes the locks and runs them in order.
+
 What keeps these consistent (each checked, each mismatch refused with the fix):
 
 * every phase holds the work dir's lock (:mod:`mmeff.engine.workdir_lock`), and the search
   and the export also hold the supernet dir's: no search of a supernet still training;
+* a latency table is completed only with the settings it was measured with
+  (:func:`resumable_table`), and an interrupted accuracy check resumes where it stopped;
 * the trajectory records what it was searched with: the supernet checkpoint (path and
   SHA-256), the latency table (path, SHA-256, device), the input size, the budgets as given,
   and the calibration and validation images (:mod:`mmeff.slimming.calib`). The export refuses
@@ -30,11 +36,18 @@ import json
 import os
 import os.path as osp
 import sys
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from .budgets import SUPERNET, parse_budgets, reference_names, resolve_budgets
 
 DEFAULT_CALIB_BATCHES = 4
+PHASES = ('train-supernet', 'build-lut', 'search', 'export-subnet')
+# Held-out random networks of the space the latency table is judged on (at least 20 for a
+# +-10 % rate that means something).
+LUT_CHECK_NETWORKS = 20
+# The table's measurement settings and the tools/slim.py flags that set them.
+_LUT_FLAGS = dict(threads='--threads', warmup='--warmup', reps='--reps',
+                  compute_units='--compute-units')
 
 
 def file_sha256(path: str) -> str:
@@ -217,6 +230,133 @@ def _resolve(run: SlimRun, table: dict):
     return ms, labels, reference, predict
 
 
+# ---------------------------------------------------------------------------- train-supernet
+def supernet_train_argv(run: SlimRun) -> List[str]:
+    """The ``tools/train.py`` arguments that train the run's supernet into ``supernet/``:
+    resumed from its last checkpoint when there is one (the expensive step runs once), with
+    the run's ``--cfg-options`` as typed and its launcher (under torchrun/srun every process
+    trains its share)."""
+    argv = [run.config, '--work-dir', run.supernet_dir]
+    if osp.isfile(osp.join(run.supernet_dir, 'last_checkpoint')):
+        argv.append('--resume')
+    if run.args.cfg_options_argv:
+        argv += ['--cfg-options'] + run.args.cfg_options_argv
+    argv += ['--launcher', getattr(run.args, 'launcher', 'none')]
+    return argv
+
+
+def train_supernet(run: SlimRun, train_main: Callable[[List[str]], object]) -> None:
+    """Phase ``train-supernet``: ``train_main`` (``tools/train.py``'s ``main``, which checks
+    the launcher's environment before anything is written) on :func:`supernet_train_argv`."""
+    train_main(supernet_train_argv(run))
+    print(f'Supernet: {run.supernet_checkpoint()}')
+
+
+# ---------------------------------------------------------------------------- build-lut
+def resumable_table(run: SlimRun) -> Optional[dict]:
+    """The table ``build-lut`` left in the work dir (to complete), or ``None``; one that
+    cannot be completed with these arguments is refused with the file to delete or the
+    ``--work-dir`` to use.
+
+    Raises:
+        LatencyTableError: an unreadable table, or one of another backend, size or space.
+        TableSettingsError: a table measured with other ``--threads``/``--warmup``/``--reps``/
+            ``--compute-units``, naming the flags that complete it.
+    """
+    from mmeff.slimming import lut
+    args, path = run.args, run.lut_path
+    if not osp.isfile(path):
+        return None
+    table = lut.load(path)  # unreadable or invalid: names the file to delete
+    try:
+        lut.check_extendable(table, args.backend, run.input_size, run.space,
+                             threads=args.threads, warmup=args.warmup, reps=args.reps,
+                             num_classes=run.num_classes, compute_units=args.compute_units,
+                             path=path, keep='give another --work-dir to keep it')
+    except lut.TableSettingsError as exc:
+        if not all(k in _LUT_FLAGS for k in exc.differ):
+            raise
+        flags = ' '.join(f'{_LUT_FLAGS[k]} {t}' for k, (t, _) in exc.differ.items())
+        had = ', '.join(f'{k}={t!r}' for k, (t, _) in exc.differ.items())
+        asked = ', '.join(f'{k}={a!r}' for k, (_, a) in exc.differ.items())
+        raise lut.TableSettingsError(
+            f'{path} was measured with {had}, not {asked}: run build-lut with {flags} to '
+            f'complete it (settings are not mixed in one table), or delete it to measure a new '
+            f'table with the new settings, or give another --work-dir', exc.differ) from None
+    return table
+
+
+def _write_json_atomic(data: dict, path: str) -> None:
+    from mmeff.engine.checkpointing import write_text_atomic
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=1) + '\n')
+
+
+def _unfinished_check(path: str) -> Optional[dict]:
+    """The accuracy check an interrupted ``build-lut`` saved (its networks are not measured
+    again), or ``None``."""
+    if not osp.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            check = json.load(f)
+    except (OSError, ValueError):
+        print(f'warning: {path} is unreadable; the accuracy check is measured again',
+              file=sys.stderr)
+        return None
+    return check if isinstance(check, dict) and check.get('complete') is False else None
+
+
+def build_lut(run: SlimRun) -> dict:
+    """Phase ``build-lut``: measure (or complete) the latency table of the run's space into
+    ``lut_<backend>.json``, saved after every chunk of pieces (a kill loses at most the chunk
+    being measured), then check its predictions against :data:`LUT_CHECK_NETWORKS` held-out
+    whole networks (``lut_<backend>_accuracy.json``, saved after every network). Returns the
+    table with the check's statistics."""
+    from mmeff.slimming import lut
+    args = run.args
+    table = resumable_table(run)  # resume: measure only the missing pieces
+    table = lut.build_lut(run.space, args.backend, run.input_size, table=table,
+                          threads=args.threads, warmup=args.warmup, reps=args.reps,
+                          num_classes=run.num_classes, compute_units=args.compute_units,
+                          save_to=run.lut_path)
+    print(f'Latency table: {run.lut_path} (measured on {lut.device_of(table)})')
+    resume = _unfinished_check(run.lut_check_path)
+    if resume:
+        print(f"Resuming the accuracy check in {run.lut_check_path} "
+              f"({len(resume.get('networks', []))} networks measured)")
+    check = lut.lut_accuracy(table, run.space, n=LUT_CHECK_NETWORKS, seed=0, resume=resume,
+                             on_network=lambda c: _write_json_atomic(c, run.lut_check_path))
+    _write_json_atomic(check, run.lut_check_path)
+    table = lut.with_accuracy(table, check, run.lut_check_path)
+    lut.save(table, run.lut_path)
+    _print_lut_check(run, check)
+    return table
+
+
+def _print_lut_check(run: SlimRun, check: dict) -> None:
+    print(f"Predicted vs measured latency of {check['num_networks']} held-out random networks "
+          f"of the space: {check['within_10pct']:.0%} within +-10 %, {check['within_5pct']:.0%} "
+          f"within +-5 %, mean |error| {check['mean_abs_rel_err']:.1%}, worst "
+          f"{check['worst_rel_err']:+.1%}, RMSE {check['rmse_ms']:.4g} ms")
+    print(f"Measurement noise (each network timed twice): mean "
+          f"{check['noise_mean_abs_rel']:.1%}, worst {check['noise_worst_rel']:+.1%}")
+    if 'mean_abs_rel_err_same_run' in check:
+        drift = sorted(n['piece_drift'] for n in check['networks'])[len(check['networks']) // 2]
+        print(f"Against its pieces timed again beside it: mean "
+              f"{check['mean_abs_rel_err_same_run']:.1%}, worst "
+              f"{check['worst_rel_err_same_run']:+.1%} (pieces now {drift:.2f}x their "
+              f"time in the table)")
+    print(f'Accuracy check: {run.lut_check_path} (its statistics also in {run.lut_path})')
+    if check['within_10pct'] < 0.95:
+        print(f"warning: only {check['within_10pct']:.0%} of the networks are predicted within "
+              f"+-10 % (target 95 %; measurement noise {check['noise_mean_abs_rel']:.1%}): "
+              f'other processes competing for the cores and few repetitions make timings '
+              f'noisy; measure on an idle machine with more --reps: delete {run.lut_path} '
+              f'(existing pieces are kept) or give another --work-dir, and run --phase '
+              f'build-lut again', file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------- search
 def search(run: SlimRun) -> dict:
     """Greedy slimming over the run's budgets; writes ``search_<backend>/trajectory.*`` and
@@ -278,7 +418,7 @@ def check_trajectory(run: SlimRun, trajectory: dict, table: dict) -> dict:
     another input size, a rebuilt latency table, a newer supernet checkpoint. Returns the
     trajectory's ``meta``."""
     path = run.trajectory_path
-    again = f'run --phase search again (its budgets: --budgets {{}})'
+    again = 'run --phase search again (its budgets: --budgets {})'
     meta = trajectory.get('meta')
     needed = ('supernet', 'latency_table', 'input_size', 'budgets', 'calibration')
     if not isinstance(meta, dict) or any(k not in meta for k in needed) or not isinstance(
@@ -446,5 +586,43 @@ def _print_export(trajectory: dict, paths: dict) -> None:
     print(f"Wrote {paths['markdown']}")
 
 
-__all__ = ['SlimRun', 'file_sha256', 'preflight', 'search', 'check_trajectory',
-           'export_subnets']
+# ---------------------------------------------------------------------------- all phases
+def run_phases(run: SlimRun, phases: Sequence[str],
+               train_main: Callable[[List[str]], object]) -> None:
+    """Run ``phases`` (in :data:`PHASES` order) of ``run``: every argument they use is checked
+    first (an hour of supernet training must not end in a budget typo), then each runs under
+    the work dir's lock (one slimming run per work dir: two searches or table builds would
+    replace each other's results) and the locks it needs itself (:meth:`SlimRun.locked`).
+    Under torchrun/srun (``--launcher``) every process trains its share of the supernet; the
+    table, the search and the export are rank 0's.
+
+    Args:
+        run (SlimRun): the run.
+        phases (Sequence[str]): names from :data:`PHASES`.
+        train_main (callable): ``tools/train.py``'s ``main`` (see :func:`train_supernet`).
+    """
+    from mmeff.engine.workdir_lock import global_rank, lock_work_dir
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        raise ValueError(f'unknown slimming phase(s) {unknown}: choose from {list(PHASES)}')
+    phases = [p for p in PHASES if p in phases]
+    preflight(run, phases)
+    if 'build-lut' in phases:
+        resumable_table(run)  # a kept table these settings cannot complete: now, not later
+    steps = {'train-supernet': lambda r: train_supernet(r, train_main), 'build-lut': build_lut,
+             'search': search, 'export-subnet': export_subnets}
+    launcher = getattr(run.args, 'launcher', 'none')
+    # train-supernet's tools/train.py also locks supernet/ for itself
+    with lock_work_dir(run.work_dir, launcher, activity='slimming run',
+                       harm="replace each other's latency tables, trajectories and subnets"):
+        for phase in phases:
+            if phase != 'train-supernet' and global_rank(launcher) != 0:
+                continue
+            print(f'== {phase}')
+            with run.locked(phase):
+                steps[phase](run)
+
+
+__all__ = ['PHASES', 'SlimRun', 'file_sha256', 'preflight', 'supernet_train_argv',
+           'train_supernet', 'resumable_table', 'build_lut', 'search', 'check_trajectory',
+           'export_subnets', 'run_phases']
