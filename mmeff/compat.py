@@ -136,6 +136,19 @@ def patch_atomic_checkpoint_save() -> None:
     ckpt_mod.save_checkpoint = save_checkpoint
 
 
+def import_timm() -> None:
+    """Import timm with the ``FutureWarning`` its first import prints on torch 2.14 silenced:
+    timm 1.0.22's ``timm/models/hrnet.py`` uses ``torch.jit.interface``, which torch deprecates
+    (``torch/jit/_script.py``). It is a fact about the pinned stack that the user can do nothing
+    about, printed by every tool on every run; only that message is silenced, only for this
+    import (``mmeff.models`` imports timm here first)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'`torch\.jit\.interface` is deprecated',
+                                category=FutureWarning)
+        import timm  # noqa: F401
+
+
 def patch_timm_posterize() -> None:
     """DeiT's RandAugment policy ``rand-m9-mstd0.5-inc1`` (the authors' recipe) uses timm's
     ``PosterizeIncreasing``, which keeps ``4 - int(level / 10 * 4)`` bits: at the top magnitude
@@ -145,6 +158,7 @@ def patch_timm_posterize() -> None:
     timm 1.0.22 passes 0 through unchanged. Keep the old meaning (0 bits: black image) by
     replacing timm's posterize op in its op table (``AugmentOp`` looks it up there when built).
     """
+    import_timm()
     from timm.data import auto_augment as aa
     original = aa.posterize
     if getattr(original, '_mmeff_zero_bits', False):

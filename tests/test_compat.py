@@ -133,6 +133,15 @@ def test_import_mmeff_is_light():
     assert out.stdout.strip() == '[]', out.stdout + out.stderr
 
 
+def test_importing_the_models_prints_no_warning_of_the_stack():
+    """timm's first import warns that torch.jit.interface is deprecated, on every tool's run:
+    nothing a user can act on, silenced where mmeff.models imports timm."""
+    out = subprocess.run([sys.executable, '-W', 'default', '-c', 'import mmeff.models'],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'torch.jit.interface' not in out.stderr, out.stderr[-3000:]
+
+
 def test_randaugment_zero_bit_posterize_is_black_not_an_error():
     """DeiT's rand-m9-mstd0.5-inc1 can draw PosterizeIncreasing at level 10 (0 bits kept)."""
     import numpy as np
