@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 
+from mmeff.checkpoint import load_backbone_state_dict  # noqa: F401  (public here too)
 from mmeff.registry import MODELS
 from ..families import register_family
 from ..layers import Meta3D, Meta4D
