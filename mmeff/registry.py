@@ -13,8 +13,10 @@ from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmeff', locations=['mmeff.models'])
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmeff', locations=['mmeff.datasets'])
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmeff', locations=['mmeff.datasets'])
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='mmeff',
+                    locations=['mmeff.datasets'])
+TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='mmeff',
+                      locations=['mmeff.datasets'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mmeff', locations=['mmeff.evaluation'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmeff', locations=['mmeff.engine'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='mmeff',

@@ -11,7 +11,7 @@ from mmeff.models import EfficientFormer
 from mmeff.models.backbones import load_backbone_state_dict
 from mmeff.models.families import FAMILIES
 
-from helpers import randomise_, rel_err, timm_efficientformer
+from helpers import rel_err, timm_efficientformer
 
 ARCHS = ['l1', 'l3', 'l7']
 
@@ -99,7 +99,7 @@ def backbone_from_timm(arch, seed=0, **kwargs):
     sd = convert_timm(ref.state_dict())
     model = EfficientFormer(arch, out_norm_cfg=None, **kwargs).eval()
     bb = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
-    missing, unexpected = model.load_state_dict(bb, strict=True), None
+    model.load_state_dict(bb, strict=True)
     return ref, model
 
 

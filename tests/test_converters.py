@@ -137,8 +137,8 @@ def test_bad_checkpoint_files(tmp_path, repo_root):
 
 
 def test_pretrained_init_errors(tmp_path):
-    model = EfficientFormer('l1', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'x.pth'),
-                                                  prefix='backbone.'))
+    model = EfficientFormer('l1', init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'x.pth'), prefix='backbone.'))
     with pytest.raises(FileNotFoundError, match='convert_checkpoint.py'):
         model.init_weights()
     ckpt = tmp_path / 'raw_timm.pth'

@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/analyze.py [--archs ARCH ...] [--shape 224 224] [--no-head]
         [--count-timm] [--out FILE.json]
-    .venv/bin/python tools/analyze.py --archs '{"depths": [1, 1, 3, 2], "widths": [32, 64, 96, 128], "num_vit": 3}'
+    .venv/bin/python tools/analyze.py --archs "$ARCH"
+        with e.g. ARCH='{"depths": [1, 1, 3, 2], "widths": [32, 64, 96, 128], "num_vit": 3}'
 
 An ``--archs`` entry is a name of a registered family's arch (V1: l1, l3, l7; V2: s0, s1, s2, l;
 default: all of them) or a V1 arch dict as JSON (e.g. one that ``tools/slim.py`` found).

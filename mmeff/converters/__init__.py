@@ -98,9 +98,11 @@ def detect_layout(sd: Dict[str, torch.Tensor]) -> str:
                 f"network.*) and mmpretrain's backbones (backbone.patch_embed.N.conv.*); convert "
                 f"the ImageNet checkpoint the dense model started from instead")
         return 'mmpretrain'
-    if any(k.startswith('patch_embed.') for k in keys) and any(k.startswith('network.') for k in keys):
+    if any(k.startswith('patch_embed.') for k in keys) \
+            and any(k.startswith('network.') for k in keys):
         return 'authors'
-    if any(k.startswith('stem.conv1.') for k in keys) and any(k.startswith('stages.') for k in keys):
+    if any(k.startswith('stem.conv1.') for k in keys) \
+            and any(k.startswith('stages.') for k in keys):
         return 'timm'
     raise CheckpointError('unknown checkpoint layout: not mmeff, authors, timm or mmpretrain '
                           f'EfficientFormer or EfficientFormerV2 (first keys: {keys[:4]})')

@@ -396,7 +396,8 @@ def check_model_channels(cfg: Config) -> None:
         return
     bb = cfg.model.backbone
     from mmeff.models.families import family_of
-    arch = bb.get('arch', family_of(bb['type']).default_arch)
+    family = family_of(bb['type'])
+    arch = bb.get('arch', family.default_arch)
     out = _efficientformer_out_channels(bb)
     details = '; '.join(
         f'{path} is {cli_value(have)}, the backbone needs {cli_value(want)}' if want is not None
@@ -407,7 +408,7 @@ def check_model_channels(cfg: Config) -> None:
     fix = f'Set --cfg-options {assignments}' if assignments else 'Set the in_index entries'
     indices = bb.get('out_indices', (0, 1, 2, 3))
     raise ValueError(
-        f'model.backbone ({kind} arch={arch!r}, out_indices={cli_value(indices)}) '
+        f'model.backbone ({family.name} arch={arch!r}, out_indices={cli_value(indices)}) '
         f'returns maps of {out} channels, which the modules after it do not take: {details}. '
         f'{fix} (or change the backbone back)')
 

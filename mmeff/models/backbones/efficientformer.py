@@ -166,7 +166,6 @@ class EfficientFormer(EfficientFormerBase):
                           with_cp)
 
         depths, widths = self.arch['depths'], self.arch['widths']
-        num_vit = self.arch['num_vit']
         mlp_ratios = self.arch['mlp_ratios']
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
 

@@ -6,8 +6,9 @@ norm) -> LayerNorm over the tokens -> token mean -> ``head`` and ``dist_head``; 
 logits are the average of the two heads. V2 (``EfficientFormerV2``) as the authors' and timm's
 ``EfficientFormerV2``: BatchNorm2d -> global average pool -> the same two heads. The state
 dict is mmeff's checkpoint layout (``mmeff.converters``): ``backbone.*``, ``head.norm.*``,
-``head.head.*``, ``head.dist_head.*`` (V2: timm's ``norm``, ``head``, ``head_dist``), so converted authors'/timm/mmpretrain checkpoints load with no missing key and the
-``backbone.*`` part initialises detection/segmentation backbones (``prefix='backbone.'``).
+``head.head.*``, ``head.dist_head.*`` (V2: timm's ``norm``, ``head``, ``head_dist``), so
+converted authors'/timm/mmpretrain checkpoints load with no missing key and the ``backbone.*``
+part initialises detection/segmentation backbones (``prefix='backbone.'``).
 
 Training follows DeiT/the authors' ``main.py``: timm's ``Mixup`` (mixup + cutmix, with the
 label smoothing folded into the soft targets) on the batch, timm's ``SoftTargetCrossEntropy``
@@ -15,7 +16,7 @@ label smoothing folded into the soft targets) on the batch, timm's ``SoftTargetC
 ``dist_head`` from a frozen timm teacher on the same mixed images (``distillation.py``).
 """
 import copy
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -255,7 +256,8 @@ class EfficientFormerClassifier(BaseModel):
                              f'arguments)')
         cfg = dict(mixup_alpha=0., cutmix_alpha=0.)
         cfg.update(mixup)
-        if cfg['mixup_alpha'] <= 0 and cfg['cutmix_alpha'] <= 0 and cfg.get('cutmix_minmax') is None:
+        if cfg['mixup_alpha'] <= 0 and cfg['cutmix_alpha'] <= 0 \
+                and cfg.get('cutmix_minmax') is None:
             raise ValueError('mixup is set but mixup_alpha and cutmix_alpha are both 0: set one '
                              'of them > 0, or mixup=None to train without mixing')
         return Mixup(label_smoothing=self.label_smoothing, num_classes=self.num_classes, **cfg)
