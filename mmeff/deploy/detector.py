@@ -27,9 +27,11 @@ What is exported (:class:`DetectorExport`), for one fixed input size ``(H, W)``:
      ``score_thr`` yields one detection where mmdet (and the ONNX export) may yield two; and
      there is no ``nms_pre`` step (all anchors go to the op).
 
-Only single-stage detectors whose head mmdet decodes with anchors and ``DeltaXYWHBBoxCoder``
-(RetinaNet) are exported; other detectors, and backbones that are not mmeff's, are refused with
-the reason. Mask R-CNN: see docs/deployment.md ("Whole detector").
+Exported: RetinaNet (a single-stage head that mmdet decodes with anchors and
+``DeltaXYWHBBoxCoder``, above) and Mask R-CNN (:mod:`mmeff.deploy.mask_rcnn`: RPN, RoIAlign,
+box head, NMS and mask head in one ONNX graph, ``boxes, scores, labels, masks`` out; Core ML
+refused, with the reason). Other detectors (Cascade Mask R-CNN among them), and backbones that
+are not mmeff's, are refused with the reason.
 """
 import copy
 import os.path as osp
@@ -47,9 +49,10 @@ from .fuse import fuse_model, fusion_report, parse_input_size
 from .output import StagedOutput, place_checked
 
 FORMATS = ('onnx', 'coreml')
-DETECTORS = ('RetinaNet',)
+DETECTORS = ('RetinaNet', 'MaskRCNN')
 BACKBONES = ('EfficientFormer', 'EfficientFormerV2')
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
+ONNX_OPSET = 17  # RoiAlign's half_pixel mode (mmcv's aligned=True) needs 16
 MIN_SIZE = 32  # one token after the stride-32 stage
 
 
@@ -58,15 +61,36 @@ def _short_type(t) -> str:
     return str(t).split('.')[-1]
 
 
-def load_detector_config(config: str):
-    """Read ``config`` and check that it is a detector this module exports; returns the
-    :class:`mmengine.Config`."""
+def apply_cfg_options(cfg, cfg_options: Optional[dict]):
+    """Merge ``cfg_options`` (``--cfg-options KEY=VALUE`` of the tools) into ``cfg`` as the
+    train/test tools do: a misspelt top-level key or an override that would change nothing
+    is refused; ``data_root``/``pretrained`` are carried into the entries built from them.
+    Returns ``cfg``."""
+    if not cfg_options:
+        return cfg
+    if not isinstance(cfg_options, dict):
+        raise TypeError(f'cfg_options must be a dict of KEY: VALUE, got '
+                        f'{type(cfg_options).__name__}')
+    from mmeff.engine.cfg_checks import check_cfg_option_keys
+    from mmeff.engine.launch import (PROPAGATED_VARIABLES, check_variable_overrides,
+                                     propagate_variables)
+    check_cfg_option_keys(cfg, cfg_options)
+    check_variable_overrides(cfg, cfg_options)
+    before = {name: cfg.get(name) for name in PROPAGATED_VARIABLES}
+    cfg.merge_from_dict(cfg_options)
+    propagate_variables(cfg, before, cfg_options)
+    return cfg
+
+
+def load_detector_config(config: str, cfg_options: Optional[dict] = None):
+    """Read ``config`` (with ``cfg_options`` merged, :func:`apply_cfg_options`) and check that
+    it is a detector this module exports; returns the :class:`mmengine.Config`."""
     from mmengine.config import Config
     if not isinstance(config, str) or not config.endswith('.py'):
         raise ValueError(f'config must be the path of an mmdet config file (.py), got {config!r}')
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config!r} does not exist')
-    cfg = Config.fromfile(config)
+    cfg = apply_cfg_options(Config.fromfile(config), cfg_options)
     model = cfg.get('model')
     if model is None:
         raise ValueError(f'config {config!r} has no `model` dict')
@@ -78,12 +102,17 @@ def load_detector_config(config: str):
             f"({', '.join('mmeff.' + b for b in BACKBONES)}). export_detector folds and caches "
             f'what is specific to EfficientFormer; export other backbones with mmdeploy')
     mtype = _short_type(model.get('type'))
+    if mtype == 'CascadeRCNN':
+        from .mask_rcnn import CASCADE_REFUSAL
+        raise ValueError(f'config {config!r}: {CASCADE_REFUSAL}')
     if mtype not in DETECTORS:
-        hint = (' Mask R-CNN is not exported whole (docs/deployment.md, "Whole detector", '
-                'says why); export its backbone with --task backbone.'
-                if 'RCNN' in mtype.upper() else '')
         raise ValueError(f'config {config!r}: model.type {mtype!r} cannot be exported as a whole '
-                         f'detector; supported: {DETECTORS}.{hint}')
+                         f'detector; supported: {DETECTORS}. Export its backbone with --task '
+                         f'backbone')
+    if mtype == 'MaskRCNN':
+        from .mask_rcnn import check_mask_rcnn_config
+        check_mask_rcnn_config(model, config)
+        return cfg
     head = model.get('bbox_head') or {}
     coder = _short_type((head.get('bbox_coder') or {}).get('type'))
     if coder != 'DeltaXYWHBBoxCoder':
@@ -92,16 +121,17 @@ def load_detector_config(config: str):
     return cfg
 
 
-def build_detector(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Module, object,
-                                                                         str]:
-    """Build the detector of ``config`` (mmdet's registry) in eval mode, with the weights of
-    ``checkpoint`` when given (the whole model, checked by :func:`mmeff.checkpoint.
-    check_model_fit`: a file that does not fit is an error naming what differs).
+def build_detector(config: str, checkpoint: Optional[str] = None,
+                   cfg_options: Optional[dict] = None) -> Tuple[nn.Module, object, str]:
+    """Build the detector of ``config`` (mmdet's registry; ``cfg_options`` merged) in eval
+    mode, with the weights of ``checkpoint`` when given (the whole model, checked by
+    :func:`mmeff.checkpoint.check_model_fit`: a file that does not fit is an error naming what
+    differs).
 
     Returns:
         tuple: ``(model, cfg, weights)``, ``weights`` a one-line description.
     """
-    cfg = load_detector_config(config)
+    cfg = load_detector_config(config, cfg_options)
     if checkpoint:  # before building: a missing or unreadable file is found at once
         from mmeff.checkpoint import check_checkpoint_file
         check_checkpoint_file(checkpoint)
@@ -216,6 +246,7 @@ class DetectorExport(nn.Module):
         iou_thr (float): NMS IoU threshold.
         nms_pre (int): Candidates per level before NMS (ONNX only; mmdet's ``nms_pre``).
     """
+    output_names = OUTPUT_NAMES
 
     def __init__(self, detector: nn.Module, input_size: Tuple[int, int], nms: str = 'onnx',
                  max_dets: int = 100, score_thr: float = 0.05, iou_thr: float = 0.5,
@@ -345,11 +376,16 @@ def compare_detections(a: Sequence[np.ndarray], b: Sequence[np.ndarray], box_tol
                        ) -> dict:
     """How far two ``(boxes, scores, labels)`` outputs agree: ``matched`` counts the rows of
     ``a`` (padding excluded) that have a row in ``b`` with the same label and every box
-    coordinate within ``box_tol`` pixels (order-free: near-equal scores may swap rows)."""
+    coordinate within ``box_tol`` pixels (order-free: near-equal scores may swap rows). With a
+    fourth output on both sides (Mask R-CNN's ``masks``, one array per row),
+    ``max_abs_err_masks`` is the largest difference between the masks of matched rows."""
     va, vb = np.asarray(a[2]) >= 0, np.asarray(b[2]) >= 0
-    ba, sa, la = (np.asarray(t)[va] for t in a)
-    bb, sb, lb = (np.asarray(t)[vb] for t in b)
-    used, matched, box_err, score_err = np.zeros(len(lb), bool), 0, 0., 0.
+    ba, sa, la = (np.asarray(t)[va] for t in a[:3])
+    bb, sb, lb = (np.asarray(t)[vb] for t in b[:3])
+    with_masks = len(a) > 3 and len(b) > 3
+    if with_masks:
+        ma, mb = np.asarray(a[3])[va], np.asarray(b[3])[vb]
+    used, matched, box_err, score_err, mask_err = np.zeros(len(lb), bool), 0, 0., 0., 0.
     for i in range(len(la)):
         diff = np.abs(bb - ba[i]).max(1) if len(lb) else np.zeros(0)
         cand = np.flatnonzero((lb == la[i]) & (diff <= box_tol) & ~used)
@@ -358,8 +394,13 @@ def compare_detections(a: Sequence[np.ndarray], b: Sequence[np.ndarray], box_tol
             used[j], matched = True, matched + 1
             box_err = max(box_err, float(diff[j]))
             score_err = max(score_err, float(abs(sa[i] - sb[j])))
-    return dict(detections_a=int(va.sum()), detections_b=int(vb.sum()), matched=matched,
-                max_abs_err_boxes=box_err, max_abs_err_scores=score_err)
+            if with_masks:
+                mask_err = max(mask_err, float(np.abs(ma[i] - mb[j]).max()))
+    agree = dict(detections_a=int(va.sum()), detections_b=int(vb.sum()), matched=matched,
+                 max_abs_err_boxes=box_err, max_abs_err_scores=score_err)
+    if with_masks:
+        agree['max_abs_err_masks'] = mask_err
+    return agree
 
 
 def detection_problems(agree: dict) -> list:
@@ -377,54 +418,67 @@ def detection_problems(agree: dict) -> list:
     return []
 
 
-def _onnx_report(module: nn.Module, x: torch.Tensor, path: str) -> dict:
+def _onnx_report(module: nn.Module, x: torch.Tensor, path: str, opset: int = ONNX_OPSET
+                 ) -> dict:
     """Write ``module`` to ``path`` (ONNX) through a staging file beside it, check it with
     onnx.checker and ONNX Runtime there, and put it in place (``path`` is replaced only when
     the checks pass; else it is kept at :func:`~mmeff.deploy.output.failed_path`)."""
     require('onnx')
     require('onnxruntime')
     with StagedOutput(path) as staged:
-        report = _onnx_report_at(module, x, staged.path)
+        report = _onnx_report_at(module, x, staged.path, opset)
         place_checked(staged, report)
     return report
 
 
-def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str) -> dict:
+# Gathers of the network would be a fault, as in the backbone export; those of the
+# post-processing (top-level scope: picking the TopK candidates' boxes, NonMaxSuppression's
+# selected indices, a mask's label channel) are how ONNX selects.
+NETWORK_SCOPES = ('/backbone/', '/neck/', '/head/', '/rpn_head/', '/bbox_head/', '/mask_head/')
+
+
+def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str, opset: int = ONNX_OPSET
+                    ) -> dict:
     onnx = require('onnx')
     ort = require('onnxruntime')
+    names = list(module.output_names)
+    with torch.no_grad():
+        ref = [t.numpy() for t in module(x)]
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        # The TorchScript exporter: torchvision registers ONNX NonMaxSuppression for its nms
-        # there; the torch.export-based one cannot trace NMS's data-dependent output size.
-        torch.onnx.export(module, (x,), path, input_names=['image'],
-                          output_names=list(OUTPUT_NAMES), opset_version=17, dynamo=False)
+        # The TorchScript exporter: torchvision registers ONNX NonMaxSuppression (nms) and
+        # RoiAlign (roi_align) there; the torch.export-based one cannot trace NMS's
+        # data-dependent output size.
+        torch.onnx.export(module, (x,), path, input_names=['image'], output_names=names,
+                          opset_version=opset, dynamo=False)
     export_s = time.perf_counter() - t0
     proto = onnx.load(path)
-    for out in proto.graph.output:  # NMS hides the static count from the exporter
-        out.type.tensor_type.shape.dim[0].dim_value = module.max_dets
+    for out, r in zip(proto.graph.output, ref):  # NMS hides the static shapes from the exporter
+        dims = out.type.tensor_type.shape.dim
+        for d, n in zip(dims, r.shape):
+            d.dim_value = int(n)
     onnx.checker.check_model(proto)
     onnx.save(proto, path)
     from collections import Counter
     hist = Counter(n.op_type for n in proto.graph.node)
     sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     got = sess.run(None, {'image': x.numpy()})
-    with torch.no_grad():
-        ref = [t.numpy() for t in module(x)]
     agree = compare_detections(ref, got)
     problems = detection_problems(agree)
+    if agree.get('max_abs_err_masks', 0) > 1e-2:
+        problems.append(f"ONNX Runtime's masks differ from torch's: {agree}")
     bad = nonfinite([(f'onnxruntime output {k!r}', torch.from_numpy(np.asarray(v, np.float64)))
-                     for k, v in zip(OUTPUT_NAMES, got)])
+                     for k, v in zip(names, got)])
     if bad:
         problems.append(f'NaN/Inf in the outputs: {bad}')
     if 'NonMaxSuppression' not in hist:
         problems.append('no NonMaxSuppression op in the graph')
-    # Gathers of the network (scopes /backbone, /neck, /head) would be a fault, as in the
-    # backbone export; those of the post-processing (top-level scope: picking the TopK
-    # candidates' boxes, NonMaxSuppression's selected indices) are how ONNX selects.
+    if 'masks' in names and 'RoiAlign' not in hist:
+        problems.append('no RoiAlign op in the graph')
     gathers = [n.name for n in proto.graph.node if 'Gather' in n.op_type]
-    network = [g for g in gathers if g.startswith(('/backbone/', '/neck/', '/head/'))]
-    return dict(format='onnx', path=osp.abspath(path), exporter='torchscript', opset=17,
+    network = [g for g in gathers if g.startswith(NETWORK_SCOPES)]
+    return dict(format='onnx', path=osp.abspath(path), exporter='torchscript', opset=opset,
                 export_s=round(export_s, 2), op_histogram=dict(hist.most_common()),
                 gather_ops=len(network), postprocess_gather_ops=len(gathers) - len(network),
                 inputs=[dict(name=i.name, shape=i.shape, dtype=i.type) for i in sess.get_inputs()],
@@ -482,28 +536,40 @@ def _coreml_report(module: nn.Module, x: torch.Tensor, path: str, precision: str
 
 
 def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'onnx',
-                    input_size=(512, 512), out: Optional[str] = None, max_dets: int = 100,
-                    score_thr: float = 0.05, iou_thr: float = 0.5, precision: str = 'fp16',
-                    image_input: bool = False, nms_pre: Optional[int] = None) -> dict:
-    """Export the whole detector of an mmdet config with an mmeff backbone (module docstring).
+                    out: Optional[str] = None, input_size=None, max_dets: Optional[int] = None,
+                    score_thr: Optional[float] = None, iou_thr: Optional[float] = None,
+                    precision: str = 'fp16', image_input: bool = False,
+                    nms_pre: Optional[int] = None, opset: int = ONNX_OPSET,
+                    batch_size: int = 1, cfg_options: Optional[dict] = None) -> dict:
+    """Export the whole detector of an mmdet config with an mmeff backbone (module docstring;
+    Mask R-CNN: :mod:`mmeff.deploy.mask_rcnn`).
 
     Args:
-        config (str): mmdet config (RetinaNet with ``mmeff.EfficientFormer`` or
-            ``mmeff.EfficientFormerV2``).
+        config (str): mmdet config: RetinaNet or Mask R-CNN with ``mmeff.EfficientFormer`` or
+            ``mmeff.EfficientFormerV2``.
         checkpoint (str | None): The whole model's weights (what ``tools/train.py`` saved);
             ``None`` keeps random weights (latency only).
-        fmt (str): ``'onnx'`` or ``'coreml'``. Defaults to ``'onnx'``.
-        input_size: ``(H, W)``, ``512`` or ``'512x640'``; multiples of the config's
-            ``pad_size_divisor`` (32). Defaults to (512, 512).
+        fmt (str): ``'onnx'`` or ``'coreml'`` (RetinaNet only). Defaults to ``'onnx'``.
         out (str | None): Output file (``.onnx``) or package (``.mlpackage``); default
             ``work_dirs/export/<config>_detector_<H>x<W>.<ext>``.
-        max_dets (int): Output rows (mmdet's ``max_per_img``). Defaults to 100.
-        score_thr (float): Score threshold. Defaults to 0.05 (RetinaNet's test_cfg).
-        iou_thr (float): NMS IoU threshold. Defaults to 0.5 (RetinaNet's test_cfg).
+        input_size: ``(H, W)``, ``512`` or ``'512x640'``; multiples of the config's
+            ``pad_size_divisor`` (32). ``None``: 512x512.
+        max_dets (int | None): Output rows; ``None`` reads the config's ``test_cfg``
+            (``max_per_img``; Mask R-CNN: ``test_cfg.rcnn``).
+        score_thr (float | None): Score threshold; ``None`` reads ``test_cfg``.
+        iou_thr (float | None): NMS IoU threshold (Mask R-CNN: of the box head); ``None``
+            reads ``test_cfg``.
         precision (str): Core ML compute precision, ``'fp16'`` or ``'fp32'`` (ONNX: fp32).
         image_input (bool): Core ML ``ImageType`` input (RGB, 0-255 pixels as they are).
-        nms_pre (int | None): Candidates per level before NMS (ONNX); ``None`` reads the
-            config's ``test_cfg.nms_pre``.
+        nms_pre (int | None): Candidates per level before NMS (ONNX; Mask R-CNN: of the RPN);
+            ``None`` reads the config's ``test_cfg``.
+        opset (int): ONNX opset, 11 to 20 (Mask R-CNN: 16 to 20, for RoiAlign's
+            ``half_pixel`` mode). Defaults to 17.
+        batch_size (int): Images per call; the exported post-processing takes one image, so
+            only 1 is accepted.
+        cfg_options (dict | None): Config overrides (``--cfg-options``, e.g.
+            ``{'model.roi_head.bbox_head.num_classes': 3}``), merged as the train/test tools
+            merge them (:func:`apply_cfg_options`).
 
     Returns:
         dict: The export report (``path``, ``inputs``/``outputs``, ``op_histogram``,
@@ -515,39 +581,67 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
         raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
     if precision not in ('fp16', 'fp32'):
         raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
-    if not isinstance(max_dets, int) or max_dets < 1:
-        raise ValueError(f'max_dets must be a positive int, got {max_dets!r}')
-    if not 0 <= score_thr < 1 or not 0 < iou_thr <= 1:
-        raise ValueError(f'need 0 <= score_thr < 1 and 0 < iou_thr <= 1, got {score_thr}, '
-                         f'{iou_thr}')
-    cfg = load_detector_config(config)
+    if max_dets is not None and (not isinstance(max_dets, int) or isinstance(max_dets, bool)
+                                 or max_dets < 1):
+        raise ValueError(f'max_dets (--max-dets) must be a positive int, the detections kept '
+                         f'per image (e.g. 100), got {max_dets!r}')
+    if score_thr is not None and not 0 <= score_thr < 1:
+        raise ValueError(f'score_thr (--score-thr) must be in [0, 1), got {score_thr}')
+    if iou_thr is not None and not 0 < iou_thr <= 1:
+        raise ValueError(f'iou_thr (--iou-thr) must be in (0, 1], got {iou_thr}')
+    if batch_size != 1:
+        raise ValueError(f'batch_size (--batch-size) {batch_size!r}: a whole detector is '
+                         f'exported for one image per call (its NMS is per image); use 1 and '
+                         f'call it once per image')
+    cfg = load_detector_config(config, cfg_options)
+    mask_rcnn = _short_type(cfg.model.type) == 'MaskRCNN'
+    if mask_rcnn and fmt == 'coreml':
+        from .mask_rcnn import COREML_REFUSAL
+        raise ValueError(f'config {config!r}: {COREML_REFUSAL}')
+    low = 16 if mask_rcnn else 11
+    if not isinstance(opset, int) or not low <= opset <= 20:
+        raise ValueError(f'opset (--opset) must be an int from {low} to 20 for this detector '
+                         f'(ONNX RoiAlign half_pixel needs 16; 20 is the last the TorchScript '
+                         f'exporter writes), got {opset!r}')
     divisor = int((cfg.model.get('data_preprocessor') or {}).get('pad_size_divisor', 32) or 1)
-    h, w = check_input_size(input_size, divisor)
+    h, w = check_input_size((512, 512) if input_size is None else input_size, divisor)
     name = osp.splitext(osp.basename(config))[0]
     ext = '.onnx' if fmt == 'onnx' else '.mlpackage'
     out = out or osp.join('work_dirs', 'export', f'{name}_detector_{h}x{w}{ext}')
     if not str(out).endswith(ext):
         raise ValueError(f"{'an ONNX' if fmt == 'onnx' else 'a Core ML'} export is written to "
                          f'a path ending in {ext}, got {out!r}')
-    model, cfg, weights = build_detector(config, checkpoint)
-    test_cfg = dict(model.bbox_head.test_cfg or {})
-    if nms_pre is None:
-        nms_pre = int(test_cfg.get('nms_pre', 1000))
+    model, cfg, weights = build_detector(config, checkpoint, cfg_options)
     check_export_memory(model.backbone, (1, 3, h, w))
     fused = fuse_model(model, (h, w))
     if fmt == 'onnx':  # two-step GroupNorm statistics (ONNX Runtime's one-pass sum drifts);
         export_friendly_norms_(fused)  # Core ML converts nn.GroupNorm as it is
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    if mask_rcnn:
+        from .mask_rcnn import MaskRCNNExport
+        module = MaskRCNNExport(fused, (h, w), max_dets=max_dets, score_thr=score_thr,
+                                iou_thr=iou_thr, nms_pre=nms_pre).eval()
+        report = _onnx_report(module, x, out, opset)
+        report.update(detector='MaskRCNN', config=config, weights=weights, input_size=[h, w],
+                      fusion=fusion_report(fused), postprocess=_mask_rcnn_postprocess(
+                          module, model))
+        return report
+    test_cfg = dict(model.bbox_head.test_cfg or {})
+    nms = test_cfg.get('nms') or {}
+    if nms_pre is None:
+        nms_pre = int(test_cfg.get('nms_pre', 1000))
+    max_dets = int(test_cfg.get('max_per_img', 100)) if max_dets is None else max_dets
+    score_thr = float(test_cfg.get('score_thr', 0.05)) if score_thr is None else score_thr
+    iou_thr = float(nms.get('iou_threshold', 0.5)) if iou_thr is None else iou_thr
     module = DetectorExport(fused, (h, w), nms=fmt, max_dets=max_dets, score_thr=score_thr,
                             iou_thr=iou_thr, nms_pre=nms_pre).eval()
-    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
     if fmt == 'onnx':
-        report = _onnx_report(module, x, out)
+        report = _onnx_report(module, x, out, opset)
     else:
         arch = cfg.model.backbone.get('arch', 'l1')
         report = _coreml_report(module, x, out, precision, image_input, metadata={
             'mmeff.config': config, 'mmeff.weights': weights,
             'mmeff.arch': arch if isinstance(arch, str) else 'custom'})
-    nms = test_cfg.get('nms') or {}
     report.update(
         detector=_short_type(cfg.model.type), config=config, weights=weights,
         input_size=[h, w], fusion=fusion_report(fused),
@@ -563,6 +657,37 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
                                 max_per_img=test_cfg.get('max_per_img'),
                                 min_bbox_size=test_cfg.get('min_bbox_size'))))
     return report
+
+
+def _mask_rcnn_postprocess(module, model) -> dict:
+    """What a Mask R-CNN export does after the network, beside the config's test_cfg."""
+    rpn_cfg = dict(model.rpn_head.test_cfg or {})
+    rcnn_cfg = dict(model.roi_head.test_cfg or {})
+    mask = module.extractors['mask_roi_extractor']
+    return dict(
+        max_dets=module.max_dets, score_thr=module.score_thr, iou_thr=module.iou_thr,
+        nms_pre=module.rpn_nms_pre,
+        nms=('ONNX NonMaxSuppression: RPN per level (level offsets), box head class-aware '
+             '(class offsets)'),
+        rpn=dict(nms_pre=module.rpn_nms_pre, max_per_img=module.rpn_max,
+                 iou_threshold=module.rpn_iou, min_bbox_size=module.min_bbox_size),
+        roi_align=('ONNX RoiAlign half_pixel (mmcv aligned=True), sampling_ratio '
+                   f"{mask['sampling_ratio']}; RoIs assigned to levels as map_roi_levels, "
+                   'each level computed for its own RoIs (NonZero, ScatterND)'),
+        masks=(f'({module.max_dets}, {module.mask_size[0]}, {module.mask_size[1]}) '
+               "probabilities of the label's channel in box coordinates; paste with "
+               f'mmeff.deploy.mask_rcnn.paste_masks (threshold {module.mask_thr_binary})'),
+        mask_thr_binary=module.mask_thr_binary,
+        mmdet_test_cfg=dict(rpn=_plain(rpn_cfg), rcnn=_plain(rcnn_cfg)))
+
+
+def _plain(d):
+    """A config dict as plain, JSON-writable values."""
+    if isinstance(d, dict):
+        return {k: _plain(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_plain(v) for v in d]
+    return d
 
 
 def format_detector_report(report: dict) -> str:
@@ -586,12 +711,17 @@ def format_detector_report(report: dict) -> str:
     lines.append(f"  post-processing: {pp['nms']}; max_dets {pp['max_dets']}, score_thr "
                  f"{pp['score_thr']}, iou_thr {pp['iou_thr']}, nms_pre {pp['nms_pre']} "
                  f"(mmdet test_cfg: {pp['mmdet_test_cfg']})")
+    for key in ('rpn', 'roi_align', 'masks'):
+        if key in pp:
+            lines.append(f'  {key}: {pp[key]}')
     if 'onnxruntime' in report:
         e = report['onnxruntime']
         lines.append(f"  onnxruntime vs torch (random image): {e['matched']} of "
                      f"{e['detections_a']} detections matched, max box err "
                      f"{e['max_abs_err_boxes']:.2e} px, max score err "
-                     f"{e['max_abs_err_scores']:.2e}")
+                     f"{e['max_abs_err_scores']:.2e}"
+                     + (f", max mask err {e['max_abs_err_masks']:.2e}"
+                        if 'max_abs_err_masks' in e else ''))
     problems = report.get('problems', [])
     lines.append('  checks: ' + ('all passed' if not problems else
                                  'FAILED: ' + '; '.join(problems)))
@@ -615,8 +745,96 @@ def detections_to_image(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
                 labels=np.asarray(labels)[keep].astype(np.int64))
 
 
+def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = None) -> dict:
+    """mmdet's metric (the config's ``test_evaluator``: ``CocoMetric``, bbox and, for Mask
+    R-CNN, segm) of an exported ONNX detector on the test set of ``config``.
+
+    Every image goes through the config's own test pipeline (mmdet's ``Resize``), is padded
+    at the bottom/right to the export's input size with the mean colour (what mmdet's
+    ``DetDataPreprocessor`` pads with, 0 after the normalisation), through ONNX Runtime and
+    back to the original image (:func:`detections_to_image`; Mask R-CNN masks pasted by
+    :func:`mmeff.deploy.mask_rcnn.paste_masks` at ``mask_thr_binary``), then into the
+    evaluator. The export clips boxes to its (padded) input where mmdet clips to the resized
+    image: the same when the resized image fills the input.
+
+    Args:
+        path (str): The ``.onnx`` file (:func:`export_detector`).
+        config (str): The detection config it was exported from.
+        data_root (str | None): Overrides the config's ``data_root`` (in the dataset and the
+            evaluator's ``ann_file``, as ``--cfg-options data_root=...`` does in the tools).
+
+    Returns:
+        dict: ``metrics`` (the evaluator's), ``predictions`` (``img_path`` -> the image's
+        ``bboxes, scores, labels`` and ``masks``), ``input_size`` (H, W), ``images``.
+    """
+    from mmengine.config import Config
+    from mmengine.evaluator import Evaluator
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import Runner
+    from mmengine.structures import InstanceData
+
+    from mmeff.engine.launch import propagate_variables
+    from .mask_rcnn import detections_with_masks
+    ort = require('onnxruntime')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'ONNX file {path!r} does not exist; export it with '
+                                f'tools/export.py {config} --task detector --format onnx')
+    cfg = load_detector_config(config)
+    if data_root is not None:
+        before = dict(data_root=cfg.get('data_root'))
+        cfg['data_root'] = data_root
+        propagate_variables(cfg, before, dict(data_root=data_root))
+    import mmeff.models  # noqa: F401  (the config's custom_imports)
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    loader_cfg.batch_size, loader_cfg.num_workers, loader_cfg.persistent_workers = 1, 0, False
+    pre = cfg.model.get('data_preprocessor') or {}
+    mean = np.asarray(pre.get('mean', (123.675, 116.28, 103.53)), np.float32)
+    to_rgb = bool(pre.get('bgr_to_rgb', False))
+    rcnn = (cfg.model.get('test_cfg') or {}).get('rcnn') or {}
+    mask_thr = float(rcnn.get('mask_thr_binary', 0.5))
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        loader = Runner.build_dataloader(loader_cfg)
+        evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
+    evaluator.dataset_meta = loader.dataset.metainfo
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    inp = sess.get_inputs()[0]
+    H, W = (int(s) for s in inp.shape[-2:])
+    with_masks = len(sess.get_outputs()) == 4
+    found = {}
+    for batch in loader:
+        for image, sample in zip(batch['inputs'], batch['data_samples']):
+            c, h, w = image.shape
+            if h > H or w > W:
+                raise ValueError(f'{sample.img_path}: the test pipeline resizes it to {h}x{w}, '
+                                 f'larger than the export input {H}x{W}; export at the '
+                                 f"config's test scale (padded to 32)")
+            x = np.empty((1, 3, H, W), np.float32)
+            x[0] = mean[:, None, None]  # the mean in the image's channel order (RGB)
+            pixels = image.numpy().astype(np.float32)
+            x[0, :, :h, :w] = pixels[::-1] if to_rgb else pixels
+            outputs = sess.run(None, {inp.name: x})
+            meta = sample.metainfo
+            if with_masks:
+                det = detections_with_masks(outputs, meta['scale_factor'], meta['ori_shape'],
+                                            mask_thr)
+            else:
+                det = detections_to_image(*outputs[:3], meta['scale_factor'],
+                                          meta['ori_shape'], clip=False)
+            found[sample.img_path] = det
+            pred = InstanceData()
+            for k, v in det.items():
+                pred[k] = torch.from_numpy(v)
+            sample.pred_instances = pred
+        evaluator.process(batch['data_samples'], batch)
+    metrics = evaluator.evaluate(len(loader.dataset))
+    return dict(metrics=metrics, predictions=found, input_size=(H, W), images=len(found))
+
+
 __all__ = ['FORMATS', 'DETECTORS', 'BACKBONES', 'OUTPUT_NAMES', 'DetectorExport',
-           'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
+           'apply_cfg_options', 'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
            'detection_problems',
-           'detections_to_image', 'export_detector', 'format_detector_report',
+           'detections_to_image', 'evaluate_onnx_detector', 'export_detector',
+           'format_detector_report',
            'load_detector_config', 'preprocess_detection_image']
