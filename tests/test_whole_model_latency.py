@@ -13,6 +13,7 @@ from helpers import load_tool
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 RETINANET = osp.join(ROOT, 'configs', 'detection', 'retinanet_effformer_l1.py')
 FPN = osp.join(ROOT, 'configs', 'segmentation', 'fpn_effformer_l1_ade20k_40k.py')
+MASK_RCNN = osp.join(ROOT, 'configs', 'detection', 'mask_rcnn_effformer_l1.py')
 
 
 def _check_rows(result, task, size):
@@ -41,6 +42,33 @@ def test_benchmark_latency_times_the_whole_detector(tmp_path):
     md = (tmp_path / 'whole.md').read_text()
     assert '# Whole detector vs backbone latency' in md and '| 64x96 | detector |' in md
     assert 'not iPhone / Core ML figures' in md
+
+
+def test_benchmark_latency_times_the_whole_mask_rcnn(tmp_path):
+    """--whole-model on a Mask R-CNN config (the real L1 config with narrow heads and fewer
+    proposals, so that the smoke test stays fast): backbone and whole Mask R-CNN rows."""
+    cfg = tmp_path / 'mask_rcnn_small.py'
+    cfg.write_text(f"""_base_ = {MASK_RCNN!r}
+model = dict(
+    backbone=dict(init_cfg=None), neck=dict(out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(bbox_roi_extractor=dict(out_channels=32),
+                  bbox_head=dict(in_channels=32, fc_out_channels=64),
+                  mask_roi_extractor=dict(out_channels=32),
+                  mask_head=dict(in_channels=32, conv_out_channels=32)),
+    test_cfg=dict(rpn=dict(max_per_img=50), rcnn=dict(max_per_img=10)))
+""")
+    tool = load_tool(ROOT, 'benchmark_latency')
+    rc = tool.main(['--whole-model', str(cfg), '--input-sizes', '64x96', '--warmup', '0',
+                    '--reps', '2', '--threads', '1', '--settle-ms', '0', '--out-dir',
+                    str(tmp_path), '--name', 'whole'])
+    assert rc == 0
+    with open(tmp_path / 'whole.json') as f:
+        result = json.load(f)
+    _check_rows(result, 'detector', [64, 96])
+    assert result['settings']['detector'] == 'MaskRCNN'
+    md = (tmp_path / 'whole.md').read_text()
+    assert '(MaskRCNN); weights: random' in md and '| 64x96 | detector |' in md
 
 
 def test_whole_model_options_need_a_config(capsys):

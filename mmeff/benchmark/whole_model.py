@@ -1,7 +1,9 @@
 """Latency of a whole exported detector or segmentor beside its backbone alone (ONNX Runtime).
 
 What a user ships is the whole model: an mmdet RetinaNet (:func:`mmeff.deploy.detector.
-export_detector`: backbone, FPN, head, box decoding, NMS) or an mmseg segmentor
+export_detector`: backbone, FPN, head, box decoding, NMS), an mmdet Mask R-CNN (the same
+function, :mod:`mmeff.deploy.mask_rcnn`: backbone, FPN, RPN and its NMS, RoIAlign, box head,
+NMS, mask head) or an mmseg segmentor
 (:func:`mmeff.deploy.segmentor.export_segmentor`: backbone, neck, head, resize, argmax). For a
 config and each input size (default the deployment sizes 512x512 and 640x640) this exports
 
@@ -17,7 +19,10 @@ normalised image (standard normal values), the whole model an RGB image with pix
 0-255 (uniform): the same pixels before and after the normalisation in its graph.
 
 A detector's NMS time depends on how many candidates pass the score threshold, hence on the
-weights: with random weights (no checkpoint) the figure is that of random scores.
+weights: with random weights (no checkpoint) the figure is that of random scores. A Mask R-CNN
+export always runs its RoI heads on a fixed count of rows (the RPN's ``max_per_img`` proposals,
+``max_dets`` boxes for the mask head, padding included), so its time depends on the weights
+through the two NMS steps only.
 """
 import os.path as osp
 import tempfile
@@ -80,7 +85,7 @@ def whole_model_latency(config: str,
     """Time the backbone alone and the whole model of ``config`` in ONNX Runtime.
 
     Args:
-        config (str): mmdet (RetinaNet) or mmseg config with an mmeff backbone.
+        config (str): mmdet (RetinaNet, Mask R-CNN) or mmseg config with an mmeff backbone.
         task (str | None): ``'detector'`` or ``'segmentor'``; ``None`` infers it
             (:func:`infer_task`).
         input_sizes (Sequence): Sizes as ``(H, W)``, ``512`` or ``'640x640'``. Defaults to
@@ -112,7 +117,7 @@ def whole_model_latency(config: str,
     machine = machine_info('cpu', threads)
     log(f'Whole-model latency of {config} ({task}) on {device_label(machine)}, ONNX Runtime '
         f"(1-min load average {machine['load_avg_1m']}{_load_note(machine)})")
-    rows = []
+    rows, detector = [], None
     with tempfile.TemporaryDirectory(prefix='mmeff_whole_') as work_dir:
         for h, w in sizes:
             rng = np.random.default_rng(seed)
@@ -128,6 +133,7 @@ def whole_model_latency(config: str,
                          for p in PARTS]
                 continue
             setup_s = round(time.perf_counter() - t0, 2)
+            detector = paths['whole_report'].get('detector', detector)
             fns = {}
             for part in PARTS:
                 sess = ort_session(paths[part], threads)
@@ -150,6 +156,8 @@ def whole_model_latency(config: str,
                     input_sizes=[list(s) for s in sizes], warmup=warmup, reps=reps,
                     threads=threads, settle_s=settle_s, seed=seed, runtime='onnxruntime (CPU)',
                     weights=checkpoint or 'random (no checkpoint)')
+    if detector:  # RetinaNet, MaskRCNN
+        settings['detector'] = detector
     return dict(schema=SCHEMA, machine=machine, settings=settings, results=rows)
 
 
@@ -157,7 +165,9 @@ def to_markdown(result: dict) -> str:
     """A Markdown report of :func:`whole_model_latency`: where it ran, one row per size/part."""
     m, s = result['machine'], result['settings']
     lines = [f"# Whole {s['task']} vs backbone latency ({device_label(m)}, ONNX Runtime)", '',
-             f"- Config: `{s['config']}`; weights: {s['weights']}",
+             f"- Config: `{s['config']}`"
+             + (f" ({s['detector']})" if s.get('detector') else '')
+             + f"; weights: {s['weights']}",
              f"- Machine: {m['cpu']} ({m['logical_cores']} logical cores), {m['platform']}; "
              f"{m['torch_threads']} ONNX Runtime thread(s), non-spinning",
              f"- Software: onnxruntime {m.get('onnxruntime')}, torch {m['torch']}",
@@ -182,16 +192,16 @@ def to_markdown(result: dict) -> str:
 
 
 def save_results(result: dict, out_dir: str, stem: str):
-    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir``; returns both paths."""
+    """Write ``<stem>.json`` and ``<stem>.md`` under ``out_dir`` (each atomically: a killed
+    run leaves the previous file whole); returns both paths."""
     import json
     import os
+
+    from mmeff.engine.checkpointing import write_text_atomic
     os.makedirs(out_dir, exist_ok=True)
     json_path, md_path = osp.join(out_dir, stem + '.json'), osp.join(out_dir, stem + '.md')
-    with open(json_path, 'w') as f:
-        json.dump(result, f, indent=2)
-        f.write('\n')
-    with open(md_path, 'w') as f:
-        f.write(to_markdown(result))
+    write_text_atomic(json_path, json.dumps(result, indent=2) + '\n')
+    write_text_atomic(md_path, to_markdown(result))
     return json_path, md_path
 
 
