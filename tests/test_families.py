@@ -145,6 +145,14 @@ class TinyFormer(EfficientFormer):
         super().__init__(arch, **kwargs)
 
 
+FUSED = []
+
+
+def fuse_tiny(backbone, grids):
+    """TinyFormer's fusion rule: records the call (its layers are V1's)."""
+    FUSED.append((type(backbone).__name__, len(grids)))
+
+
 @pytest.fixture
 def tiny_family():
     register_family(
@@ -153,7 +161,7 @@ def tiny_family():
         block_keys=(r'\.tiny_only\.', 'tiny blocks (tiny_only.*)'),
         stem_keys=(r'^tiny_stem\.', 'stem.tiny_stem.*'), infer_arch='mmeff.converters:'
         'infer_arch_v1', cls_head='EfficientFormerClsHead', config_token='tinyformer',
-        export_prefix='tiny_', display_prefix='T-',
+        export_prefix='tiny_', display_prefix='T-', fuse=fuse_tiny,
         paper={'t0': dict(params_m=1.0, gmacs=0.1, top1=50.0, iphone12_ms=0.5)})(TinyFormer)
     MODELS.register_module(module=TinyFormer, force=True)
     try:
@@ -188,6 +196,11 @@ def test_a_third_family_is_found_by_every_lookup(tiny_family, tmp_path):
     assert _efficientformer_out_channels(dict(type='mmeff.TinyFormer', arch='t0',
                                               out_indices=(1, 3))) == [24, 48]
     assert _config_arch_pattern().search('mask_rcnn_tinyformer_t0.py').group(0) == 'tinyformer_t0'
+    # deploy: fuse_model calls the family's own fusion rule on its backbone
+    from mmeff.deploy.fuse import fuse_model
+    FUSED.clear()
+    fuse_model(TinyFormer(), input_size=64)
+    assert FUSED == [('TinyFormer', 1)]  # one attention, its grid cached
     # a state dict is told by the key patterns each family declares
     sd = {f'backbone.{k}': v for k, v in TinyFormer().state_dict().items()}
     assert converters.detect_family(sd) == 'v1'  # V1's blocks and stem: V1 to the converters

@@ -65,9 +65,11 @@ class Family:
             mixed or truncated files.
         infer_arch (str): ``'module:function'`` giving the arch dict of an mmeff-layout state
             dict of this family (``mmeff.converters.infer_arch``).
-        fuse (str | None): ``'module:function'`` of the family's fusion rule, called by
-            ``mmeff.deploy.fuse`` for each backbone of this family (:meth:`fuse_rule`); None
-            when ``fuse_model``'s per-module rules cover the family.
+        fuse (str | callable | None): The family's fusion rule (``'module:function'`` or the
+            function): ``mmeff.deploy.fuse.fuse_model`` calls ``rule(backbone, grids)`` on each
+            backbone of this family after its per-module rules (``grids``: ``{id(attention):
+            (h, w)}`` when an input size is given); None when the per-module rules cover the
+            family's layers, as for V1 and V2 (:meth:`fuse_rule`).
         cls_head (str): Registry type of the ImageNet classifier head for this family.
         config_token (str): How the repository's config files name the family
             (``effformerv2`` in ``mask_rcnn_effformerv2_s0.py``).
