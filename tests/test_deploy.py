@@ -168,8 +168,12 @@ def test_build_model_from_config_and_checkpoints(tmp_path, repo_root):
     assert meta['arch'] == 'l1'
     with torch.no_grad():
         assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
-    with pytest.raises(ValueError, match="one of \\['l1', 'l3', 'l7'\\] or a config"):
+    with pytest.raises(ValueError) as error:  # names every family's archs, then the config
         build_model('l2')
+    from mmeff.models.families import FAMILIES
+    for family in FAMILIES.values():
+        assert f'an {family.label} arch: one of {sorted(family.archs)}' in str(error.value)
+    assert str(error.value).endswith("or a config file path ending in .py, got 'l2'")
     with pytest.raises(ValueError, match='model.backbone is not an EfficientFormer|'
                                          "needs model.type 'EfficientFormerClassifier'"):
         build_model(cfg, task='classifier')
@@ -305,6 +309,25 @@ def test_coreml_checks_catch_fp32_and_gather(tmp_path):
     raw = inspect_coreml(str(tmp_path / 'gather.mlpackage'))
     assert raw['gather_ops'] == 1
     assert any('1 gather op(s) remain' in p for p in coreml_problems(raw))
+
+
+def test_coreml_export_compressed(tmp_path):
+    """export_coreml(compress=...) compresses the weights before the package is saved: the
+    report carries the compression figures and passes the checks, the package records the
+    mode; a mode that does not exist fails before anything is converted or written."""
+    model = EfficientFormer(dict(depths=[1, 1, 1, 1], widths=[16, 32, 48, 64], num_vit=1),
+                            out_norm_cfg=None).eval()
+    report = export_coreml(model, str(tmp_path / 'c.mlpackage'), (1, 3, 64, 64), compress='int8')
+    assert report['problems'] == []
+    info = report['compression']
+    assert info['mode'] == 'int8' and 0 < info['weight_bytes'] < 0.75 * info['fp16_weight_bytes']
+    assert report['metadata']['mmeff.compress'] == 'int8'
+    kind = 'constexpr_affine_dequantize'
+    assert report['op_histogram'][kind] == info['compressed_tensors'][kind] >= 4
+    with pytest.raises(ValueError, match='compression mode must be one of'):
+        export_coreml(model, str(tmp_path / 'd.mlpackage'), (1, 3, 64, 64),
+                      compress='palettize2')
+    assert sorted(os.listdir(tmp_path)) == ['c.mlpackage']
 
 
 def test_coreml_trace_fallback_with_image_input(tmp_path):

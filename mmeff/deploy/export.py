@@ -1,14 +1,19 @@
 """ONNX and Core ML export of EfficientFormer models, with checks of what was written.
 
-* :func:`export_onnx`: ``torch.onnx.export`` (the ``torch.export``-based exporter, falling back
-  to the TorchScript one), ``onnx.checker``, then ONNX Runtime (CPU) against torch on the same
-  input.
-* :func:`export_coreml`: ``torch.export`` + ``run_decompositions`` (falling back to
-  ``torch.jit.trace``) -> coremltools ``mlprogram`` (``.mlpackage``), minimum deployment target
-  iOS 16, FP16 compute precision, FP32 inputs/outputs (a cast at each end). Then
-  :func:`inspect_coreml` reloads the spec from disk and :func:`coreml_problems` checks it: no
-  ``gather`` (attention biases are precomputed for the export size), no bicubic resize, every
-  float tensor FP16 except the I/O casts.
+The formats themselves are the runtime layer's (:mod:`mmeff.runtime`): this module prepares
+the model (fused, biases cached for the export size, export-friendly norms, an
+``image -> outputs`` wrapper) and checks the result against torch.
+
+* :func:`export_onnx`: :func:`mmeff.runtime.write_onnx` (the ``torch.export``-based
+  exporter, falling back to the TorchScript one), ``onnx.checker``, then ONNX Runtime (CPU)
+  against torch on the same input.
+* :func:`export_coreml`: :func:`mmeff.runtime.convert_coreml` (``torch.export`` +
+  ``run_decompositions``, falling back to ``torch.jit.trace``, -> ``mlprogram``, iOS 16, FP16
+  compute precision, FP32 inputs/outputs), optionally compressed
+  (:func:`mmeff.deploy.compress.compress_mlmodel`). Then :func:`inspect_coreml` reloads the
+  spec from disk and :func:`coreml_problems` checks it: no ``gather`` (attention biases are
+  precomputed for the export size), no bicubic resize, every float tensor FP16 except the I/O
+  casts.
 
 Bicubic resizing: EfficientFormerV2 resizes its ImageNet bias tables to other token grids with
 bicubic interpolation. coremltools cannot convert ``upsample_bicubic2d`` (the authors' dense V2
@@ -27,39 +32,28 @@ The models are fused first (:func:`mmeff.deploy.fuse_model`) unless asked otherw
 export is specific to its input shape (the attention bias is cached for that token grid).
 """
 import os
-import os.path as osp
-import time
-import warnings
-from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from mmeff.runtime import (convert_coreml, coreml_problems, inspect_coreml, nonfinite,
+                           onnx_graph_report, onnx_problems, ort_session, require, write_onnx)
+from mmeff.runtime.checks import shown as _shown
+from mmeff.runtime.coreml import check_coreml_options
+from mmeff.runtime.onnx import ONNX_METHODS
+# Re-exported: this module has always offered them (mmeff.deploy, the task exporters, tests).
+from mmeff.runtime import COMPUTE_UNITS, file_size, forbidden_torch_ops  # noqa: F401
+from mmeff.runtime.checks import forbidden_error as _forbidden_error  # noqa: F401
+from mmeff.runtime.coreml import to_mlprogram_input as _to_mlprogram_input  # noqa: F401
+from mmeff.runtime.coreml import without_aliases as _without_aliases  # noqa: F401
 from .fuse import (attention_grids, cache_attention_bias, fuse_model, fusion_report,
                    parse_input_size)
 from .output import StagedOutput, place_checked
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-COMPUTE_UNITS = ('ALL', 'CPU_AND_NE', 'CPU_AND_GPU', 'CPU_ONLY')
-_INSTALL = {
-    'coremltools': 'pip install coremltools  (conversion runs on Linux and macOS; predictions '
-                   'need macOS)',
-    'onnx': 'pip install onnx onnxscript',
-    'onnxruntime': 'pip install onnxruntime  (or onnxruntime-gpu)',
-}
-
-
-def require(module: str):
-    """Import an optional dependency, or raise an ImportError that says how to install it."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f'{module} is needed for this step but is not installed: '
-                          f'{_INSTALL.get(module, "pip install " + module)}') from exc
 
 
 def parse_input_shape(shape) -> Tuple[int, int, int, int]:
@@ -140,8 +134,8 @@ def export_friendly_norms_(model: nn.Module) -> nn.Module:
 
 def default_output_names(model: nn.Module, num_outputs: int) -> List[str]:
     """``stage{i}`` for a backbone's maps, ``logits`` for a single output, else ``output{i}``."""
-    from mmeff.models import EfficientFormer, EfficientFormerV2
-    if (isinstance(model, (EfficientFormer, EfficientFormerV2))
+    from mmeff.models.families import FAMILIES
+    if (isinstance(model, tuple(f.cls for f in FAMILIES.values()))
             and len(model.out_indices) == num_outputs):
         return [f'stage{i}' for i in model.out_indices]
     if num_outputs == 1:
@@ -238,61 +232,6 @@ def check_export_memory(model: nn.Module, input_shape, available: Optional[int] 
         f'size the model will be fed, e.g. --input-size 512x512 (or 800x1333 for detection)')
 
 
-def _is_forbidden(op_name: str) -> bool:
-    name = op_name.lower()
-    return 'bicubic' in name or 'gather' in name
-
-
-def forbidden_torch_ops(program) -> Dict[str, int]:
-    """Ops no deployment graph may hold, with their counts: bicubic resizes (an uncached
-    V2 bias resize; coremltools cannot convert them) and gathers (an uncached bias lookup), in
-    an ``ExportedProgram`` or a traced ``ScriptModule``."""
-    if isinstance(program, torch.export.ExportedProgram):
-        names = [str(node.target) for node in program.graph.nodes
-                 if node.op == 'call_function']
-    else:
-        names = [node.kind() for node in program.inlined_graph.nodes()]
-    return dict(Counter(n for n in names if _is_forbidden(n)))
-
-
-def _forbidden_error(where: str, found: Dict[str, int]) -> RuntimeError:
-    ops = ', '.join(f'{op} x{n}' for op, n in sorted(found.items()))
-    return RuntimeError(
-        f'{where} holds {ops}: attention biases must be precomputed for the export size '
-        f'(bicubic bias resizing and bias gathers cannot run in Core ML); export through '
-        f'prepare_for_export/fuse_model, or call mmeff.deploy.cache_attention_bias(model, size)')
-
-
-def file_size(path: str) -> int:
-    """Bytes of a file, or of everything inside a directory (an ``.mlpackage``)."""
-    if osp.isdir(path):
-        return sum(osp.getsize(osp.join(root, f)) for root, _, files in os.walk(path)
-                   for f in files)
-    return osp.getsize(path)
-
-
-def nonfinite(named_arrays) -> List[str]:
-    """``'<name>: N NaN, M Inf of K values'`` for each floating array (numpy or torch) of the
-    ``(name, array)`` pairs that holds NaN or Inf; an empty list when all are finite."""
-    found = []
-    for name, a in named_arrays:
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().float().numpy() if a.is_floating_point() else None
-        a = np.asarray(a) if a is not None else None
-        if a is None or not np.issubdtype(a.dtype, np.floating):
-            continue
-        n_nan = int(np.isnan(a).sum())
-        n_inf = int(np.isinf(a).sum())
-        if n_nan or n_inf:
-            found.append(f'{name}: {n_nan} NaN, {n_inf} Inf of {a.size} values')
-    return found
-
-
-def _shown(items: List[str], limit: int = 5) -> str:
-    more = f'; and {len(items) - limit} more' if len(items) > limit else ''
-    return '; '.join(items[:limit]) + more
-
-
 def _errors(outs: Sequence[np.ndarray], refs: Sequence[torch.Tensor]) -> Dict[str, float]:
     # numpy's max, not Python's: ``max(0., nan)`` is 0., which once let all-NaN outputs pass.
     abs_errs, rel_errs = [], []
@@ -333,7 +272,8 @@ def export_onnx(model: nn.Module,
                 opset: int = 18,
                 dynamic_batch: bool = False,
                 check: bool = True,
-                rtol: float = 1e-4) -> dict:
+                rtol: float = 1e-4,
+                method: str = 'auto') -> dict:
     """Export ``model`` to ONNX at ``input_shape`` and check it with ONNX Runtime.
 
     Args:
@@ -351,80 +291,47 @@ def export_onnx(model: nn.Module,
             with a gather or a bicubic ``Resize`` left (:func:`onnx_problems`) is a
             ``RuntimeError`` naming them. Defaults to True.
         rtol (float): Allowed relative error (L2 norm ratio). Defaults to 1e-4.
+        method (str): The exporter (:func:`mmeff.runtime.write_onnx`): ``'auto'`` (the
+            ``torch.export``-based one, falling back to TorchScript's), ``'dynamo'`` or
+            ``'torchscript'`` (several times faster to write). Defaults to ``'auto'``.
 
     Returns:
         dict: ``path``, ``exporter``, ``op_histogram``, ``gather_ops``, ``bicubic_ops``,
-        ``problems``, ``inputs``/``outputs`` (name and shape), ``file_size_bytes``,
+        ``problems``, ``inputs``/``outputs`` (name, shape, dtype), ``file_size_bytes``,
         ``export_s`` and, when checked, ``onnxruntime`` (``max_abs_err``, ``rel_err``).
 
     The file is written and checked beside ``path`` and renamed over it only once the checks
     passed: after any error ``path`` keeps its previous content.
     """
     require('onnx')
+    if method not in ONNX_METHODS:  # before the model is prepared
+        raise ValueError(f'method must be one of {ONNX_METHODS}, got {method!r}')
     check_export_memory(model, input_shape)
     wrapper, x, out_names = prepare_for_export(model, input_shape, fuse=fuse)
     # Written and checked beside `path`, which is replaced only once every check passed.
     with StagedOutput(path) as staged:
         report = _export_onnx_checked(model, wrapper, x, out_names, staged.path, path, fuse,
-                                      opset, dynamic_batch, check, rtol)
+                                      opset, dynamic_batch, check, rtol, method)
         report['path'] = staged.place()
     return report
 
 
+
 def _export_onnx_checked(model, wrapper, x, out_names, tmp, path, fuse, opset, dynamic_batch,
-                         check, rtol) -> dict:
+                         check, rtol, method) -> dict:
     """:func:`export_onnx`'s export to ``tmp`` and its checks; messages name ``path``."""
-    import onnx
-    n_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
-    common = dict(input_names=['image'], output_names=out_names, opset_version=opset)
-    t0 = time.perf_counter()
-    exporter = 'torch.export (dynamo)'
-    try:
-        require('onnxscript')
-        dyn = dict(dynamic_shapes=({0: torch.export.Dim('batch')},)) if dynamic_batch else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            torch.onnx.export(wrapper, (x,), tmp, dynamo=True, verbose=False,
-                              external_data=n_bytes > 1.8e9, **dyn, **common)
-    except Exception as exc:  # the TorchScript exporter handles what dynamo cannot
-        exporter = f'torchscript (dynamo failed: {type(exc).__name__}: {str(exc)[:200]})'
-        dyn = dict(dynamic_axes={'image': {0: 'batch'}, **{n: {0: 'batch'} for n in out_names}}
-                   ) if dynamic_batch else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            torch.onnx.export(wrapper, (x,), tmp, dynamo=False, **dyn, **common)
-    export_s = time.perf_counter() - t0
-    proto = onnx.load(tmp)
-    onnx.checker.check_model(proto)
-    hist = Counter(node.op_type for node in proto.graph.node)
-    external_files = {entry.value for init in proto.graph.initializer
-                      for entry in init.external_data if entry.key == 'location'}
-
-    def io(values):
-        return [dict(name=v.name, shape=[d.dim_param or d.dim_value
-                                         for d in v.type.tensor_type.shape.dim]) for v in values]
-
-    report = dict(path=osp.abspath(path), format='onnx', exporter=exporter, opset=opset,
-                  op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
-                  gather_ops=sum(n for op, n in hist.items() if 'gather' in op.lower()),
-                  inputs=io(proto.graph.input), outputs=io(proto.graph.output),
-                  file_size_bytes=file_size(tmp) + sum(
-                      file_size(osp.join(osp.dirname(tmp), f)) for f in external_files),
-                  export_s=round(export_s, 2), fused=fuse, fusion=fusion_report(wrapper))
-    report['bicubic_ops'] = sum(
-        node.op_type == 'Resize' and any(a.name == 'mode' and a.s == b'cubic'
-                                         for a in node.attribute) for node in proto.graph.node)
-    report['problems'] = onnx_problems(report)
+    dynamic_axes = ({'image': {0: 'batch'}, **{n: {0: 'batch'} for n in out_names}}
+                    if dynamic_batch else None)
+    written = write_onnx(wrapper, x, tmp, input_names=['image'], output_names=out_names,
+                         opset=opset, dynamic_axes=dynamic_axes, method=method, atomic=False)
+    report = dict(path=os.path.abspath(path), exporter=written['exporter'], opset=opset,
+                  export_s=written['export_s'], fused=fuse, fusion=fusion_report(wrapper))
+    report.update(onnx_graph_report(tmp, weights=check))
+    bad = report.pop('nonfinite_constants', [])
+    report['problems'] = onnx_problems(report)  # gathers and bicubic resizes
     if check and report['problems']:
         raise RuntimeError(f'{path}: ' + '; '.join(report['problems']))
     if check:
-        from onnx import numpy_helper
-        weights = [(f'initialiser {init.name!r}', numpy_helper.to_array(init))
-                   for init in proto.graph.initializer]
-        weights += [(f'Constant {node.output[0]!r}', numpy_helper.to_array(attr.t))
-                    for node in proto.graph.node if node.op_type == 'Constant'
-                    for attr in node.attribute if attr.name == 'value']
-        bad = nonfinite(weights)
         if bad:
             raise _nonfinite_weights_error(f'{path}: {len(bad)} ONNX weight tensor(s)', bad, model)
         with torch.no_grad():
@@ -432,9 +339,7 @@ def _export_onnx_checked(model, wrapper, x, out_names, tmp, path, fuse, opset, d
         bad = nonfinite((f'output {n!r}', r) for n, r in zip(out_names, refs))
         if bad:
             raise _nonfinite_torch_outputs_error(bad, path)
-        ort = require('onnxruntime')
-        sess = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
-        outs = sess.run(None, {'image': x.numpy()})
+        outs = ort_session(tmp).run(None, {'image': x.numpy()})
         bad = nonfinite((f'output {n!r}', o) for n, o in zip(out_names, outs))
         if bad:
             raise RuntimeError(f'ONNX Runtime outputs hold NaN or Inf where torch gives finite '
@@ -447,56 +352,7 @@ def _export_onnx_checked(model, wrapper, x, out_names, tmp, path, fuse, opset, d
     return report
 
 
-def onnx_problems(report: dict) -> List[str]:
-    """What is wrong with an :func:`export_onnx` report (empty list: all checks pass)."""
-    problems = []
-    if report['gather_ops']:
-        gathers = {op: n for op, n in report['op_histogram'].items() if 'gather' in op.lower()}
-        problems.append(f'gather op(s) remain ({gathers}): attention bias not cached for the '
-                        f'export size')
-    if report.get('bicubic_ops'):
-        problems.append(f"{report['bicubic_ops']} bicubic Resize op(s) remain (mode cubic): "
-                        f'attention bias resized in the graph instead of cached')
-    return problems
-
-
 # ----------------------------------------------------------------------------- Core ML
-def _without_aliases(ep):
-    """``ep`` with its ``aten.alias`` nodes bypassed, in place. torch.export writes a slice
-    that keeps the whole tensor (e.g. a crop to the size a tensor already has) as ``alias``,
-    which coremltools cannot convert ("Unsupported fx node alias"); an alias is its input, so
-    its users take the input instead."""
-    graph = ep.graph_module.graph
-    aliases = [n for n in graph.nodes
-               if n.op == 'call_function' and n.target == torch.ops.aten.alias.default]
-    for node in aliases:
-        node.replace_all_uses_with(node.args[0])
-        graph.erase_node(node)
-    if aliases:
-        graph.lint()
-        ep.graph_module.recompile()
-    return ep
-
-
-def _to_mlprogram_input(wrapper, x, method: str):
-    """``(program, method_used, fallback_reason)``: an ExportedProgram or a traced module."""
-    reason = None
-    if method in ('auto', 'export'):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter('ignore')
-                ep = torch.export.export(wrapper, (x,)).run_decompositions({})
-            return _without_aliases(ep), 'torch.export', None
-        except Exception as exc:
-            if method == 'export':
-                raise
-            reason = f'{type(exc).__name__}: {str(exc)[:200]}'
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        traced = torch.jit.trace(wrapper, x, check_trace=False)
-    return traced, 'torch.jit.trace', reason
-
-
 def export_coreml(model: nn.Module,
                   path: str,
                   input_shape=(1, 3, 224, 224),
@@ -505,7 +361,8 @@ def export_coreml(model: nn.Module,
                   compute_units: str = 'ALL',
                   image_input: bool = False,
                   method: str = 'auto',
-                  metadata: Optional[Dict[str, str]] = None) -> dict:
+                  metadata: Optional[Dict[str, str]] = None,
+                  compress: Optional[str] = None) -> dict:
     """Convert ``model`` to a Core ML ``.mlpackage`` (mlprogram, iOS 16+) and inspect it.
 
     Args:
@@ -523,56 +380,50 @@ def export_coreml(model: nn.Module,
         method (str): ``'auto'`` (``torch.export`` + ``run_decompositions``, falling back to
             ``torch.jit.trace``), ``'export'`` or ``'trace'``. Defaults to ``'auto'``.
         metadata (dict | None): Extra ``user_defined_metadata`` entries.
+        compress (str | None): Compress the weights before the package is saved, one of
+            :data:`mmeff.deploy.compress.COMPRESS_MODES` (``'palettize4'``, ``'palettize8'``,
+            ``'int8'``; :func:`mmeff.deploy.compress.compress_mlmodel`, which records the mode
+            in the metadata as ``mmeff.compress``); its figures are ``report['compression']``,
+            with ``torch_error``, the output error of the package's compressed weights
+            measured in PyTorch (:func:`mmeff.deploy.compress.compressed_torch_error`).
+            Defaults to None (FP16 weights as converted).
 
     Returns:
         dict: the :func:`inspect_coreml` report plus ``method``, ``fallback_reason``,
-        ``convert_s`` and ``problems`` (:func:`coreml_problems`; empty when all checks pass).
+        ``convert_s``, ``compression`` (with ``compress``) and ``problems``
+        (:func:`coreml_problems`; empty when all checks pass).
         The package is saved and inspected beside ``path`` and replaces it only when the
         checks pass; otherwise ``path`` keeps its previous content, the package is kept at
         ``report['path']`` (:func:`mmeff.deploy.output.failed_path`) and ``report['rejected']``
         names ``path``.
     """
-    ct = require('coremltools')
-    if precision not in ('fp16', 'fp32'):
-        raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
-    if compute_units not in COMPUTE_UNITS:
-        raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
-    if method not in ('auto', 'export', 'trace'):
-        raise ValueError(f"method must be 'auto', 'export' or 'trace', got {method!r}")
+    require('coremltools')
+    check_coreml_options(precision, compute_units, method)
     if not str(path).endswith('.mlpackage'):
         raise ValueError(f'a Core ML mlprogram is saved as a directory ending in .mlpackage, '
                          f'got {path!r}')
+    if compress is not None:  # a mode this coremltools lacks fails before the conversion
+        from .compress import check_compress_mode
+        check_compress_mode(compress)
     check_export_memory(model, input_shape)
     wrapper, x, out_names = prepare_for_export(model, input_shape, fuse=fuse,
                                                normalize=image_input)
     if image_input and x.shape[1] != 3:
         raise ValueError(f'ImageType input needs 3 (RGB) channels, the model has {x.shape[1]}')
-    t0 = time.perf_counter()
-    program, used, reason = _to_mlprogram_input(wrapper, x, method)
-    found = forbidden_torch_ops(program)
-    if found:  # coremltools would stop at a bicubic resize with a less telling error
-        raise _forbidden_error(f'the graph to convert ({used})', found)
-    if image_input:
-        inp = ct.ImageType(name='image', shape=tuple(x.shape), scale=1 / 255.,
-                           color_layout=ct.colorlayout.RGB)
-    else:
-        inp = ct.TensorType(name='image', shape=tuple(x.shape), dtype=np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        mlmodel = ct.convert(
-            program,
-            inputs=[inp],
-            outputs=[ct.TensorType(name=n, dtype=np.float32) for n in out_names],
-            convert_to='mlprogram',
-            minimum_deployment_target=ct.target.iOS16,
-            compute_precision=(ct.precision.FLOAT16 if precision == 'fp16'
-                               else ct.precision.FLOAT32),
-            compute_units=getattr(ct.ComputeUnit, compute_units),
-            skip_model_load=True)  # loading needs macOS; it is done by coreml_latency there
-    convert_s = time.perf_counter() - t0
+    # loading needs macOS; it is done by coreml_latency there
+    mlmodel, info = convert_coreml(wrapper, x, outputs=out_names, image_input=image_input,
+                                   precision=precision, compute_units=compute_units,
+                                   method=method)
+    compression = None
+    if compress is not None:
+        from .compress import compress_mlmodel, compressed_torch_error
+        mlmodel, compression = compress_mlmodel(mlmodel, compress)
+        # Core ML cannot predict here: the error of the compressed weights, measured in torch
+        compression['torch_error'] = compressed_torch_error(model, compress, x, mlmodel=mlmodel,
+                                                            fuse=fuse)
     meta = {'mmeff.input_shape': 'x'.join(str(s) for s in x.shape),
             'mmeff.precision': precision, 'mmeff.compute_units': compute_units,
-            'mmeff.fused': str(bool(fuse)), 'mmeff.conversion': used,
+            'mmeff.fused': str(bool(fuse)), 'mmeff.conversion': info['method'],
             'mmeff.image_input': str(bool(image_input))}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     mlmodel.user_defined_metadata.update(meta)
@@ -583,175 +434,48 @@ def export_coreml(model: nn.Module,
         report = inspect_coreml(staged.path)
         with torch.no_grad():  # Core ML cannot run here (Linux); torch's outputs can be checked
             refs = _as_tuple(wrapper(x))
-        report.update(method=used, fallback_reason=reason, convert_s=round(convert_s, 2),
-                      fused=fuse, fusion=fusion_report(wrapper),
+        report.update(info, fused=fuse, fusion=fusion_report(wrapper),
                       torch_nonfinite_outputs=nonfinite(
                           (f'output {n!r}', r) for n, r in zip(out_names, refs)))
+        if compression is not None:
+            report['compression'] = compression
         report['problems'] = coreml_problems(report, expect_fp16=precision == 'fp16')
         place_checked(staged, report)
     return report
 
 
-_PREPROCESSING_OPS = ('mul', 'add', 'sub', 'real_div')
-_FP32_PARAMS = ('scale_factor_height', 'scale_factor_width')
+def export_model(model: nn.Module, path: str, fmt: str = 'onnx', input_shape=(1, 3, 224, 224),
+                 fuse: bool = True, **options) -> dict:
+    """Export ``model`` to ``fmt``, any file format of the runtime layer
+    (:func:`mmeff.runtime.export_formats`).
 
+    ``'onnx'`` and ``'coreml'`` are :func:`export_onnx` and :func:`export_coreml` (``options``
+    are theirs). Any other format is written by the backend registered for it
+    (:func:`mmeff.runtime.backend_for_format`): the model is prepared as for those two
+    (:func:`prepare_for_export`: fused, biases cached for ``input_shape``), written by
+    ``backend.write(wrapper, example_input, path, **options)`` beside ``path``, checked by
+    ``backend.check`` and put in place only when its report has no ``problems`` (else kept
+    at :func:`mmeff.deploy.output.failed_path`).
 
-def _blocks(block):
-    """``block`` and every block nested in its ops (control flow), depth first."""
-    yield block
-    for op in block.operations:
-        for inner in op.blocks:
-            yield from _blocks(inner)
-
-
-def inspect_coreml(path: str) -> dict:
-    """Reload a saved Core ML model's spec (works on Linux) and summarise it.
-
-    Returns:
-        dict: ``path``, ``format``, ``spec_version`` (7 = iOS 16), ``model_type``,
-        ``op_histogram``, ``gather_ops``, ``inputs``/``outputs`` (name, kind, shape, dtype),
-        ``float_dtypes`` (dtype -> count over all float tensors produced by ops),
-        ``non_fp16_tensors`` (float tensors that are not FP16 and not at the I/O ends),
-        ``io_tensors`` (the float tensors of the I/O ends: input preprocessing such as an
-        ImageType's scale, the input cast to FP16 and the output casts to FP32),
-        ``nonfinite_constants`` (``const`` tensors holding NaN or Inf, with the counts: read
-        from the MIL program, weight file included), ``metadata`` and ``file_size_bytes``.
+    Raises:
+        ValueError: no backend writes ``fmt`` (the formats are named).
     """
-    ct = require('coremltools')
-    if not osp.exists(path):
-        raise FileNotFoundError(f'Core ML model {path!r} does not exist')
-    spec = ct.utils.load_spec(path)
-    mil = ct.proto.MIL_pb2
-    feat = ct.proto.FeatureTypes_pb2
-
-    def describe(f):
-        kind = f.type.WhichOneof('Type')
-        if kind == 'multiArrayType':
-            return dict(name=f.name, kind='tensor', shape=list(f.type.multiArrayType.shape),
-                        dtype=feat.ArrayFeatureType.ArrayDataType.Name(
-                            f.type.multiArrayType.dataType))
-        if kind == 'imageType':
-            it = f.type.imageType
-            return dict(name=f.name, kind='image', shape=[1, 3, it.height, it.width],
-                        dtype=feat.ImageFeatureType.ColorSpace.Name(it.colorSpace))
-        return dict(name=f.name, kind=kind, shape=None, dtype=None)
-
-    report = dict(path=osp.abspath(path), format='coreml',
-                  spec_version=spec.specificationVersion, model_type=spec.WhichOneof('Type'),
-                  inputs=[describe(f) for f in spec.description.input],
-                  outputs=[describe(f) for f in spec.description.output],
-                  metadata=dict(spec.description.metadata.userDefined),
-                  file_size_bytes=file_size(path))
-    if report['model_type'] != 'mlProgram':
-        report.update(op_histogram={}, gather_ops=0, bicubic_ops=0, float_dtypes={},
-                      non_fp16_tensors=[], io_tensors=[], nonfinite_constants=[])
-        return report
-    func = spec.mlProgram.functions['main']
-    main = func.block_specializations[func.opset]
-    input_names = {i.name for i in func.inputs}
-    output_names = set(main.outputs)
-    float_types = {mil.FLOAT16, mil.FLOAT32, mil.FLOAT64, mil.BFLOAT16}
-
-    def args_of(op):
-        return {a.name for arg in op.inputs.values() for a in arg.arguments if a.name}
-
-    def float_outputs(op):
-        return [(o.name, o.type.tensorType.dataType) for o in op.outputs
-                if o.type.WhichOneof('type') == 'tensorType'
-                and o.type.tensorType.dataType in float_types]
-
-    # The I/O ends of the graph may stay FP32: the input's elementwise preprocessing (an
-    # ImageType's scale/bias) up to the cast to FP16, the consts only it uses, and the casts
-    # that produce the outputs. A chain that never reaches a cast is not an I/O end.
-    ops = [op for block in _blocks(main) for op in block.operations]
-    consumers = Counter(name for op in ops for name in args_of(op))
-    # Scalars that parameterise an op rather than flow through the network (the scale
-    # factors of upsample_bilinear, e.g. V2's strided attention) keep the FP32 type the MIL
-    # op declares for them; they are not FP16 computations left in FP32.
-    as_param = Counter(a.name for op in ops for param, arg in op.inputs.items()
-                       if param in _FP32_PARAMS for a in arg.arguments if a.name)
-    input_side, chain, io_tensors = set(input_names), set(), set()
-    for op in ops:
-        args = args_of(op)
-        outs = {name for name, _ in float_outputs(op)}
-        if op.type in _PREPROCESSING_OPS and args & input_side:
-            input_side |= outs
-            chain |= outs
-        elif op.type == 'cast' and args & input_side:
-            io_tensors |= chain | outs
-        elif op.type == 'cast' and {o.name for o in op.outputs} & output_names:
-            io_tensors |= outs
-    io_consumed = Counter(name for op in ops if op.type != 'const'
-                          and {o.name for o in op.outputs} & io_tensors for name in args_of(op))
-    hist, dtypes, non_fp16, io_tensors_found = Counter(), Counter(), [], []
-    for op in ops:
-        hist[op.type] += 1
-        for name, dt in float_outputs(op):
-            dtypes[mil.DataType.Name(dt)] += 1
-            is_io = name in io_tensors or (op.type == 'const' and consumers[name]
-                                           and io_consumed[name] == consumers[name])
-            if is_io:
-                io_tensors_found.append(f'{op.type} -> {name}: {mil.DataType.Name(dt)}')
-            elif dt != mil.FLOAT16 and not (op.type == 'const' and consumers[name]
-                                            and as_param[name] == consumers[name]):
-                non_fp16.append(f'{op.type} -> {name}: {mil.DataType.Name(dt)}')
-    report.update(op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
-                  gather_ops=sum(n for op, n in hist.items() if 'gather' in op),
-                  bicubic_ops=sum(n for op, n in hist.items() if 'bicubic' in op),
-                  float_dtypes=dict(dtypes), non_fp16_tensors=non_fp16, io_tensors=io_tensors_found,
-                  opset=func.opset, nonfinite_constants=_coreml_nonfinite_constants(path, spec))
+    if fmt == 'onnx':
+        return export_onnx(model, path, input_shape, fuse=fuse, **options)
+    if fmt == 'coreml':
+        return export_coreml(model, path, input_shape, fuse=fuse, **options)
+    from mmeff.runtime import backend_for_format
+    backend = backend_for_format(fmt)
+    check_export_memory(model, input_shape)
+    wrapper, x, _ = prepare_for_export(model, input_shape, fuse=fuse)
+    with StagedOutput(path) as staged:
+        written = backend.write(wrapper, x, staged.path, **options)
+        report = dict(written, **backend.check(staged.path))
+        report.update(format=fmt, backend=backend.name, fused=fuse,
+                      fusion=fusion_report(wrapper))
+        report.setdefault('problems', [])
+        place_checked(staged, report)
     return report
-
-
-def _coreml_nonfinite_constants(path: str, spec) -> List[str]:
-    """The :func:`nonfinite` entries of an mlprogram's ``const`` ops. The spec keeps large
-    constants in the package's weight file; coremltools' MIL loader reads them back."""
-    ct = require('coremltools')
-    from coremltools.converters.mil.frontend.milproto.load import load as load_mil
-    weights_dir = ct.models.MLModel(path, skip_model_load=True).weights_dir
-    program = load_mil(spec, spec.specificationVersion, weights_dir)
-
-    def ops(block):
-        for op in block.operations:
-            yield op
-            for inner in op.blocks:
-                yield from ops(inner)
-
-    consts = [(f'const {out.name!r}', out.val) for func in program.functions.values()
-              for op in ops(func) if op.op_type == 'const' for out in op.outputs]
-    return nonfinite((name, np.asarray(val)) for name, val in consts if val is not None)
-
-
-def coreml_problems(report: dict, expect_fp16: bool = True) -> List[str]:
-    """What is wrong with an :func:`inspect_coreml` report (empty list: all checks pass)."""
-    problems = []
-    if report['model_type'] != 'mlProgram':
-        problems.append(f"model type is {report['model_type']}, not mlProgram")
-    if report['spec_version'] < 7:
-        problems.append(f"spec version {report['spec_version']} is below iOS 16's (7)")
-    if report['gather_ops']:
-        gathers = {op: n for op, n in report['op_histogram'].items() if 'gather' in op}
-        problems.append(f"{report['gather_ops']} gather op(s) remain ({gathers}; attention "
-                        f'bias not cached for the export size?)')
-    bicubic = {op: n for op, n in report['op_histogram'].items() if 'bicubic' in op}
-    if bicubic:
-        problems.append(f'bicubic resize op(s) remain ({bicubic}): attention bias resized in '
-                        f'the graph instead of cached')
-    bad = report.get('nonfinite_constants')
-    if bad:
-        problems.append(f'{len(bad)} constant(s) hold NaN or Inf (broken weights, or values '
-                        f'that overflow FP16): {_shown(bad)}')
-    bad = report.get('torch_nonfinite_outputs')
-    if bad:
-        problems.append(f'the torch model itself gives NaN or Inf on the export input (uniform '
-                        f'random values in [0, 1)): {_shown(bad)}')
-    if expect_fp16:
-        if report['non_fp16_tensors']:
-            problems.append(f"{len(report['non_fp16_tensors'])} float tensors are not FP16, "
-                            f"e.g. {report['non_fp16_tensors'][:3]}")
-        if not report['float_dtypes'].get('FLOAT16'):
-            problems.append('no FP16 tensor at all: not converted with FP16 precision')
-    return problems
 
 
 def format_report(report: dict) -> str:
