@@ -26,27 +26,24 @@ Images of another size than the export size: :mod:`mmeff.deploy.preprocess`.
 
 Checks: ONNX with ``onnx.checker`` and ONNX Runtime against the torch model (logits: relative
 error; labels: the share of pixels with the same label), both on a random image; the fused
-torch model against the unfused one; Core ML with :func:`~mmeff.deploy.export.inspect_coreml`
-and :func:`~mmeff.deploy.export.coreml_problems` (mlprogram, iOS 16, no gather, FP16), plus the
+torch model against the unfused one; Core ML with :func:`~mmeff.runtime.inspect_coreml`
+and :func:`~mmeff.runtime.coreml_problems` (mlprogram, iOS 16, no gather, FP16), plus the
 output's shape and dtype. Core ML predictions need macOS.
 """
 import copy
 import json
-import os
 import os.path as osp
-import time
-import warnings
-from collections import Counter
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .export import (COMPUTE_UNITS, _to_mlprogram_input, check_export_memory, coreml_problems,
-                     export_friendly_norms_, file_size, format_report, inspect_coreml, nonfinite,
-                     onnx_problems, require)
+from mmeff.runtime import (COMPUTE_UNITS, coreml_problems, inspect_coreml, nonfinite,
+                           ort_session, require)
+
+from .export import check_export_memory, export_friendly_norms_, format_report
 from .output import StagedOutput, place_checked
 from .fuse import cache_attention_bias, fuse_model, fusion_report, parse_input_size
 
@@ -59,18 +56,18 @@ MIN_LABEL_AGREEMENT = 0.999
 
 
 def supported_backbone_types() -> Tuple[str, ...]:
-    """The backbone types the segmentor export takes: ``mmeff.EfficientFormer``, and
-    ``mmeff.EfficientFormerV2`` where this mmeff has it."""
-    import mmeff.models
-    types = ['mmeff.EfficientFormer']
-    if hasattr(mmeff.models, 'EfficientFormerV2'):
-        types.append('mmeff.EfficientFormerV2')
-    return tuple(types)
+    """The backbone types the segmentor export takes: the scoped type of every registered
+    model family (``mmeff.EfficientFormer``, ``mmeff.EfficientFormerV2``;
+    :mod:`mmeff.models.families`)."""
+    import mmeff.models  # noqa: F401  (the backbone modules register the families)
+    from mmeff.models.families import iter_families
+    return tuple(f.type for f in iter_families())
 
 
 def _backbone_classes() -> tuple:
-    import mmeff.models
-    return tuple(getattr(mmeff.models, t.split('.')[-1]) for t in supported_backbone_types())
+    import mmeff.models  # noqa: F401
+    from mmeff.models.families import iter_families
+    return tuple(f.cls for f in iter_families())
 
 
 def _is_supported_type(btype, supported) -> bool:
@@ -81,7 +78,8 @@ def _is_supported_type(btype, supported) -> bool:
     return str(btype) in supported
 
 
-def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Module, dict]:
+def load_segmentor(config: str, checkpoint: Optional[str] = None,
+                   cfg_options: Optional[dict] = None) -> Tuple[nn.Module, dict]:
     """Build the mmseg segmentor of ``config`` with the weights of ``checkpoint``.
 
     Args:
@@ -91,6 +89,9 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
         checkpoint (str | None): The checkpoint tools/train.py saved with this config (a whole
             segmentor). ``None`` keeps random weights (fine for latency and for testing the
             export, meaningless for predictions).
+        cfg_options (dict | None): Config entries to override before anything is built, as
+            ``--cfg-options`` on the tools (:func:`mmeff.deploy.tasks.load_config`), e.g.
+            ``{'model.decode_head.num_classes': 19}``. Defaults to None.
 
     Returns:
         tuple[nn.Module, dict]: The segmentor in eval mode, and ``meta`` (``config``,
@@ -108,12 +109,14 @@ def load_segmentor(config: str, checkpoint: Optional[str] = None) -> Tuple[nn.Mo
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config!r} does not exist')
     import mmeff.models  # noqa: F401  (registers mmeff's backbones)
-    from mmengine.config import Config, ConfigDict
+    from mmengine.config import ConfigDict
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
 
     from mmeff.compat import sync_bn_to_bn
-    cfg = Config.fromfile(config)
+
+    from .tasks import load_config
+    cfg = load_config(config, cfg_options)
     model_cfg = cfg.get('model')
     if model_cfg is None:
         raise ValueError(f'config {config!r} has no `model` dict')
@@ -230,40 +233,6 @@ def _check_input(normalize: bool, shape) -> torch.Tensor:
     if not normalize:
         x = (x - 127.5) / 58.
     return x
-
-
-def _onnx_io(values) -> List[dict]:
-    import onnx
-    dtype_name = onnx.TensorProto.DataType.Name
-    return [dict(name=v.name, shape=[d.dim_param or d.dim_value
-                                     for d in v.type.tensor_type.shape.dim],
-                 dtype=dtype_name(v.type.tensor_type.elem_type)) for v in values]
-
-
-def _export_onnx(module: nn.Module, x: torch.Tensor, path: str, output_name: str, opset: int,
-                 dynamic_batch: bool) -> str:
-    """``torch.onnx.export`` with the ``torch.export``-based exporter, the TorchScript one as
-    the fallback (as :func:`mmeff.deploy.export_onnx`); returns which one wrote the file."""
-    require('onnx')
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    common = dict(input_names=['image'], output_names=[output_name], opset_version=opset)
-    n_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    try:
-        require('onnxscript')
-        dyn = dict(dynamic_shapes=({0: torch.export.Dim('batch')},)) if dynamic_batch else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            # One self-contained file unless the weights exceed protobuf's 2 GB limit.
-            torch.onnx.export(module, (x,), path, dynamo=True, verbose=False,
-                              external_data=n_bytes > 1.8e9, **dyn, **common)
-        return 'torch.export (dynamo)'
-    except Exception as exc:  # the TorchScript exporter handles what dynamo cannot
-        dyn = dict(dynamic_axes={'image': {0: 'batch'}, output_name: {0: 'batch'}}
-                   ) if dynamic_batch else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            torch.onnx.export(module, (x,), path, dynamo=False, **dyn, **common)
-        return f'torchscript (dynamo failed: {type(exc).__name__}: {str(exc)[:200]})'
 
 
 def compare_outputs(output: str, exported: np.ndarray, reference: torch.Tensor) -> dict:
@@ -403,7 +372,8 @@ def export_segmentor(config: str,
                      method: str = 'auto',
                      opset: int = 18,
                      dynamic_batch: bool = False,
-                     rtol: float = 1e-4) -> dict:
+                     rtol: float = 1e-4,
+                     cfg_options: Optional[dict] = None) -> dict:
     """Export the whole segmentor of ``config`` (+ ``checkpoint``) and check the file.
 
     Args:
@@ -429,6 +399,8 @@ def export_segmentor(config: str,
         opset (int): ONNX opset. Defaults to 18.
         dynamic_batch (bool): ONNX: dynamic batch dimension. Defaults to False.
         rtol (float): ONNX logits: allowed relative error against torch. Defaults to 1e-4.
+        cfg_options (dict | None): Config entries to override before the segmentor is built
+            (``--cfg-options``, see :func:`load_segmentor`). Defaults to None.
 
     Returns:
         dict: The export report: ``path``, ``format``, ``task`` (``'segmentor'``),
@@ -461,7 +433,7 @@ def export_segmentor(config: str,
     elif not str(out).endswith(ext):
         raise ValueError(f'a {fmt} export is written to a path ending in {ext}, got {out!r}')
 
-    segmentor, meta = load_segmentor(config, checkpoint)
+    segmentor, meta = load_segmentor(config, checkpoint, cfg_options)
     in_channels = getattr(segmentor.backbone, 'in_channels', 3)
     if image_input and in_channels != 3:
         raise ValueError(f'an ImageType input needs 3 channels, the model takes {in_channels}')
@@ -529,59 +501,33 @@ def _onnx(module, x, ref, path, output, opset, dynamic_batch, rtol) -> dict:
 
 
 def _onnx_at(module, x, ref, tmp, path, output, opset, dynamic_batch, rtol) -> dict:
-    """:func:`_onnx`'s export to ``tmp`` and its checks; messages name ``path``."""
-    import onnx
-    from onnx import numpy_helper
-    t0 = time.perf_counter()
-    exporter = _export_onnx(module, x, tmp, output, opset, dynamic_batch)
-    export_s = time.perf_counter() - t0
-    proto = onnx.load(tmp)
-    onnx.checker.check_model(proto)
-    hist = Counter(node.op_type for node in proto.graph.node)
-    weights = [(f'initialiser {init.name!r}', numpy_helper.to_array(init))
-               for init in proto.graph.initializer]
-    bad = nonfinite(weights)
+    """:func:`_onnx`'s export to ``tmp`` and its checks (the runtime layer's writer, graph
+    report and session); messages name ``path``."""
+    from mmeff.runtime import onnx_graph_report, ort_session, write_onnx
+    dynamic_axes = {'image': {0: 'batch'}, output: {0: 'batch'}} if dynamic_batch else None
+    written = write_onnx(module, x, tmp, input_names=('image',), output_names=(output,),
+                         opset=opset, dynamic_axes=dynamic_axes, atomic=False)
+    graph = onnx_graph_report(tmp)  # onnx.checker, ops, NaN/Inf weights, problems
+    bad = graph['nonfinite_constants']
     if bad:
         raise RuntimeError(f'{path}: {len(bad)} ONNX weight tensor(s) hold NaN or Inf: {bad[:3]}')
-    ort = require('onnxruntime')
-    sess = ort.InferenceSession(tmp, providers=['CPUExecutionProvider'])
-    (got,) = sess.run(None, {'image': x.numpy()})
+    (got,) = ort_session(tmp).run(None, {'image': x.numpy()})
     errs = compare_outputs(output, got, ref)
     _check_agreement(output, errs, rtol, f'ONNX Runtime ({path})')
-    report = dict(path=osp.abspath(path), format='onnx', exporter=exporter, opset=opset,
-                  op_histogram=dict(sorted(hist.items(), key=lambda kv: -kv[1])),
-                  gather_ops=sum(n for op, n in hist.items() if 'gather' in op.lower()),
-                  bicubic_ops=sum(node.op_type == 'Resize' and any(
-                      a.name == 'mode' and a.s == b'cubic' for a in node.attribute)
-                      for node in proto.graph.node),
-                  inputs=_onnx_io(proto.graph.input), outputs=_onnx_io(proto.graph.output),
-                  file_size_bytes=file_size(tmp), export_s=round(export_s, 2),
-                  onnxruntime=errs)
-    report['problems'] = onnx_problems(report)
-    return report
+    return dict(graph, path=osp.abspath(path), exporter=written['exporter'], opset=opset,
+                export_s=written['export_s'], onnxruntime=errs)
 
 
 def _coreml(module, x, ref, path, output, precision, compute_units, image_input, method,
             metadata, bgr) -> dict:
-    ct = require('coremltools')
-    t0 = time.perf_counter()
-    program, used, reason = _to_mlprogram_input(module, x, method)
-    if image_input:
-        layout = ct.colorlayout.BGR if bgr else ct.colorlayout.RGB
-        inp = ct.ImageType(name='image', shape=tuple(x.shape), scale=1., color_layout=layout)
-    else:
-        inp = ct.TensorType(name='image', shape=tuple(x.shape), dtype=np.float32)
-    out_dtype = np.int32 if output == 'labels' else np.float32
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        mlmodel = ct.convert(
-            program, inputs=[inp], outputs=[ct.TensorType(name=output, dtype=out_dtype)],
-            convert_to='mlprogram', minimum_deployment_target=ct.target.iOS16,
-            compute_precision=(ct.precision.FLOAT16 if precision == 'fp16'
-                               else ct.precision.FLOAT32),
-            compute_units=getattr(ct.ComputeUnit, compute_units),
-            skip_model_load=True)  # loading needs macOS
-    convert_s = time.perf_counter() - t0
+    from mmeff.runtime import convert_coreml
+    # The image input takes pixels 0-255 as they are (the config's mean/std are in the
+    # graph); gathers are reported by the spec checks below, as for every export.
+    mlmodel, info = convert_coreml(
+        module, x, outputs=[(output, np.int32 if output == 'labels' else np.float32)],
+        image_input=image_input, image_scale=1., color_layout='BGR' if bgr else 'RGB',
+        precision=precision, compute_units=compute_units, method=method, refuse_ops=False)
+    used, reason, convert_s = info['method'], info['fallback_reason'], info['convert_s']
     size = 'x'.join(str(s) for s in x.shape)
     metadata = {'mmeff.input_shape': size, 'mmeff.precision': precision,
                 'mmeff.compute_units': compute_units, 'mmeff.conversion': used,
@@ -653,7 +599,6 @@ def evaluate_onnx_segmentor(path: str, config: str, data_root: Optional[str] = N
     from mmseg.structures import SegDataSample
 
     from .preprocess import labels_to_image, logits_to_image, preprocess_image
-    ort = require('onnxruntime')
     import mmeff.models  # noqa: F401  (the config's custom_imports)
     cfg = Config.fromfile(config)
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -671,7 +616,7 @@ def evaluate_onnx_segmentor(path: str, config: str, data_root: Optional[str] = N
         loader = Runner.build_dataloader(loader_cfg)
         evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
     evaluator.dataset_meta = loader.dataset.metainfo
-    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    sess = ort_session(path)
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     size = tuple(int(s) for s in inp.shape[-2:])
     labels_by_path = {}
