@@ -1,0 +1,129 @@
+"""mmeff.deploy.fastest: the fused model, compiled where torch.compile works and matches the
+unfused model, else eager; the record says what was chosen and why; bad arguments are refused
+in one line. Tiny models (one block per stage) at small sizes."""
+import pytest
+import torch
+
+from mmeff.deploy.fastest import Fastest, fastest
+from mmeff.models import EfficientFormer, EfficientFormerV2
+
+from helpers import randomise_, rel_err
+
+TINY_V1 = dict(depths=[1, 1, 1, 1], widths=[16, 24, 32, 48], num_vit=1, mlp_ratios=2)
+TINY_V2 = dict(depths=[1, 1, 1, 1], widths=[16, 24, 32, 48], num_vit=1, mlp_ratios=2)
+
+
+@pytest.fixture(scope='module')
+def tiny_v1():
+    return randomise_(EfficientFormer(TINY_V1, out_norm_cfg=None)).eval()
+
+
+def unfused(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def test_compile_that_fails_falls_back_to_the_fused_model(tiny_v1, monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError('InvalidCxxCompiler: No working C++ compiler found\nmore')
+    monkeypatch.setattr(torch, 'compile', no_compiler)
+    run = fastest(tiny_v1, (64, 96))
+    record = run.record
+    assert record['chosen'] == 'fused' and isinstance(run, Fastest)
+    assert record['candidates']['compile']['status'] == (
+        'error: RuntimeError: InvalidCxxCompiler: No working C++ compiler found')
+    assert 'torch.compile not used (error: RuntimeError' in record['reason']
+    assert record['candidates']['fused']['rel_err'] <= 1e-5
+    assert record['input_size'] == [64, 96] and record['device'] == 'cpu'
+    x = torch.randn(2, 3, 64, 96)
+    for o, e in zip(run(x), unfused(tiny_v1, x)):
+        assert rel_err(o, e) <= 1e-5
+        assert o.is_contiguous()  # NCHW out, whatever the layout inside
+    # the argument is not modified: BN still there, NCHW weights
+    assert isinstance(tiny_v1.stem.norm1, torch.nn.BatchNorm2d)
+    assert tiny_v1.stem.conv2.weight.is_contiguous()
+
+
+def test_compile_that_does_not_match_is_not_chosen(tiny_v1, monkeypatch):
+    def wrong(module, **kwargs):  # a miscompiled model: every output off by 1%
+        return lambda x: tuple(o * 1.01 for o in module(x))
+    monkeypatch.setattr(torch, 'compile', wrong)
+    record = fastest(tiny_v1, 64).record
+    assert record['chosen'] == 'fused'
+    status = record['candidates']['compile']['status']
+    assert status.startswith('mismatch: rel. err 1.00e-02 > rtol 0.0001'), status
+
+
+def test_measure_keeps_the_faster(tiny_v1, monkeypatch):
+    """With ``measure`` both candidates are timed, interleaved, and the faster kept: here a
+    'compiled' model that matches but sleeps 30 ms per call loses to the fused one."""
+    import time
+
+    def slow_compile(module, **kwargs):
+        def run(x):
+            time.sleep(0.03)
+            return module(x)
+        return run
+    monkeypatch.setattr(torch, 'compile', slow_compile)
+    record = fastest(tiny_v1, 64, measure=3).record
+    assert record['candidates']['compile']['status'] == 'ok'
+    assert record['chosen'] == 'fused'
+    compiled_ms, fused_ms = (record['candidates'][k]['median_ms'] for k in ('compile', 'fused'))
+    assert compiled_ms >= 30 and fused_ms < compiled_ms
+    assert record['reason'].startswith('fused was the faster over 3 interleaved repetitions')
+
+
+@pytest.mark.slow
+def test_dynamo_compiled_model_is_chosen():
+    """A real torch.compile (dynamo with the 'eager' backend: no C++ build), checked against
+    the unfused V2 model (about a minute on 2 busy cores)."""
+    model = randomise_(EfficientFormerV2(TINY_V2), seed=1).eval()
+    run = fastest(model, (64, 64), compile=dict(backend='eager'))
+    assert run.record['chosen'] == 'compile', run.record
+    assert run.record['candidates']['compile']['rel_err'] <= 1e-5
+    x = torch.randn(1, 3, 64, 64)
+    for o, e in zip(run(x), unfused(model, x)):
+        assert rel_err(o, e) <= 1e-5
+
+
+def test_compile_false_is_the_fused_model(tiny_v1):
+    run = fastest(tiny_v1, 64, compile=False)
+    assert run.record['chosen'] == 'fused'
+    assert run.record['candidates']['compile'] == dict(status='not tried: compile=False')
+    assert 'compile=False' in repr(run)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(device='tpu'), "device 'tpu' is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"),
+    (dict(batch_size=0), 'batch_size must be an int >= 1, got 0'),
+    (dict(measure=-1), 'measure must be an int >= 0, got -1'),
+    (dict(rtol=0), 'rtol must be a positive number, got 0'),
+    (dict(input_size='big'), "input size 'big' is not 'N' or 'HxW'"),
+])
+def test_bad_arguments_are_refused(tiny_v1, kwargs, message):
+    kwargs = dict(dict(input_size=64), **kwargs)
+    with pytest.raises(ValueError) as info:
+        fastest(tiny_v1, **kwargs)
+    assert message in str(info.value)
+
+
+def test_cuda_without_a_gpu_is_refused(tiny_v1, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(ValueError, match=r"device 'cuda': this machine has no usable CUDA "
+                                         r"device .* use device='cpu'"):
+        fastest(tiny_v1, 64, device='cuda')
+
+
+def test_model_without_an_efficientformer_is_refused():
+    with pytest.raises(ValueError, match='contains no mmeff EfficientFormer backbone'):
+        fastest(torch.nn.Conv2d(3, 3, 1), 64)
+
+
+@pytest.mark.slow
+def test_inductor_compile_matches(tiny_v1):
+    """Inductor (the default backend: a C++ build, minutes on 2 busy cores)."""
+    run = fastest(tiny_v1, 64)
+    assert run.record['chosen'] == 'compile', run.record
+    x = torch.randn(1, 3, 64, 64)
+    for o, e in zip(run(x), unfused(tiny_v1, x)):
+        assert rel_err(o, e) <= 1e-5
