@@ -237,6 +237,25 @@ def test_cfg_options_with_a_misspelt_key_is_one_line(export, tmp_path, capsys, m
     assert not out.exists()
 
 
+def test_checkpoint_is_checked_against_the_config_with_its_options(export, tmp_path, capsys,
+                                                                   monkeypatch):
+    """The checkpoint's arch is matched, before anything is built, against what the config
+    builds once --cfg-options is merged: an L1 checkpoint for the L1 config set to arch l3."""
+    import torch
+
+    from mmeff.models import EfficientFormer
+    ckpt = tmp_path / 'l1.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in
+                               EfficientFormer('l1').state_dict().items()}}, ckpt)
+    status, err = run_main(export.main, [DEMO_FPN, '--task', 'segmentor', '--format', 'onnx',
+                                         '--checkpoint', str(ckpt), '--out',
+                                         str(tmp_path / 'x.onnx'), '--cfg-options',
+                                         'model.backbone.arch=l3'], capsys, monkeypatch)
+    (line,) = [ln for ln in err.splitlines() if ': error: ' in ln]
+    assert status == 1 and "checkpoint of arch 'l1'" in line and "builds arch 'l3'" in line, line
+    assert not (tmp_path / 'x.onnx').exists()
+
+
 # ----------------------------------------------------------------------------- INT8, Core ML
 def test_int8_backbone_export(export, tiny_backbone, tmp_path):
     """--quantize int8: ONNX Runtime's static quantisation, calibrated on an ImageFolder."""
