@@ -305,7 +305,7 @@ def test_compressed_coreml_export_and_an_unknown_mode(export, tiny_backbone, tmp
     assert rc == 0 and out.exists() and report['problems'] == [], report.get('problems')
     assert report['compression']['mode'] == 'int8', sorted(report)
     assert report['compression']['weight_bytes'] < report['compression']['fp16_weight_bytes']
-    assert report['metadata']['mmeff.compression'] == 'int8'
+    assert report['metadata']['mmeff.compress'] == 'int8'  # the package says how it was made
     bad = tmp_path / 'tiny_pal3.mlpackage'
     argv = [tiny_backbone, '--format', 'coreml', '--input-size', '64', '--compress',
             'palettize3', '--out', str(bad)]
