@@ -22,7 +22,8 @@ def randomise_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if not t.is_floating_point():
             continue
-        if name.endswith(('gamma', 'layer_scale_1', 'layer_scale_2')) or name.endswith('ls1.weight') \
+        if name.endswith(('gamma', 'layer_scale_1', 'layer_scale_2')) \
+                or name.endswith('ls1.weight') \
                 or name.endswith('ls2.weight'):
             t.copy_(0.5 + torch.rand(t.shape, generator=g))
         elif name.endswith('running_var'):

@@ -9,7 +9,8 @@ tests/test_classification.py shrink the V1 ones (data, image scale, iterations, 
 Mask R-CNN and Semantic FPN start from an authors'-layout ``eformer_s0_450.pth`` converted by
 tools/convert_checkpoint.py (the READMEs' path) and are evaluated by mmdet's CocoMetric and by
 mmseg's IoUMetric on test images whose resized sides are not multiples of 32; the classifier
-(mixup, distillation, EMA) by mmeff's Accuracy. The stock ADE20K test pipeline is also run at its real scale on a
+(mixup, distillation, EMA) by mmeff's Accuracy. The stock ADE20K test pipeline is also run at its
+real scale on a
 4:3 image (resized to 512x683, the size of the authors' issue #50).
 """
 import glob

@@ -77,7 +77,8 @@ def test_stock_mmseg_config_forward(tmp_path):
     from mmengine.utils import import_modules_from_strings
     import_modules_from_strings(**cfg.custom_imports)
     cfg.model.data_preprocessor.size = None
-    cfg.model.data_preprocessor.size_divisor = 32  # non-multiple-of-32 inputs padded, then cropped back
+    # non-multiple-of-32 inputs padded, then cropped back
+    cfg.model.data_preprocessor.size_divisor = 32
     from mmeff.compat import sync_bn_to_bn
     sync_bn_to_bn(cfg.model)
     model = MODELS.build(cfg.model)

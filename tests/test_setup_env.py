@@ -33,15 +33,17 @@ mkdir -p "$dist"
 case "${FAKE_PIP:-ok}" in
   ok) echo 'a wheel' > "$dist/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl" ;;
   nospace) head -c 4096 /dev/zero > "$dist/mmcv-2.1.0-cp311-cp311-linux_x86_64.whl"
-           echo "error: [Errno 28] No space left on device: 'build/temp/roi_align_cuda.o'" >&2
+           echo "error: [Errno 28] No space left on device: 'build/temp/roi_align_cuda.o'" \
+             >&2
            exit 1 ;;
-  fail) echo "mmcv/ops/csrc/pytorch/cuda/nms_cuda.cu(12): error: identifier undefined" >&2; exit 1 ;;
+  fail) echo "mmcv/ops/csrc/pytorch/cuda/nms_cuda.cu(12): error: identifier undefined" >&2
+        exit 1 ;;
 esac
 '''
 
 FAKE_NVCC = r'''#!/usr/bin/env bash
 case "$1" in
-  --version) echo "Cuda compilation tools, release ${FAKE_NVCC_RELEASE:-13.0}, V${FAKE_NVCC_RELEASE:-13.0}.88" ;;
+  --version) R=${FAKE_NVCC_RELEASE:-13.0}; echo "Cuda compilation tools, release $R, V$R.88" ;;
   --list-gpu-code) for c in ''' + NVCC_13_CODES + r'''; do echo "$c"; done ;;
 esac
 '''
@@ -154,7 +156,8 @@ def test_named_architectures_key_the_cache(env, tmp_path, arch_list, tag):
     ('Hopper', "'Hopper' is not a compute capability"),
 ])
 def test_unsupported_architecture(env, tmp_path, arch, says):
-    line = one_error_line(run(env, '--check', MMEFF_MMCV_CUDA='1', TORCH_CUDA_ARCH_LIST=f'8.0;{arch}',
+    line = one_error_line(run(env, '--check', MMEFF_MMCV_CUDA='1',
+                              TORCH_CUDA_ARCH_LIST=f'8.0;{arch}',
                               CUDA_HOME=_toolkit(str(tmp_path / 'cuda'))))
     assert says in line and '9.0' in line
 

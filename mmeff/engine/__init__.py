@@ -4,6 +4,8 @@ from .optim_wrappers import AGCOptimWrapper, AmpAGCOptimWrapper
 from .launch import (build_runner, check_data_paths, check_model_channels, check_pretrained,
                      explain_dataset_errors, prepare_config)
 
-__all__ = ['AGCOptimWrapper', 'AmpAGCOptimWrapper', 'CheckFiniteLossHook', 'NonFiniteLossError', 'RNGStateHook', 'build_runner',
-           'check_data_paths', 'check_model_channels', 'check_pretrained',
-           'explain_dataset_errors', 'prepare_config']
+__all__ = [
+    'AGCOptimWrapper', 'AmpAGCOptimWrapper', 'CheckFiniteLossHook', 'NonFiniteLossError',
+    'RNGStateHook', 'build_runner', 'check_data_paths', 'check_model_channels',
+    'check_pretrained', 'explain_dataset_errors', 'prepare_config'
+]

@@ -19,7 +19,7 @@ import copy
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 CHOICES = ('mb4d', 'mb3d', 'id')
 
