@@ -176,11 +176,24 @@ def predictions(cfg_path, ckpt, onnx_path, coco):
 
 
 # ---------------------------------------------------------------------------- ONNX
-def test_mask_rcnn_onnx_matches_mmdet(detector, coco):
-    from mmeff.deploy.detector import export_detector, format_detector_report
+@pytest.fixture(scope='module')
+def exported(detector):
+    from mmeff.deploy.detector import export_detector
     out = str(detector['tmp'] / 'mask_rcnn.onnx')
     report = export_detector(detector['cfg'], detector['ckpt'], fmt='onnx', input_size=SIZE,
                              out=out)
+    return out, report
+
+
+@pytest.fixture(scope='module')
+def compared(detector, coco, exported):
+    """mmdet's and ONNX Runtime's predictions on the val images, and their agreement."""
+    return predictions(detector['cfg'], detector['ckpt'], exported[0], coco)
+
+
+def test_mask_rcnn_onnx_matches_mmdet(coco, exported, compared):
+    from mmeff.deploy.detector import format_detector_report
+    report = exported[1]
     assert report['problems'] == [], report['problems']
     hist = report['op_histogram']
     assert hist['NonMaxSuppression'] == 2  # RPN (levels apart) and box head (classes apart)
@@ -199,7 +212,7 @@ def test_mask_rcnn_onnx_matches_mmdet(detector, coco):
     text = format_detector_report(report)
     assert 'gather ops in the network: 0' in text and 'checks: all passed' in text
     assert 'paste_masks' in text
-    ref, got, agreement = predictions(detector['cfg'], detector['ckpt'], out, coco)
+    ref, got, agreement = compared
     for a in agreement:  # one by one, up to float rounding (the 100th may swap)
         assert a['detections_a'] == a['detections_b'] == 100, agreement
         assert a['matched'] >= a['detections_a'] - 2, agreement
@@ -210,6 +223,38 @@ def test_mask_rcnn_onnx_matches_mmdet(detector, coco):
     assert m_ref['bbox_mAP_50'] > 0 and m_ref['segm_mAP_50'] > 0  # some hit their objects
     for key in m_ref:
         assert abs(m_ref[key] - m_onnx[key]) <= 0.005, key  # 0.5 AP points
+
+
+def test_evaluate_onnx_detector_gives_the_metric_of_the_onnx_detections(detector, coco,
+                                                                        exported, compared):
+    """evaluate_onnx_detector (the demo's ONNX Runtime step): the config's own test pipeline
+    and evaluator, ``data_root`` carried into both (as --cfg-options data_root=... in the
+    tools), the same mAP as ONNX Runtime's detections above."""
+    from mmeff.deploy.detector import evaluate_onnx_detector
+    cfg = detector['tmp'] / 'mask_rcnn_eval.py'
+    cfg.write_text(textwrap.dedent(f"""
+        _base_ = {detector['cfg']!r}
+        test_pipeline = [
+            dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=({SIZE[1]}, {SIZE[0]}), keep_ratio=True),
+            dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+            dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape',
+                                                  'img_shape', 'scale_factor'))]
+        data_root = 'data/synthetic_coco/'
+        test_dataloader = dict(dataset=dict(
+            data_root=data_root, ann_file='annotations/instances_val2017.json',
+            data_prefix=dict(img='val2017/'), metainfo=dict(classes={CLASSES!r}),
+            pipeline=test_pipeline))
+        test_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+        """))
+    result = evaluate_onnx_detector(exported[0], str(cfg), data_root=coco['data_root'])
+    assert result['images'] == 3 and result['input_size'] == SIZE
+    m_onnx = coco_map(coco, compared[1])
+    for key, value in m_onnx.items():
+        assert result['metrics'][f'coco/{key}'] == pytest.approx(value, abs=1e-6), key
+    with pytest.raises(FileNotFoundError, match=r"ONNX file 'nope.onnx' does not exist; "
+                                                r'export it with tools/export.py'):
+        evaluate_onnx_detector('nope.onnx', str(cfg))
 
 
 def test_roi_align_matches_mmcv_in_torch_and_onnxruntime(tmp_path):

@@ -50,7 +50,6 @@ from .output import StagedOutput, place_checked
 
 FORMATS = ('onnx', 'coreml')
 DETECTORS = ('RetinaNet', 'MaskRCNN')
-BACKBONES = ('EfficientFormer', 'EfficientFormerV2')
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
 ONNX_OPSET = 17  # RoiAlign's half_pixel mode (mmcv's aligned=True) needs 16
 MIN_SIZE = 32  # one token after the stride-32 stage
@@ -96,11 +95,12 @@ def load_detector_config(config: str, cfg_options: Optional[dict] = None):
         raise ValueError(f'config {config!r} has no `model` dict')
     backbone = model.get('backbone') or {}
     btype = backbone.get('type') if isinstance(backbone, dict) else None
-    if _short_type(btype) not in BACKBONES:
+    from mmeff.models.families import FAMILIES, is_family_type
+    if not is_family_type(btype):
         raise ValueError(
             f'config {config!r}: model.backbone is {btype!r}, not an mmeff backbone '
-            f"({', '.join('mmeff.' + b for b in BACKBONES)}). export_detector folds and caches "
-            f'what is specific to EfficientFormer; export other backbones with mmdeploy')
+            f"({', '.join(f.type for f in FAMILIES.values())}). export_detector folds and "
+            f'caches what is specific to EfficientFormer; export other backbones with mmdeploy')
     mtype = _short_type(model.get('type'))
     if mtype == 'CascadeRCNN':
         from .mask_rcnn import CASCADE_REFUSAL
@@ -420,9 +420,10 @@ def detection_problems(agree: dict) -> list:
 
 def _onnx_report(module: nn.Module, x: torch.Tensor, path: str, opset: int = ONNX_OPSET
                  ) -> dict:
-    """Write ``module`` to ``path`` (ONNX) through a staging file beside it, check it with
-    onnx.checker and ONNX Runtime there, and put it in place (``path`` is replaced only when
-    the checks pass; else it is kept at :func:`~mmeff.deploy.output.failed_path`)."""
+    """Write ``module`` to ``path`` (ONNX, :func:`mmeff.runtime.write_onnx`) through a staging
+    file beside it, check it with onnx.checker and ONNX Runtime there, and put it in place
+    (``path`` is replaced only when the checks pass; else it is kept at
+    :func:`~mmeff.deploy.output.failed_path`)."""
     require('onnx')
     require('onnxruntime')
     with StagedOutput(path) as staged:
@@ -439,20 +440,16 @@ NETWORK_SCOPES = ('/backbone/', '/neck/', '/head/', '/rpn_head/', '/bbox_head/',
 
 def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str, opset: int = ONNX_OPSET
                     ) -> dict:
+    from mmeff.runtime import ort_session, write_onnx
     onnx = require('onnx')
-    ort = require('onnxruntime')
     names = list(module.output_names)
     with torch.no_grad():
         ref = [t.numpy() for t in module(x)]
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        # The TorchScript exporter: torchvision registers ONNX NonMaxSuppression (nms) and
-        # RoiAlign (roi_align) there; the torch.export-based one cannot trace NMS's
-        # data-dependent output size.
-        torch.onnx.export(module, (x,), path, input_names=['image'], output_names=names,
-                          opset_version=opset, dynamo=False)
-    export_s = time.perf_counter() - t0
+    # The TorchScript exporter: torchvision registers ONNX NonMaxSuppression (nms) and
+    # RoiAlign (roi_align) there; the torch.export-based one cannot trace NMS's data-dependent
+    # output size.
+    written = write_onnx(module, (x,), path, input_names=('image',), output_names=names,
+                         opset=opset, method='torchscript', atomic=False)
     proto = onnx.load(path)
     for out, r in zip(proto.graph.output, ref):  # NMS hides the static shapes from the exporter
         dims = out.type.tensor_type.shape.dim
@@ -462,7 +459,7 @@ def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str, opset: int = 
     onnx.save(proto, path)
     from collections import Counter
     hist = Counter(n.op_type for n in proto.graph.node)
-    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    sess = ort_session(path)
     got = sess.run(None, {'image': x.numpy()})
     agree = compare_detections(ref, got)
     problems = detection_problems(agree)
@@ -478,8 +475,9 @@ def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str, opset: int = 
         problems.append('no RoiAlign op in the graph')
     gathers = [n.name for n in proto.graph.node if 'Gather' in n.op_type]
     network = [g for g in gathers if g.startswith(NETWORK_SCOPES)]
-    return dict(format='onnx', path=osp.abspath(path), exporter='torchscript', opset=opset,
-                export_s=round(export_s, 2), op_histogram=dict(hist.most_common()),
+    return dict(format='onnx', path=osp.abspath(path), exporter=written['exporter'],
+                opset=opset, export_s=round(written['export_s'], 2),
+                op_histogram=dict(hist.most_common()),
                 gather_ops=len(network), postprocess_gather_ops=len(gathers) - len(network),
                 inputs=[dict(name=i.name, shape=i.shape, dtype=i.type) for i in sess.get_inputs()],
                 outputs=[dict(name=o.name, shape=o.shape, dtype=o.type)
@@ -774,8 +772,8 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
     from mmengine.structures import InstanceData
 
     from mmeff.engine.launch import propagate_variables
+    from mmeff.runtime import ort_session
     from .mask_rcnn import detections_with_masks
-    ort = require('onnxruntime')
     if not osp.isfile(path):
         raise FileNotFoundError(f'ONNX file {path!r} does not exist; export it with '
                                 f'tools/export.py {config} --task detector --format onnx')
@@ -798,7 +796,7 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
         loader = Runner.build_dataloader(loader_cfg)
         evaluator = Evaluator(copy.deepcopy(cfg.test_evaluator))
     evaluator.dataset_meta = loader.dataset.metainfo
-    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    sess = ort_session(path)
     inp = sess.get_inputs()[0]
     H, W = (int(s) for s in inp.shape[-2:])
     with_masks = len(sess.get_outputs()) == 4
@@ -832,7 +830,7 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
     return dict(metrics=metrics, predictions=found, input_size=(H, W), images=len(found))
 
 
-__all__ = ['FORMATS', 'DETECTORS', 'BACKBONES', 'OUTPUT_NAMES', 'DetectorExport',
+__all__ = ['FORMATS', 'DETECTORS', 'OUTPUT_NAMES', 'DetectorExport',
            'apply_cfg_options', 'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
            'detection_problems',
            'detections_to_image', 'evaluate_onnx_detector', 'export_detector',
