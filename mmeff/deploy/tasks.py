@@ -401,6 +401,10 @@ class DetectorTask(TaskAdapter):
         return frozenset(k for k in OPTION if _accepts(exporter, k))
 
     def why_not(self, keyword: str) -> str:
+        try:
+            self._exporter()
+        except ImportError as exc:
+            return str(exc)
         return f'mmeff.deploy.detector.export_detector takes no {keyword!r} argument'
 
     def export(self, model, fmt, out=None, input_size=None, checkpoint=None, log=print,
