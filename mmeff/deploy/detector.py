@@ -35,16 +35,15 @@ are not mmeff's, are refused with the reason.
 """
 import copy
 import os.path as osp
-import time
-import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .export import (check_export_memory, coreml_problems, export_friendly_norms_, file_size,
-                     inspect_coreml, nonfinite, require)
+from mmeff.runtime import coreml_problems, file_size, inspect_coreml, nonfinite
+
+from .export import check_export_memory, export_friendly_norms_, require
 from .fuse import fuse_model, fusion_report, parse_input_size
 from .output import StagedOutput, place_checked
 
@@ -486,32 +485,23 @@ def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str, opset: int = 
 
 
 def _coreml_report(module: nn.Module, x: torch.Tensor, path: str, precision: str,
-                   image_input: bool, metadata: Optional[dict] = None) -> dict:
-    ct = require('coremltools')
+                   image_input: bool, metadata: Optional[dict] = None,
+                   compute_units: str = 'ALL') -> dict:
+    from mmeff.runtime import convert_coreml
+    require('coremltools')
     _register_coreml_nms()
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        traced = torch.jit.trace(module, (x,), check_trace=False)
-        if image_input:  # 8-bit RGB pixels as they are (0-255): the graph normalises
-            inp = ct.ImageType(name='image', shape=tuple(x.shape), scale=1.,
-                               color_layout=ct.colorlayout.RGB)
-        else:
-            inp = ct.TensorType(name='image', shape=tuple(x.shape), dtype=np.float32)
-        mlmodel = ct.convert(
-            traced, inputs=[inp],
-            outputs=[ct.TensorType(name='boxes', dtype=np.float32),
-                     ct.TensorType(name='scores', dtype=np.float32),
-                     ct.TensorType(name='labels', dtype=np.int32)],
-            convert_to='mlprogram', minimum_deployment_target=ct.target.iOS16,
-            compute_precision=(ct.precision.FLOAT16 if precision == 'fp16'
-                               else ct.precision.FLOAT32),
-            skip_model_load=True)
-    convert_s = time.perf_counter() - t0
+    # torch.jit.trace: the custom NMS op becomes Core ML's non_maximum_suppression; with an
+    # image input, 8-bit RGB pixels as they are (0-255): the graph normalises
+    mlmodel, info = convert_coreml(
+        module, x, outputs=['boxes', 'scores', ('labels', np.int32)], input_name='image',
+        image_input=image_input, image_scale=1., color_layout='RGB', precision=precision,
+        compute_units=compute_units, method='trace', refuse_ops=False)
+    convert_s = info['convert_s']
     mlmodel.user_defined_metadata.update({
         **{k: str(v) for k, v in (metadata or {}).items()},
         'mmeff.task': 'detector', 'mmeff.input_shape': 'x'.join(map(str, x.shape)),
         'mmeff.precision': precision, 'mmeff.image_input': str(bool(image_input)),
+        'mmeff.compute_units': compute_units,
         'mmeff.outputs': 'boxes (x1,y1,x2,y2 input pixels), scores, labels (-1: padding)'})
     mlmodel.short_description = (f'mmeff detector, input RGB 0-255 {x.shape[2]}x{x.shape[3]}, '
                                  f'outputs boxes, scores, labels')
@@ -538,7 +528,8 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
                     score_thr: Optional[float] = None, iou_thr: Optional[float] = None,
                     precision: str = 'fp16', image_input: bool = False,
                     nms_pre: Optional[int] = None, opset: int = ONNX_OPSET,
-                    batch_size: int = 1, cfg_options: Optional[dict] = None) -> dict:
+                    batch_size: int = 1, cfg_options: Optional[dict] = None,
+                    compute_units: str = 'ALL') -> dict:
     """Export the whole detector of an mmdet config with an mmeff backbone (module docstring;
     Mask R-CNN: :mod:`mmeff.deploy.mask_rcnn`).
 
@@ -565,6 +556,9 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
             ``half_pixel`` mode). Defaults to 17.
         batch_size (int): Images per call; the exported post-processing takes one image, so
             only 1 is accepted.
+        compute_units (str): Core ML: the compute units the package is meant for
+            (``mmeff.runtime.COMPUTE_UNITS``; recorded in its metadata, chosen at load time).
+            Defaults to ``'ALL'``.
         cfg_options (dict | None): Config overrides (``--cfg-options``, e.g.
             ``{'model.roi_head.bbox_head.num_classes': 3}``), merged as the train/test tools
             merge them (:func:`apply_cfg_options`).
@@ -579,6 +573,9 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
         raise ValueError(f'fmt must be one of {FORMATS}, got {fmt!r}')
     if precision not in ('fp16', 'fp32'):
         raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
+    from mmeff.runtime import COMPUTE_UNITS
+    if compute_units not in COMPUTE_UNITS:
+        raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
     if max_dets is not None and (not isinstance(max_dets, int) or isinstance(max_dets, bool)
                                  or max_dets < 1):
         raise ValueError(f'max_dets (--max-dets) must be a positive int, the detections kept '
@@ -639,7 +636,8 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
         arch = cfg.model.backbone.get('arch', 'l1')
         report = _coreml_report(module, x, out, precision, image_input, metadata={
             'mmeff.config': config, 'mmeff.weights': weights,
-            'mmeff.arch': arch if isinstance(arch, str) else 'custom'})
+            'mmeff.arch': arch if isinstance(arch, str) else 'custom'},
+            compute_units=compute_units)
     report.update(
         detector=_short_type(cfg.model.type), config=config, weights=weights,
         input_size=[h, w], fusion=fusion_report(fused),
@@ -765,7 +763,6 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
         dict: ``metrics`` (the evaluator's), ``predictions`` (``img_path`` -> the image's
         ``bboxes, scores, labels`` and ``masks``), ``input_size`` (H, W), ``images``.
     """
-    from mmengine.config import Config
     from mmengine.evaluator import Evaluator
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
@@ -830,9 +827,8 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
     return dict(metrics=metrics, predictions=found, input_size=(H, W), images=len(found))
 
 
-__all__ = ['FORMATS', 'DETECTORS', 'OUTPUT_NAMES', 'DetectorExport',
-           'apply_cfg_options', 'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
-           'detection_problems',
-           'detections_to_image', 'evaluate_onnx_detector', 'export_detector',
-           'format_detector_report',
-           'load_detector_config', 'preprocess_detection_image']
+__all__ = ['FORMATS', 'DETECTORS', 'OUTPUT_NAMES', 'DetectorExport', 'apply_cfg_options',
+           'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
+           'detection_problems', 'detections_to_image', 'evaluate_onnx_detector',
+           'export_detector', 'format_detector_report', 'load_detector_config',
+           'preprocess_detection_image']

@@ -57,8 +57,7 @@ Only Mask R-CNN (``MaskRCNN`` with ``RPNHead``, ``StandardRoIHead``, a ``BBoxHea
 :func:`check_mask_rcnn_config` names what else a config has. Core ML is refused
 (:data:`COREML_REFUSAL`).
 """
-import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
