@@ -1,7 +1,6 @@
 """Latency benchmark (timing helpers, a tiny run of the tool) and the accuracy-latency plot.
 No timing targets here: speed is what the benchmark reports, not what tests assert."""
 import json
-import os
 
 import pytest
 

@@ -271,8 +271,10 @@ def test_check_compatible(cpu_table, space):
 
 
 def test_backend_errors(space):
+    # every backend of the runtime registry, in its order
     with pytest.raises(ValueError, match="unknown latency backend 'tflite'; choose one of "
-                                         "torch-cpu, torch-cuda, onnxruntime, coreml"):
+                                         "torch-cpu, torch-cuda, torch.compile, onnxruntime, "
+                                         "onnxruntime-int8, coreml"):
         lut.build_lut(space, 'tflite', SIZE)
     with pytest.raises(ValueError, match='unknown latency backend'):
         lut.measure_network(_tiny_arch(), 'tflite', SIZE)

@@ -12,6 +12,7 @@ import pytest
 
 from helpers import load_tool
 from mmeff.slimming import lut
+from mmeff.slimming import run as slim_run
 
 CONFIG = 'configs/slimming/supernet_tiny_synthetic.py'
 FAST = ['--threads', '1', '--warmup', '0', '--reps', '1']
@@ -24,7 +25,7 @@ def slim(repo_root):
 
 @pytest.fixture
 def fast(slim, monkeypatch):
-    monkeypatch.setattr(slim, 'LUT_CHECK_NETWORKS', 3)
+    monkeypatch.setattr(slim_run, 'LUT_CHECK_NETWORKS', 3)  # read by run.build_lut
     monkeypatch.setattr(lut, 'CHUNK', 8)
     return slim
 

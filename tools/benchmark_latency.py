@@ -1,7 +1,8 @@
 """Latency/throughput of EfficientFormer: mmeff eager, fused, torch.compile, ONNX Runtime, timm.
 
     python tools/benchmark_latency.py [--archs l1 l3 l7] [--input-sizes 224 512x512 800x1333]
-        [--batch-sizes 1 8] [--device cpu|cuda] [--runtimes timm eager fused compile onnxruntime]
+        [--batch-sizes 1 8] [--device cpu|cuda] [--runtimes timm eager fused compile onnxruntime
+        onnxruntime-int8 coreml ...]
         [--task classifier|backbone] [--warmup 10] [--reps 100] [--threads N] [--settle-ms 10]
         [--out-dir benchmarks] [--name NAME] [--plot]
     python tools/benchmark_latency.py --whole-model CONFIG [--checkpoint CKPT]
@@ -41,20 +42,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
         return super()._get_help_string(action)
 
 
-def main(argv=None) -> int:
-    from mmeff.benchmark.latency import RUNTIMES, TASKS
+def parse_args(argv=None):
+    from mmeff.benchmark.latency import DEFAULT_RUNTIMES, RUNTIMES, TASKS
+    from mmeff.models.families import FAMILIES, all_archs
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=_HelpFormatter)
-    p.add_argument('--archs', nargs='+', default=['l1'],
-                   choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'),
-                   help='EfficientFormer l1/l3/l7, EfficientFormerV2 s0/s1/s2/l')
+    p.add_argument('--archs', nargs='+', default=['l1'], choices=all_archs(),
+                   help=', '.join(f"{f.name} {'/'.join(f.archs)}" for f in FAMILIES.values()))
     p.add_argument('--input-sizes', nargs='+',
                    help="sizes as N or HxW, e.g. 224 512x512 800x1333 (default 224; with "
                         "--whole-model 512x512 640x640)")
     p.add_argument('--batch-sizes', nargs='+', type=int, default=[1], help='batch sizes timed')
     p.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
-    p.add_argument('--runtimes', nargs='+', default=list(RUNTIMES), choices=RUNTIMES,
-                   help='runtimes timed side by side')
+    p.add_argument('--runtimes', nargs='+', default=list(DEFAULT_RUNTIMES), choices=RUNTIMES,
+                   help='runtimes timed side by side: timm, eager, fused and every backend of '
+                        'mmeff.runtime not bound to one torch device (coreml: macOS only)')
     p.add_argument('--task', default='classifier', choices=TASKS,
                    help='classifier (logits) or backbone (4 stage maps)')
     p.add_argument('--warmup', type=int, default=10, help='untimed calls first, per runtime')
@@ -73,10 +75,15 @@ def main(argv=None) -> int:
                    help='with --whole-model: the task (default: from the config\'s model.type)')
     p.add_argument('--checkpoint', help='with --whole-model: the whole model\'s weights')
     args = p.parse_args(argv)
+    if not args.whole_model and (args.whole_task or args.checkpoint):
+        p.error('--whole-task and --checkpoint go with --whole-model CONFIG')
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.whole_model:
         return _whole_model(args)
-    if args.whole_task or args.checkpoint:
-        p.error('--whole-task and --checkpoint go with --whole-model CONFIG')
     args.input_sizes = args.input_sizes or ['224']
     if any(b < 1 for b in args.batch_sizes):
         raise SystemExit(f'error: batch sizes must be >= 1, got {args.batch_sizes}')

@@ -59,8 +59,9 @@ def _print_proxies(args, info) -> None:
     if (args.task or info.get('task')) in WHOLE_TASKS:
         _print_whole_model_proxies(args, dict(info, task=args.task or info.get('task')))
         return
+    from mmeff.models.families import all_archs
     arch, task = args.arch or info.get('arch'), args.task or info.get('task')
-    if arch not in ('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'):
+    if arch not in all_archs():
         print('PROXIES: not measured: the package has no mmeff arch metadata; pass --arch '
               '(and --task) to measure them')
         return
@@ -83,7 +84,8 @@ def _print_proxies(args, info) -> None:
 
 
 def main(argv=None) -> int:
-    from mmeff.deploy.export import COMPUTE_UNITS
+    from mmeff.models.families import all_archs
+    from mmeff.runtime import COMPUTE_UNITS
     from mmeff.benchmark.coreml import MIN_REPS
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
     p.add_argument('--reps', type=int, default=1000, help=f'timed predictions (>= {MIN_REPS})')
     p.add_argument('--out-json', help='write the timings as a latency results file '
                                       '(for tools/plot_latency.py)')
-    p.add_argument('--arch', choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'),
+    p.add_argument('--arch', choices=all_archs(),
                    help='override the arch read from the package metadata')
     p.add_argument('--task', choices=('classifier', 'backbone') + WHOLE_TASKS,
                    help='override the task read from the package metadata')

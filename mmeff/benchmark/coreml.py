@@ -17,42 +17,16 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from mmeff.runtime import (check_compute_units, coreml_runtime_status, get_backend,
+                           inspect_coreml, summarize, time_interleaved)
 from .complexity import PAPER, display_name
-from .latency import SCHEMA, machine_info, summarize
+from .latency import SCHEMA, machine_info
 
 MIN_REPS = 500
 
 
-def coreml_runtime_status() -> Tuple[bool, str]:
-    """``(True, '')`` if Core ML predictions can run here, else ``(False, why)``."""
-    system = platform.system()
-    if system != 'Darwin':
-        return False, (f'Core ML predictions need macOS (or iOS): this machine runs {system} '
-                       f'({platform.platform()}). coremltools converts and inspects models here '
-                       f'but cannot run them')
-    try:
-        import coremltools  # noqa: F401
-    except ImportError:
-        return False, 'coremltools is not installed: pip install coremltools'
-    try:
-        from coremltools import libcoremlpython  # noqa: F401  (the native Core ML bridge)
-    except ImportError as exc:
-        return False, (f'coremltools has no native Core ML runtime here ({exc}); install the '
-                       f'macOS wheel of coremltools (pip install coremltools)')
-    mac = platform.mac_ver()[0]
-    try:
-        major = int(mac.split('.')[0])
-    except ValueError:
-        major = 0
-    if major < 13:
-        return False, (f'the exported mlprogram targets iOS 16 / macOS 13; this is macOS '
-                       f'{mac or "unknown"}')
-    return True, ''
-
-
 def package_info(path: str) -> dict:
     """Arch, task, input shape, compute units of an mmeff ``.mlpackage`` (from its spec)."""
-    from mmeff.deploy import inspect_coreml
     report = inspect_coreml(path)
     meta = report['metadata']
     inp = report['inputs'][0]
@@ -83,20 +57,18 @@ def time_coreml(path: str, compute_units: str = 'ALL', warmup: int = 50,
                 reps: int = 1000, seed: int = 0) -> dict:
     """Load ``path`` with ``compute_units``, warm up, time ``reps`` predictions (macOS only).
 
-    Returns the :func:`mmeff.benchmark.latency.summarize` figures plus ``load_s``.
+    Returns the :func:`mmeff.runtime.summarize` figures plus ``load_s`` (timed by
+    :func:`mmeff.runtime.time_interleaved`).
     """
     ok, why = coreml_runtime_status()
     if not ok:
         raise RuntimeError(why)
     if reps < MIN_REPS:
         raise ValueError(f'time at least {MIN_REPS} predictions for a stable median, got {reps}')
-    import coremltools as ct
-    from mmeff.deploy.export import COMPUTE_UNITS
-    if compute_units not in COMPUTE_UNITS:
-        raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
+    check_compute_units(compute_units)
     info = package_info(path)
     t0 = time.perf_counter()
-    model = ct.models.MLModel(path, compute_units=getattr(ct.ComputeUnit, compute_units))
+    model = get_backend('coreml').open(path, compute_units=compute_units)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     shape = info['input_shape']
@@ -106,13 +78,7 @@ def time_coreml(path: str, compute_units: str = 'ALL', warmup: int = 50,
         feed = {info['input_name']: Image.fromarray(pixels, 'RGB')}
     else:
         feed = {info['input_name']: rng.standard_normal(shape).astype(np.float32)}
-    for _ in range(warmup):
-        model.predict(feed)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        model.predict(feed)
-        times.append(time.perf_counter() - t)
+    times = time_interleaved({'coreml': lambda: model.predict(feed)}, warmup, reps)['coreml']
     row = summarize(times, shape[0])
     row.update(load_s=round(load_s, 2), warmup=warmup)
     return row

@@ -8,23 +8,30 @@ For every (arch, input size, batch size) the same weights run under:
   ``mmeff.converters.convert_timm``. timm's attention biases are fixed to the token grids of
   the 224x224 input its models are built for: at other sizes the row says
   ``unsupported: <timm's error>`` instead of a number.
-* ``eager``: mmeff, as trained (BN, layer scales, bias computed per call).
-* ``fused``: :func:`mmeff.deploy.fuse_model` (BN and layer scales folded, bias cached).
-* ``compile``: ``torch.compile`` of the fused model (inductor); the compile time is reported
-  separately (``setup_s``) and excluded from the timings.
-* ``onnxruntime``: the fused model exported to ONNX (:func:`mmeff.deploy.export_onnx`) and run
-  by ONNX Runtime (CPU, or the CUDA execution provider for ``device='cuda'``, where the
-  timings include the host<->device copies of ``session.run``); its worker threads sleep
-  between calls (:func:`ort_session`) instead of spinning on the cores the next runtime needs.
+* ``eager``: mmeff, as trained (BN, layer scales, bias computed per call), run by the
+  ``torch-cpu`` / ``torch-cuda`` backend of ``device``.
+* ``fused``: :func:`mmeff.deploy.fuse_model` (BN and layer scales folded, bias cached), run
+  the same way.
+* Every other runtime is a backend of :mod:`mmeff.runtime` running the fused model, under
+  the name its rows have always had: ``compile`` (``torch.compile``, inductor; the compile
+  time is reported separately, ``setup_s``, and excluded from the timings), ``onnxruntime``
+  (exported with :func:`mmeff.runtime.write_onnx` and run by ONNX Runtime, CPU, or the CUDA
+  execution provider for ``device='cuda'``, where the timings include the host<->device
+  copies of ``session.run``; its worker threads sleep between calls,
+  :func:`mmeff.runtime.ort_session`, instead of spinning on the cores the next runtime
+  needs), ``onnxruntime-int8`` and ``coreml`` (macOS), and any backend registered later
+  (:data:`RUNTIMES` reads the registry). By default the first five are timed
+  (:data:`DEFAULT_RUNTIMES`).
 
-Timing: each runtime is warmed up, then repetitions are *interleaved* across runtimes
-(``rep 1 of every runtime, rep 2 of every runtime, ...``), so that a change in machine load
-(a shared CPU) affects every runtime alike, and no runtime leaves threads spinning that
-would slow down the next one (``tests/test_slimming_lut.py`` checks it); on CUDA every call is
-followed by ``torch.cuda.synchronize()`` inside the timed region. Reported: median, p90, mean,
-min (ms per batch) and throughput (images/s from the median). Every runtime's output is
-compared with ``eager``'s (``rel_err_vs_eager``): a fast but wrong runtime shows. The LUT of
-latency-driven slimming (:mod:`mmeff.slimming.lut`) times its pieces with the same functions.
+Timing (:mod:`mmeff.runtime.timing`): each runtime is warmed up, then repetitions are
+*interleaved* across runtimes (``rep 1 of every runtime, rep 2 of every runtime, ...``), so
+that a change in machine load (a shared CPU) affects every runtime alike, and no runtime
+leaves threads spinning that would slow down the next one (``tests/test_slimming_lut.py``
+checks it); on CUDA every call is followed by ``torch.cuda.synchronize()`` inside the timed
+region. Reported: median, p90, mean, min (ms per batch) and throughput (images/s from the
+median). Every runtime's output is compared with ``eager``'s (``rel_err_vs_eager``): a fast
+but wrong runtime shows. The LUT of latency-driven slimming (:mod:`mmeff.slimming.lut`) times
+its pieces with the same functions.
 
 Tasks: ``'classifier'`` (image -> logits; timm's ``forward``) or ``'backbone'`` (the four
 stage maps, mmeff without output norms; timm's ``forward_intermediates``).
@@ -40,13 +47,20 @@ import os.path as osp
 import platform
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-RUNTIMES = ('timm', 'eager', 'fused', 'compile', 'onnxruntime')
+from mmeff.runtime import (NameView, backends, get_backend, pinned_threads, summarize,
+                           time_interleaved)
+# Re-exported: the whole-model latency (mmeff.benchmark.whole_model) imports it from here.
+from mmeff.runtime import ort_session  # noqa: F401
+
+# Runtimes that are models rather than backends: timm's reference, mmeff eager and fused,
+# run by the torch backend of the benchmark's device.
+MODEL_RUNTIMES = ('timm', 'eager', 'fused')
+DEFAULT_RUNTIMES = ('timm', 'eager', 'fused', 'compile', 'onnxruntime')
 TASKS = ('classifier', 'backbone')
 SCHEMA = 'mmeff.benchmark.latency/1'
 
@@ -113,84 +127,34 @@ def device_label(machine: dict) -> str:
     return f"CPU: {machine['cpu']}, {n} thread{'' if n == 1 else 's'}"
 
 
-# ----------------------------------------------------------------------------- timing
-def summarize(times_s: Sequence[float], batch_size: int) -> dict:
-    """Median/p90/mean/min in ms and throughput (images/s at the median) of per-call times."""
-    ms = np.asarray(times_s, dtype=np.float64) * 1e3
-    median = float(np.median(ms))
-    return dict(median_ms=round(median, 4), p90_ms=round(float(np.percentile(ms, 90)), 4),
-                mean_ms=round(float(ms.mean()), 4), min_ms=round(float(ms.min()), 4),
-                throughput_img_s=round(batch_size * 1e3 / median, 2), reps=len(ms))
-
-
-def time_interleaved(fns: Dict[str, Callable[[], object]],
-                     warmup: int,
-                     reps: int,
-                     sync: Optional[Callable[[], None]] = None,
-                     settle_s: float = 0.) -> Dict[str, List[float]]:
-    """Seconds per call of every function, repetitions interleaved across functions.
-
-    Args:
-        fns (dict): name -> zero-argument callable (one inference).
-        warmup (int): Untimed calls of each function first.
-        reps (int): Timed calls of each function.
-        sync (callable | None): Called before starting and before stopping each timer, e.g.
-            ``torch.cuda.synchronize`` so that asynchronous GPU work is inside the timing.
-        settle_s (float): Untimed pause before every timed call, so that thread pools the
-            previous call left spinning (torch's OpenMP workers spin a few ms after each
-            parallel region) have gone to sleep before the next function's timer starts.
-            Defaults to 0.
-    """
-    if reps < 1 or warmup < 0 or settle_s < 0:
-        raise ValueError(f'need reps >= 1, warmup >= 0 and settle_s >= 0, got reps={reps}, '
-                         f'warmup={warmup}, settle_s={settle_s}')
-    sync = sync or (lambda: None)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            if settle_s:
-                time.sleep(settle_s)
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 # ----------------------------------------------------------------------------- models
 def build_models(arch: str, task: str = 'classifier', seed: int = 0
                  ) -> Tuple[nn.Module, nn.Module, Callable]:
     """``(mmeff_model, timm_model, timm_forward)`` with identical weights, in eval mode.
 
-    ``arch`` is a V1 (``l1``/``l3``/``l7``) or V2 (``s0``/``s1``/``s2``/``l``) name. The
+    ``arch`` is an arch of a registered family (:mod:`mmeff.models.families`: V1 ``l1``,
+    ``l3``, ``l7``; V2 ``s0``, ``s1``, ``s2``, ``l``), timm's model of it the reference. The
     weights are timm's own initialisation (``pretrained=False``, seeded), converted to mmeff's
     layout with ``convert_timm`` and loaded strictly.
     """
     import timm
     from mmeff.converters import convert_timm
-    from mmeff.models import EfficientFormer, EfficientFormerV2
-    from .complexity import backbone_type, timm_name
+    from mmeff.models.families import family_of_arch
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
-    name = timm_name(arch)  # ValueError naming both families' archs
-    btype = backbone_type(arch)
+    family = family_of_arch(arch)  # ValueError naming every family's archs
+    name = family.timm_name(arch)
     torch.manual_seed(seed)
     ref = timm.create_model(name, pretrained=False).eval()
     sd = convert_timm(ref.state_dict())
     if task == 'classifier':
         from mmeff.models.classifiers import EfficientFormerClassifier
-        cls = EfficientFormerClassifier(backbone=dict(type=btype, arch=arch),
+        cls = EfficientFormerClassifier(backbone=dict(type=family.type, arch=arch),
                                         num_classes=ref.num_classes)
         cls.load_state_dict(sd, strict=True)
         model = cls.as_inference_module()
         return model.eval(), ref, ref
-    backbone_cls = EfficientFormerV2 if btype.endswith('V2') else EfficientFormer
-    model = backbone_cls(arch, out_norm_cfg=None)
+    model = family.cls(arch, out_norm_cfg=None)
     model.load_state_dict({k[len('backbone.'):]: v for k, v in sd.items()
                            if k.startswith('backbone.')}, strict=True)
 
@@ -222,29 +186,22 @@ def _short(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {msg[:300]}'
 
 
-def ort_session(path: str, threads: int, providers: Sequence[str] = ('CPUExecutionProvider',)):
-    """An ONNX Runtime session whose worker threads sleep, not spin, between calls.
+def _runtime_names() -> Tuple[str, ...]:
+    return MODEL_RUNTIMES + tuple(b.runtime_name for b in backends() if b.device is None)
 
-    By default ONNX Runtime's intra-op workers keep spinning for a while after every
-    ``session.run``, waiting for more work: on a machine with as many cores as threads they
-    take the cores from whatever runs next. Timed interleaved with other runtimes, that made
-    the runtime following ONNX Runtime about 2x slower (timm after onnxruntime, L1 224, 2
-    threads: 104 ms instead of 67 ms). Without spinning a session may take slightly longer to
-    wake up, which is counted in its own timing, not in its neighbour's.
 
-    Args:
-        path (str): ``.onnx`` file.
-        threads (int): Intra-op threads.
-        providers (Sequence[str]): Execution providers, in order of preference.
-    """
-    from mmeff.deploy.export import require
-    ort = require('onnxruntime')
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    opts.add_session_config_entry('session.inter_op.allow_spinning', '0')
-    return ort.InferenceSession(path, opts, providers=list(providers))
+# Every runtime the benchmark offers: MODEL_RUNTIMES, then every registered backend not bound
+# to one torch device (``torch-cpu``/``torch-cuda`` are how MODEL_RUNTIMES run), by its
+# ``runtime_name``; read from the registry on each use.
+RUNTIMES = NameView(_runtime_names)
+
+
+def backend_of_runtime(name: str):
+    """The :mod:`mmeff.runtime` backend a runtime name of :data:`RUNTIMES` stands for."""
+    for b in backends():
+        if b.device is None and name in (b.runtime_name, b.name):
+            return b
+    raise ValueError(f'unknown runtime {name!r}; choose from {tuple(RUNTIMES)}')
 
 
 def _make_runtime(name: str, model: nn.Module, ref_fn: Callable, x: torch.Tensor,
@@ -254,37 +211,22 @@ def _make_runtime(name: str, model: nn.Module, ref_fn: Callable, x: torch.Tensor
     hw = tuple(x.shape[2:])
     if name == 'timm':
         return lambda: ref_fn(x)
+    torch_backend = get_backend('torch-cuda' if device.startswith('cuda') else 'torch-cpu')
     if name == 'eager':
-        return lambda: model(x)
+        return torch_backend.runner(model, x, device=device)
+    backend = None if name == 'fused' else backend_of_runtime(name)
     fused = fuse_model(model, hw)
-    if name == 'fused':
-        return lambda: fused(x)
-    if name == 'compile':
-        compiled = torch.compile(fused)
-        compiled(x)  # compile now (setup time), not during the warm-up
-        return lambda: compiled(x)
-    if name == 'onnxruntime':
-        from mmeff.deploy.export import export_onnx, require
-        ort = require('onnxruntime')
-        path = osp.join(work_dir, f'model_{x.shape[0]}x{hw[0]}x{hw[1]}.onnx')
-        export_onnx(fused.cpu(), path, tuple(x.shape), fuse=False, check=False)
-        providers = ['CPUExecutionProvider']
-        if device.startswith('cuda'):
-            if 'CUDAExecutionProvider' not in ort.get_available_providers():
-                raise RuntimeError('onnxruntime has no CUDAExecutionProvider here '
-                                   '(pip install onnxruntime-gpu)')
-            providers = ['CUDAExecutionProvider', 'CPUExecutionProvider']
-        sess = ort_session(path, threads, providers)
-        feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
-        return lambda: [torch.from_numpy(o) for o in sess.run(None, feed)]
-    raise ValueError(f'unknown runtime {name!r}; choose from {RUNTIMES}')
+    if backend is None:
+        return torch_backend.runner(fused, x, device=device)
+    return backend.runner(fused, x, threads=threads, device=device, work_dir=work_dir,
+                          tag=f'model_{x.shape[0]}x{hw[0]}x{hw[1]}')
 
 
 @torch.no_grad()
 def benchmark(archs: Sequence[str] = ('l1',),
               input_sizes: Sequence = ((224, 224),),
               batch_sizes: Sequence[int] = (1,),
-              runtimes: Sequence[str] = RUNTIMES,
+              runtimes: Sequence[str] = DEFAULT_RUNTIMES,
               task: str = 'classifier',
               device: str = 'cpu',
               warmup: int = 10,
@@ -296,17 +238,18 @@ def benchmark(archs: Sequence[str] = ('l1',),
     """Time every runtime on every (arch, input size, batch size); see the module docstring.
 
     Args:
-        archs (Sequence[str]): V1 ``'l1'``, ``'l3'``, ``'l7'`` and V2 ``'s0'``, ``'s1'``,
-            ``'s2'``, ``'l'``, in any mix.
+        archs (Sequence[str]): Archs of the registered families (V1 ``'l1'``, ``'l3'``,
+            ``'l7'``; V2 ``'s0'``, ``'s1'``, ``'s2'``, ``'l'``), in any mix.
         input_sizes (Sequence): Sizes as accepted by :func:`mmeff.deploy.parse_input_size`
             (``224``, ``(800, 1333)``, ``'512x512'``).
         batch_sizes (Sequence[int]): Batch sizes.
-        runtimes (Sequence[str]): Subset of ``RUNTIMES``.
+        runtimes (Sequence[str]): Subset of ``RUNTIMES``. Defaults to ``DEFAULT_RUNTIMES``.
         task (str): ``'classifier'`` or ``'backbone'``.
         device (str): ``'cpu'`` or ``'cuda'`` (``'cuda:N'``).
         warmup (int): Untimed calls per runtime. Defaults to 10.
         reps (int): Timed calls per runtime. Defaults to 100.
-        threads (int | None): CPU threads for torch and ONNX Runtime; ``None`` keeps torch's.
+        threads (int | None): CPU threads for torch and ONNX Runtime during the run (the
+            caller's torch setting is restored afterwards); ``None`` keeps torch's.
         seed (int): Seed of the weights and of the input. Defaults to 0.
         settle_s (float): Untimed pause before every timed call (:func:`time_interleaved`):
             no runtime's spinning threads overlap the next one's timing. Defaults to 0.01.
@@ -320,60 +263,58 @@ def benchmark(archs: Sequence[str] = ('l1',),
         latency of its classifier at 224x224, for the archs that have one).
     """
     from mmeff.deploy import parse_input_size
-    from .complexity import timm_name
+    from mmeff.models.families import family_of_arch
     for arch in archs:
-        timm_name(arch)  # an unknown arch fails now, not after the first arch's timings
+        family_of_arch(arch)  # an unknown arch fails now, not after the first arch's timings
     unknown = set(runtimes) - set(RUNTIMES)
     if unknown:
         raise ValueError(f'unknown runtimes {sorted(unknown)}; choose from {RUNTIMES}')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise ValueError(f'--device {device!r}: this machine has no usable CUDA device '
                          f'(torch.cuda.is_available() is False); use --device cpu')
-    if threads:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
-    sizes = [parse_input_size(s) for s in input_sizes]
-    sync = torch.cuda.synchronize if device.startswith('cuda') else None
-    machine = machine_info(device, threads)
-    rows = []
-    log(f'Benchmarking on {device_label(machine)} (1-min load average '
-        f"{machine['load_avg_1m']}{_load_note(machine)})")
-    with tempfile.TemporaryDirectory(prefix='mmeff_bench_') as work_dir:
-        for arch in archs:
-            model, ref, ref_fn = build_models(arch, task, seed)
-            model, ref = model.to(device), ref.to(device)
-            for (h, w) in sizes:
-                for bs in batch_sizes:
-                    x = torch.randn(bs, 3, h, w, generator=torch.Generator().manual_seed(seed)
-                                    ).to(device)
-                    expected = model(x)
-                    fns, meta = {}, {}
-                    for name in runtimes:
-                        row = dict(arch=arch, task=task, input_size=[h, w], batch_size=bs,
-                                   runtime=name, device=device)
-                        t0 = time.perf_counter()
-                        try:
-                            fn = _make_runtime(name, model, ref_fn, x, device, threads,
-                                               work_dir)
-                            err = _rel_err(fn(), expected)
-                        except Exception as exc:  # recorded in the results, not fatal
-                            kind = 'unsupported' if name == 'timm' else 'error'
-                            row.update(status=f'{kind}: {_short(exc)}')
-                            log(f'  {arch} {h}x{w} b{bs} {name}: {row["status"]}')
-                            rows.append(row)
-                            continue
-                        row.update(status='ok', setup_s=round(time.perf_counter() - t0, 2),
-                                   rel_err_vs_eager=float(f'{err:.3g}'))
-                        fns[name], meta[name] = fn, row
-                    if fns:
-                        times = time_interleaved(fns, warmup, reps, sync, settle_s)
-                        for name, row in meta.items():
-                            row.update(summarize(times[name], bs))
-                            rows.append(row)
-                            log(f"  {arch} {h}x{w} b{bs} {name}: median {row['median_ms']:.2f} "
-                                f"ms, p90 {row['p90_ms']:.2f} ms, "
-                                f"{row['throughput_img_s']:.1f} img/s, rel. err vs eager "
-                                f"{row['rel_err_vs_eager']:.1e}")
+    with pinned_threads(threads) as threads:  # the caller's setting is restored after
+        sizes = [parse_input_size(s) for s in input_sizes]
+        sync = torch.cuda.synchronize if device.startswith('cuda') else None
+        machine = machine_info(device, threads)
+        rows = []
+        log(f'Benchmarking on {device_label(machine)} (1-min load average '
+            f"{machine['load_avg_1m']}{_load_note(machine)})")
+        with tempfile.TemporaryDirectory(prefix='mmeff_bench_') as work_dir:
+            for arch in archs:
+                model, ref, ref_fn = build_models(arch, task, seed)
+                model, ref = model.to(device), ref.to(device)
+                for (h, w) in sizes:
+                    for bs in batch_sizes:
+                        x = torch.randn(bs, 3, h, w, generator=torch.Generator().manual_seed(seed)
+                                        ).to(device)
+                        expected = model(x)
+                        fns, meta = {}, {}
+                        for name in runtimes:
+                            row = dict(arch=arch, task=task, input_size=[h, w], batch_size=bs,
+                                       runtime=name, device=device)
+                            t0 = time.perf_counter()
+                            try:
+                                fn = _make_runtime(name, model, ref_fn, x, device, threads,
+                                                   work_dir)
+                                err = _rel_err(fn(), expected)
+                            except Exception as exc:  # recorded in the results, not fatal
+                                kind = 'unsupported' if name == 'timm' else 'error'
+                                row.update(status=f'{kind}: {_short(exc)}')
+                                log(f'  {arch} {h}x{w} b{bs} {name}: {row["status"]}')
+                                rows.append(row)
+                                continue
+                            row.update(status='ok', setup_s=round(time.perf_counter() - t0, 2),
+                                       rel_err_vs_eager=float(f'{err:.3g}'))
+                            fns[name], meta[name] = fn, row
+                        if fns:
+                            times = time_interleaved(fns, warmup, reps, sync, settle_s)
+                            for name, row in meta.items():
+                                row.update(summarize(times[name], bs))
+                                rows.append(row)
+                                log(f"  {arch} {h}x{w} b{bs} {name}: median {row['median_ms']:.2f} "
+                                    f"ms, p90 {row['p90_ms']:.2f} ms, "
+                                    f"{row['throughput_img_s']:.1f} img/s, rel. err vs eager "
+                                    f"{row['rel_err_vs_eager']:.1e}")
     order = {n: i for i, n in enumerate(RUNTIMES)}
     rows.sort(key=lambda r: (archs.index(r['arch']) if r['arch'] in archs else 0,
                              r['input_size'][0] * r['input_size'][1], r['batch_size'],

@@ -365,7 +365,7 @@ class CoreMLBackend(Backend):
         if platform.system() != 'Darwin':
             raise BackendUnavailableError(
                 f"backend 'coreml' runs Core ML predictions, which need macOS (this is "
-                f"{platform.system()}); build the table on a Mac, or use 'onnxruntime' / "
+                f"{platform.system()}); measure on a Mac, or use 'onnxruntime' / "
                 f"'torch-cpu' here")
         ok, why = coreml_runtime_status()
         if not ok:

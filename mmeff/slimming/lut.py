@@ -47,12 +47,15 @@ default space's 201 pieces measured in 30-35 s, 8 random networks): table vs net
 4.6 % (worst +10.6 %) on onnxruntime, 6.8 % (worst +30 %, a load change) on torch-cpu; the
 sum of pieces timed with the network 1.4 % (worst -2.4 %) and 2.5 % (worst -5.7 %).
 
-Backends: ``torch-cpu``, ``torch-cuda`` (synchronised inside the timing), ``onnxruntime``
-(every piece exported with TorchScript's ``torch.onnx.export`` at its fixed input shape and
-run by an ONNX Runtime CPU session whose threads do not spin,
-:func:`mmeff.benchmark.latency.ort_session`) and ``coreml`` (macOS only: coremltools
+Backends (:data:`BACKENDS`): every backend of the runtime registry (:mod:`mmeff.runtime`),
+each piece run by the backend's runner (:meth:`mmeff.runtime.Backend.runner`): ``torch-cpu``,
+``torch-cuda`` (synchronised inside the timing), ``torch.compile`` (every piece compiled),
+``onnxruntime`` (every piece exported with the TorchScript exporter at its fixed input shape,
+the quick way, and run by an ONNX Runtime CPU session whose threads do not spin,
+:func:`mmeff.runtime.ort_session`), ``onnxruntime-int8`` (the same, quantised by
+:func:`mmeff.deploy.quantize.quantize_onnx_file`) and ``coreml`` (macOS only: coremltools
 predictions on the chosen compute units; that code path has not run in this project's CI,
-which has no Mac).
+which has no Mac). A backend registered later is offered too.
 
 Table (JSON, ``format`` ``'mmeff.slimming.lut'``, ``format_version`` 1)::
 
@@ -74,7 +77,6 @@ import json
 import math
 import os
 import os.path as osp
-import platform
 import random
 import re
 import tempfile
@@ -86,12 +88,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mmeff.runtime import (COMPUTE_UNITS, BackendUnavailableError, NameView, backend_names,
+                           check_compute_units, get_backend, pinned_threads, summarize,
+                           time_interleaved)
 from .space import get_space
 
 FORMAT = 'mmeff.slimming.lut'
 FORMAT_VERSION = 1
-BACKENDS = ('torch-cpu', 'torch-cuda', 'onnxruntime', 'coreml')
-COMPUTE_UNITS = ('ALL', 'CPU_ONLY', 'CPU_AND_GPU', 'CPU_AND_NE')
+# Every backend of the runtime registry (mmeff.runtime), read on each use: one registered later
+# is offered too. COMPUTE_UNITS (Core ML) is the registry's as well.
+BACKENDS = NameView(backend_names)
 CHUNK = 32  # pieces built, timed (interleaved) and saved together
 # Metadata two tables must share to be merged or used together.
 _SHARED_KEYS = ('backend', 'input_size', 'batch', 'threads', 'with_head', 'num_classes',
@@ -119,11 +125,6 @@ class TableSettingsError(LatencyTableError):
     def __init__(self, message: str, differ: Dict[str, tuple]):
         super().__init__(message)
         self.differ = differ
-
-
-class BackendUnavailableError(RuntimeError):
-    """The backend asked for cannot run on this machine (``coreml`` off macOS, ``torch-cuda``
-    without a CUDA device)."""
 
 
 class LatencyTableDeviceWarning(UserWarning):
@@ -276,54 +277,29 @@ def build_piece(name: str, input_size: Sequence[int], mlp_ratios: Sequence[float
 
 
 # ----------------------------------------------------------------------------- backends
-def _check_backend(backend: str) -> None:
+def check_backend(backend: str) -> None:
+    """Refuse a backend the table cannot be measured on, before anything is measured.
+
+    Raises:
+        ValueError: ``backend`` is not a registered backend (they are named).
+        BackendUnavailableError: it cannot run here (``coreml`` off macOS, ``torch-cuda``
+            without a CUDA device...), with what to use instead.
+    """
     if backend not in BACKENDS:
         raise ValueError(f'unknown latency backend {backend!r}; choose one of '
                          f'{", ".join(BACKENDS)}')
-    if backend == 'torch-cuda' and not torch.cuda.is_available():
-        raise BackendUnavailableError(
-            "backend 'torch-cuda' needs a CUDA device, but no CUDA device is available here "
-            "(torch.cuda.is_available() is False); use 'torch-cpu' or 'onnxruntime', or run "
-            "on a GPU machine")
-    if backend == 'coreml' and platform.system() != 'Darwin':
-        raise BackendUnavailableError(
-            f"backend 'coreml' runs Core ML predictions, which need macOS (this is "
-            f"{platform.system()}); build the table on a Mac, or use 'onnxruntime' / "
-            f"'torch-cpu' here")
+    get_backend(backend).check_available()
+
+
+_check_backend = check_backend  # the former private name, until its callers use the public one
 
 
 def _runner(module: nn.Module, x: torch.Tensor, backend: str, threads: int, work_dir: str,
             tag: str, compute_units: str = 'ALL') -> Callable[[], object]:
-    """A zero-argument callable running ``module`` on ``x`` on ``backend``."""
-    if backend in ('torch-cpu', 'torch-cuda'):
-        device = 'cuda' if backend == 'torch-cuda' else 'cpu'
-        module, x = module.to(device), x.to(device)
-
-        def run():
-            with torch.inference_mode():
-                return module(x)
-        return run
-    if backend == 'onnxruntime':
-        from mmeff.benchmark.latency import ort_session
-        path = osp.join(work_dir, f'{tag}.onnx')
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter('ignore')
-            # TorchScript exporter: ~0.4 s a piece where the dynamo exporter takes ~5 s.
-            torch.onnx.export(module.cpu(), (x.cpu(),), path, dynamo=False, input_names=['x'],
-                              opset_version=18)
-        sess = ort_session(path, threads)
-        feed = {'x': x.cpu().numpy()}
-        return lambda: sess.run(None, feed)
-    # coreml (macOS only, checked by _check_backend); not run in this project's CI.
-    from mmeff.deploy.export import require
-    ct = require('coremltools')
-    with torch.no_grad():
-        traced = torch.jit.trace(module.cpu(), x.cpu())
-    mlmodel = ct.convert(traced, inputs=[ct.TensorType(name='x', shape=tuple(x.shape))],
-                         convert_to='mlprogram', compute_units=getattr(ct.ComputeUnit,
-                                                                       compute_units))
-    feed = {'x': x.cpu().numpy()}
-    return lambda: mlmodel.predict(feed)
+    """A runner of ``module`` on ``x`` on ``backend`` (:meth:`mmeff.runtime.Backend.runner`;
+    files go the quick way: a table measures hundreds of small pieces)."""
+    return get_backend(backend).runner(module, x, threads=threads, work_dir=work_dir, tag=tag,
+                                       compute_units=compute_units, quick_export=True)
 
 
 def _time(names: Sequence[str], make: Callable[[str], tuple], backend: str, threads: int,
@@ -331,28 +307,21 @@ def _time(names: Sequence[str], make: Callable[[str], tuple], backend: str, thre
           on_chunk: Optional[Callable[[Dict[str, dict]], None]] = None) -> Dict[str, dict]:
     """Median/p90/min ms of every name (``make(name) -> (module, x)``), interleaved in chunks
     built one at a time; ``on_chunk`` gets each chunk's results as they come."""
-    from mmeff.benchmark.latency import summarize, time_interleaved
-    sync = torch.cuda.synchronize if backend == 'torch-cuda' else None
     names, out, chunk = list(names), {}, chunk or CHUNK
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # restored below: the caller's setting is theirs
-    try:
-        with tempfile.TemporaryDirectory(prefix='mmeff_lut_') as work_dir:
-            for i in range(0, len(names), chunk):
-                fns = {n: _runner(*make(n), backend, threads, work_dir, f'p{i + j}',
-                                  compute_units)
-                       for j, n in enumerate(names[i:i + chunk])}
-                times = time_interleaved(fns, warmup, reps, sync)
-                done = {}
-                for n, t in times.items():
-                    s = summarize(t, 1)
-                    done[n] = dict(median_ms=s['median_ms'], p90_ms=s['p90_ms'],
-                                   min_ms=s['min_ms'], reps=s['reps'])
-                out.update(done)
-                if on_chunk is not None:
-                    on_chunk(done)
-    finally:
-        torch.set_num_threads(before)
+    # the caller's thread setting is restored afterwards; a runner's sync (CUDA) is in the timing
+    with pinned_threads(threads), tempfile.TemporaryDirectory(prefix='mmeff_lut_') as work_dir:
+        for i in range(0, len(names), chunk):
+            fns = {n: _runner(*make(n), backend, threads, work_dir, f'p{i + j}', compute_units)
+                   for j, n in enumerate(names[i:i + chunk])}
+            times = time_interleaved(fns, warmup, reps)
+            done = {}
+            for n, t in times.items():
+                s = summarize(t, 1)
+                done[n] = dict(median_ms=s['median_ms'], p90_ms=s['p90_ms'],
+                               min_ms=s['min_ms'], reps=s['reps'])
+            out.update(done)
+            if on_chunk is not None:
+                on_chunk(done)
     return out
 
 
@@ -472,9 +441,8 @@ def build_lut(space,
             runtime version.
     """
     space = get_space(space)
-    _check_backend(backend)
-    if compute_units not in COMPUTE_UNITS:
-        raise ValueError(f'compute_units must be one of {COMPUTE_UNITS}, got {compute_units!r}')
+    check_backend(backend)
+    check_compute_units(compute_units)
     size = _parse_size(input_size)
     if table is not None:
         check_extendable(table, backend, size, space, batch, threads, warmup, reps, with_head,
@@ -806,7 +774,7 @@ def measure_networks(archs: Sequence[dict], backend: str = 'torch-cpu', input_si
     Returns:
         list[dict]: Per arch ``median_ms``, ``p90_ms``, ``min_ms``, ``reps``.
     """
-    _check_backend(backend)
+    check_backend(backend)
     size = _parse_size(input_size)
     threads = _threads(threads)
     archs = list(archs)
@@ -951,7 +919,7 @@ def lut_accuracy(table: dict, space, n: int = 20, seed: int = 0, warmup: Optiona
     warmup = table['warmup'] if warmup is None else warmup
     reps = table['reps'] if reps is None else reps
     units = table.get('compute_units') or 'ALL'
-    _check_backend(table['backend'])
+    check_backend(table['backend'])
     elsewhere = other_device(table)
     if elsewhere:
         raise LatencyTableError(f'cannot check a table against this machine: {elsewhere}')
@@ -1011,7 +979,8 @@ def lut_accuracy(table: dict, space, n: int = 20, seed: int = 0, warmup: Optiona
     return result(True)
 
 
-__all__ = ['BACKENDS', 'FORMAT', 'FORMAT_VERSION', 'LatencyTableError',
+__all__ = ['BACKENDS', 'COMPUTE_UNITS', 'check_backend', 'FORMAT', 'FORMAT_VERSION',
+           'LatencyTableError',
            'BackendUnavailableError', 'arch_pieces', 'space_pieces', 'build_piece',
            'build_lut', 'predict', 'check_compatible', 'save', 'load', 'merge',
            'measure_network', 'measure_networks', 'lut_accuracy', 'held_out_archs',
