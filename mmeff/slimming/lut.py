@@ -25,8 +25,8 @@ in 0..3 runs at stride ``4 * 2**s``; the token grid of an MB3D block in stage 2 
 Every piece is cut from a fused (:func:`mmeff.deploy.fuse_model`) EfficientFormer of depth 1
 per stage that holds it, so it is exactly the module a network of the space runs, BN and layer
 scales folded and the attention bias cached for its grid; whole networks
-(:func:`measure_network`) are fused the same way. Timing is
-:func:`mmeff.benchmark.latency.time_interleaved` (the benchmark's function): repetitions are
+(:func:`measure_network`) are fused the same way. Timing is the benchmark's
+(:func:`mmeff.runtime.time_interleaved`, :mod:`mmeff.runtime.timing`): repetitions are
 interleaved across the pieces measured together, medians are stored.
 
 Building is lazy and resumable: :func:`build_lut` measures only the pieces asked for (or
