@@ -403,9 +403,10 @@ def test_bad_input_is_one_line_and_no_file(case, tmp_path, capsys, three_class_c
 
 
 # ---------------------------------------------------------------------------- V2
+@pytest.mark.slow
 def test_efficientformer_v2_mask_rcnn_onnx_matches_mmdet(tmp_path, coco):
     """Mask R-CNN with an EfficientFormerV2-S0 backbone: the export gives mmdet's detections
-    and masks on a val image."""
+    and masks on a val image (slow: a second model built, fused and exported, ~1 min idle)."""
     import onnxruntime as ort
 
     from mmeff.deploy.detector import build_detector, compare_detections, export_detector

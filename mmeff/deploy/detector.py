@@ -404,15 +404,18 @@ def compare_detections(a: Sequence[np.ndarray], b: Sequence[np.ndarray], box_tol
 
 def detection_problems(agree: dict) -> list:
     """What :func:`compare_detections`' result says is wrong with an export: too few of
-    torch's detections matched. Both sides finding nothing is agreement (a detector may find
-    nothing on the check image), ONNX Runtime finding boxes where torch finds none is not."""
+    torch's detections matched. Up to 2 % of the rows (2 of 100) may differ: candidates whose
+    scores tie to float rounding at a cut (``nms_pre``, the RPN's ``max_per_img``,
+    ``max_dets``) may be kept on one side and not the other. Both sides finding nothing is agreement (a
+    detector may find nothing on the check image), ONNX Runtime finding boxes where torch
+    finds none is not."""
     n = agree['detections_a']
     if n == 0:
         if agree['detections_b'] == 0:
             return []
         return [f"ONNX Runtime finds {agree['detections_b']} detections where torch finds "
                 f"none: {agree}"]
-    if agree['matched'] < 0.99 * n:
+    if agree['matched'] < n - int(0.02 * n):
         return [f"ONNX Runtime's detections differ from torch's: {agree}"]
     return []
 
