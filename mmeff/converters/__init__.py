@@ -105,7 +105,7 @@ def detect_layout(sd: Dict[str, torch.Tensor]) -> str:
             and any(k.startswith('stages.') for k in keys):
         return 'timm'
     raise CheckpointError('unknown checkpoint layout: not mmeff, authors, timm or mmpretrain '
-                          f'EfficientFormer or EfficientFormerV2 (first keys: {keys[:4]})')
+                          f'{" or ".join(_families())} (first keys: {keys[:4]})')
 
 
 def _stem_family(sd: Dict[str, torch.Tensor], layout: str):
