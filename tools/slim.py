@@ -1,7 +1,7 @@
 """Latency-driven slimming (paper, section 4): EfficientFormer variants for latency budgets.
 
     python tools/slim.py CONFIG --budgets B1 [B2 ...] [--relative-to supernet|l1|l3|l7]
-        [--backend torch-cpu|torch-cuda|onnxruntime|coreml] [--work-dir DIR]
+        [--backend NAME (default torch-cpu)] [--work-dir DIR]
         [--phase all|train-supernet|build-lut|search|export-subnet]
         [--input-size N] [--threads N] [--warmup 5] [--reps 30] [--compute-units ALL]
         [--calib-batches 4] [--eval-batches N] [--device cpu|cuda] [--cfg-options k=v ...]
@@ -10,6 +10,9 @@ A budget is milliseconds on the machine that measured the latency table (``2.5``
 fraction of the latency the table predicts for a reference network (``0.8x``: of the full
 supernet, or of ``--relative-to l1`` where the space contains L1), which travels between
 machines.
+
+``--backend`` is any backend of the runtime layer (:mod:`mmeff.runtime`; ``--help`` lists them:
+torch-cpu, torch-cuda, onnxruntime, coreml...).
 
 CONFIG is a supernet config (configs/slimming/supernet_*.py). The phases, each runnable alone
 from what the earlier ones saved in the work dir (default work_dirs/slim/<config name>/):
@@ -60,7 +63,8 @@ def parse_args(argv=None):
                    help="the network relative budgets refer to: 'supernet' (the full "
                         "supernet, default) or a variant of the space such as 'l1'")
     p.add_argument('--backend', choices=BACKENDS, default='torch-cpu',
-                   help='where latencies are measured (default torch-cpu)')
+                   help='where latencies are measured, a backend of mmeff.runtime (default '
+                        'torch-cpu)')
     p.add_argument('--phase', choices=('all',) + PHASES, default='all')
     p.add_argument('--work-dir', help='default work_dirs/slim/<config name>')
     p.add_argument('--input-size', type=int,

@@ -182,7 +182,7 @@ def preflight(run: SlimRun, phases: List[str]) -> None:
             least = 0 if name == 'warmup' else 1
             if value is not None and value < least:
                 raise ValueError(f'--{name} must be >= {least}, got {value}')
-        lut._check_backend(args.backend)
+        lut.check_backend(args.backend)
     if not isinstance(run.input_size, int) or run.input_size < 32:
         raise ValueError(f'--input-size must be an int >= 32 (the network downsamples by 32), '
                          f'got {run.input_size!r}')
