@@ -130,7 +130,8 @@ def test_quantize_onnx_file_is_atomic(tmp_path, data):
 def test_export_onnx_int8(tmp_path, data, family, task):
     model = tiny_model(family, task)
     out = str(tmp_path / 'int8.onnx')
-    report = export_onnx_int8(model, out, SIZE, osp.join(data['data_root'], 'train'), task=task)
+    report = export_onnx_int8(model, out, SIZE, osp.join(data['data_root'], 'train'), task=task,
+                              method='torchscript')  # 5x faster to export than dynamo here
     assert report['problems'] == [] and report['path'] == out and osp.isfile(out)
     assert sorted(os.listdir(tmp_path)) == ['int8.onnx']  # no FP32 copy or staging left
     assert report['calibration']['images'] == 24
@@ -139,8 +140,9 @@ def test_export_onnx_int8(tmp_path, data, family, task):
     assert report['op_histogram']['QuantizeLinear'] > 0
     # ... softmax and the normalisations stay FP32, and the report says why
     assert report['fp32_ops'].get('Softmax', 0) >= 1
-    assert 'Softmax' in report['kept_fp32_reasons']
-    assert set(report['kept_fp32_reasons']) <= set(KEEP_FP32)
+    assert set(report['kept_fp32_reasons']) == set(report['fp32_ops'])
+    assert report['kept_fp32_reasons']['Softmax'] == KEEP_FP32['Softmax']
+    assert not set(report['int8_ops']) & set(report['fp32_ops']) - {'Reshape', 'Transpose'}
     if family == 'v1':
         assert report['fp32_ops'].get('LayerNormalization', 0) >= 1
     assert report['file_size_bytes'] < report['fp32_file_size_bytes']
@@ -157,6 +159,7 @@ def test_export_onnx_int8(tmp_path, data, family, task):
     assert 'kept FP32: ' in text and 'checks: all passed' in text
 
 
+@pytest.mark.slow  # training + two exports: ~40 s here
 @pytest.mark.parametrize('family', ['v1', 'v2'])
 def test_int8_classifier_that_learned_keeps_its_top1(tmp_path, data, family):
     """A classifier trained on the generated classes (tools/benchmark_int8.py's training):
@@ -168,9 +171,9 @@ def test_int8_classifier_that_learned_keeps_its_top1(tmp_path, data, family):
                                   log=lambda *_: None, backbone_type=btype)
     val, train = (osp.join(data['data_root'], s) for s in ('val', 'train'))
     fp32 = str(tmp_path / 'fp32.onnx')
-    export_onnx(model, fp32, (1, 3, SIZE, SIZE))
+    export_onnx(model, fp32, (1, 3, SIZE, SIZE), method='torchscript')
     int8 = str(tmp_path / 'int8.onnx')
-    export_onnx_int8(model, int8, SIZE, train, task='classifier')
+    export_onnx_int8(model, int8, SIZE, train, task='classifier', method='torchscript')
     top_fp32, top_int8 = onnx_top1(fp32, val), onnx_top1(int8, val)
     assert top_fp32['images'] == 12
     assert top_fp32['top1'] >= 0.75  # it learned the classes (chance: 1/3)

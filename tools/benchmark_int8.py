@@ -1,4 +1,4 @@
-"""INT8 ONNX Runtime and compressed Core ML: speed, accuracy and size of EfficientFormer, in one run.
+"""INT8 ONNX Runtime and compressed Core ML: speed, accuracy and size of EfficientFormer.
 
     python tools/benchmark_int8.py [--archs l1 s1] [--data DIR] [--checkpoint CKPT]
         [--input-size 224] [--reps 30] [--threads N] [--out-dir benchmarks] [--name NAME]
@@ -86,15 +86,25 @@ def train_classifier(arch, data_dir: str, size: int, steps: int = 40, lr: float 
     return model.eval()
 
 
+def stage_backbone(model):
+    """The backbone of a classifier's inference module returning its four stage maps (the
+    same weights, no output norm), as a detector or segmentor uses it."""
+    import copy
+    bb = model.backbone
+    net = type(bb)(arch=copy.deepcopy(bb.arch), out_indices=(0, 1, 2, 3), out_norm_cfg=None)
+    net.load_state_dict(bb.state_dict(), strict=True)
+    return net.eval()
+
+
 def speed(arch: str, size: int, train_dir: str, work: str, warmup: int, reps: int,
           threads: int, calib_images: int, log=print) -> dict:
     """timm, FP32 ONNX Runtime and INT8 ONNX Runtime on the same weights, interleaved."""
     import torch
 
-    from mmeff.benchmark.latency import (build_models, ort_session, summarize,
-                                         time_interleaved)
+    from mmeff.benchmark.latency import build_models
     from mmeff.deploy import export_onnx
     from mmeff.deploy.quantize import quantize_onnx_file
+    from mmeff.runtime import ort_session, summarize, time_interleaved
     model, _, timm_fn = build_models(arch, 'classifier')
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     fp32 = osp.join(work, f'{arch}_{size}_fp32.onnx')
@@ -123,8 +133,10 @@ def speed(arch: str, size: int, train_dir: str, work: str, warmup: int, reps: in
 
 
 def accuracy(arch: str, model, size: int, data_dir: str, work: str, calib_images: int,
-             op_study: bool, log=print) -> dict:
-    """FP32 vs INT8 ONNX top-1 on val/, the backbone's stage maps, the FP32-op study."""
+             op_study: bool, log=print, study_timing: Optional[dict] = None) -> dict:
+    """FP32 vs INT8 ONNX top-1 on val/, the backbone's stage maps, the FP32-op study (error
+    at ``size``; with ``study_timing`` = dict(size, warmup, reps, threads) also the time of
+    each variant, the same weights exported at that size)."""
     from mmeff.deploy import export_onnx
     from mmeff.deploy.quantize import (INT8_OP_TYPES, KEEP_FP32, PASS_THROUGH_OP_TYPES,
                                        calibration_inputs, compare_onnx, export_onnx_int8,
@@ -141,19 +153,13 @@ def accuracy(arch: str, model, size: int, data_dir: str, work: str, calib_images
                   top1_fp32=top_fp32['top1'], top1_int8=top_int8['top1'],
                   top1_agreement_val=agree / top_fp32['images'],
                   int8_vs_fp32_calib=rep['int8_vs_fp32'], problems=rep['problems'],
-                  kept_fp32=rep['fp32_ops'])
+                  int8_ops=rep['int8_ops'], kept_fp32=rep['fp32_ops'])
     log(f"  {arch} classifier {size}x{size}: top-1 FP32 {top_fp32['top1']:.3f}, INT8 "
         f"{top_int8['top1']:.3f}, agreement {result['top1_agreement_val']:.3f}")
-    # The backbone of the same classifier: its four stage maps.
-    from mmeff.models import EfficientFormer, EfficientFormerV2
-    import copy
-    backbone = copy.deepcopy(model.backbone)
-    backbone.out_indices = (0, 1, 2, 3)
-    if not isinstance(backbone, (EfficientFormer, EfficientFormerV2)):
-        raise TypeError(f'unexpected backbone {type(backbone).__name__}')
-    brep = export_onnx_int8(backbone, osp.join(work, f'{arch}_backbone_int8.onnx'),
+    brep = export_onnx_int8(stage_backbone(model), osp.join(work, f'{arch}_backbone_int8.onnx'),
                             (1, 3, size, size), train, task='backbone', max_images=calib_images)
     result['backbone_stage_rel_err'] = brep['int8_vs_fp32']['rel_err_per_output']
+    result['backbone_problems'] = brep['problems']
     log(f"  {arch} backbone stage maps, INT8 vs FP32 relative error: "
         f"{brep['int8_vs_fp32']['rel_err_per_output']}")
     if op_study:
@@ -169,23 +175,56 @@ def accuracy(arch: str, model, size: int, data_dir: str, work: str, calib_images
                              top1=onnx_top1(path, val)['top1'])
             log(f'  {arch} also quantising {op}: relative error {err["rel_err"]:.3e}, '
                 f'top-1 agreement {err["top1_agreement"]:.3f}')
+        if study_timing:
+            _time_op_study(arch, model, study, data_dir, work, calib_images, log=log,
+                           **study_timing)
         result['fp32_op_study'] = study
     return result
 
 
+def _time_op_study(arch, model, study: dict, data_dir: str, work: str, calib_images: int,
+                   size: int, warmup: int, reps: int, threads: int, log=print) -> None:
+    """Add ``median_ms`` and ``vs_int8`` (time against the INT8 model as exported) to every
+    row of ``study``, timed interleaved at ``size`` with FP32 ONNX Runtime beside them."""
+    import numpy as np
+
+    from mmeff.deploy import export_onnx
+    from mmeff.deploy.quantize import INT8_OP_TYPES, PASS_THROUGH_OP_TYPES, quantize_onnx_file
+    from mmeff.runtime import ort_session, summarize, time_interleaved
+    fp32 = osp.join(work, f'{arch}_study_fp32_{size}.onnx')
+    export_onnx(model, fp32, (1, 3, size, size))
+    base = list(INT8_OP_TYPES + PASS_THROUGH_OP_TYPES)
+    paths = {'FP32': fp32}
+    for op in study:
+        paths[op] = osp.join(work, f'{arch}_study_{op.strip("()")}_{size}.onnx')
+        quantize_onnx_file(fp32, paths[op], osp.join(data_dir, 'train'), max_images=calib_images,
+                           op_types=base + ([] if op == '(none)' else [op]))
+    feed = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
+    fns = {k: (lambda s: lambda: s.run(None, {s.get_inputs()[0].name: feed}))(sess)
+           for k, sess in sessions.items()}
+    times = {k: summarize(t, 1)['median_ms']
+             for k, t in time_interleaved(fns, warmup, reps, settle_s=0.01).items()}
+    for op, row in study.items():
+        row.update(median_ms=times[op], vs_int8=round(times[op] / times['(none)'], 3),
+                   timed_at=size)
+        log(f"  {arch} also quantising {op}, {size}x{size}: {times[op]:.1f} ms "
+            f"({row['vs_int8']:.2f}x the INT8 model's time; FP32 {times['FP32']:.1f} ms)")
+    study['(none)']['fp32_median_ms'] = times['FP32']
+
+
 def coreml(arch: str, model, size: int, data_dir: str, work: str, log=print) -> dict:
     """FP16 Core ML, then each compression mode: bytes, checks, torch-measured error."""
+    import coremltools as ct
     import numpy as np
     import torch
-    import coremltools as ct
 
     from mmeff.deploy import coreml_problems, export_coreml, inspect_coreml
     from mmeff.deploy.compress import COMPRESS_MODES, compress_mlmodel, compressed_torch_error
-    from mmeff.deploy.quantize import calibration_inputs, check_calib_data
-    val = osp.join(data_dir, 'val')
-    paths = check_calib_data(val)
-    x = torch.from_numpy(np.concatenate(calibration_inputs(paths, (1, 3, size, size),
-                                                           max_images=None)))
+    from mmeff.deploy.quantize import calibration_inputs
+    # the val images, one batch (the weights do not depend on the batch size)
+    x = torch.from_numpy(np.concatenate(calibration_inputs(osp.join(data_dir, 'val'),
+                                                           (1, 3, size, size), max_images=None)))
     path = osp.join(work, f'{arch}_fp16.mlpackage')
     export_coreml(model, path, (1, 3, size, size))
     fp16 = ct.models.MLModel(path, skip_model_load=True)
@@ -193,24 +232,23 @@ def coreml(arch: str, model, size: int, data_dir: str, work: str, log=print) -> 
     for mode in COMPRESS_MODES:
         t0 = time.perf_counter()
         compressed, info = compress_mlmodel(fp16, mode)
+        compress_s = time.perf_counter() - t0
         out = osp.join(work, f'{arch}_{mode}.mlpackage')
         compressed.save(out)
         problems = coreml_problems(inspect_coreml(out))
-        # The error on the val images, batch by batch as the export's shape (1 image).
-        errs = [compressed_torch_error(model, mode, x[i:i + 1],
-                                       mlmodel=compressed if i == 0 else None)
-                for i in range(len(x))]
-        first = errs[0]
-        rows[mode] = dict(info, problems=problems, compress_s=round(time.perf_counter() - t0, 1),
-                          rel_err_max=max(e['rel_err'] for e in errs),
-                          fp16_weights_rel_err_max=max(e['fp16_weights']['rel_err']
-                                                       for e in errs),
-                          top1_agreement=float(np.mean([e['top1_agreement'] for e in errs])),
-                          package_check=first['package_check'])
+        err = compressed_torch_error(model, mode, x,
+                                     mlmodel=ct.models.MLModel(out, skip_model_load=True))
+        rows[mode] = dict(info, problems=problems, compress_s=round(compress_s, 1),
+                          images=len(x), rel_err=err['rel_err'],
+                          fp16_weights_rel_err=err['fp16_weights']['rel_err'],
+                          top1_agreement=err.get('top1_agreement'),
+                          package_check=err['package_check'])
+        pc = err['package_check']
         log(f"  {arch} Core ML {mode}: weights {info['weight_bytes'] / 2**20:.2f} MiB "
-            f"({info['ratio_vs_fp16']:.3f}x FP16), relative error {rows[mode]['rel_err_max']:.2e}"
-            f", checks {'passed' if not problems else problems}, package weights matched "
-            f"{first['package_check']['matched']}/{first['package_check']['package_tensors']}")
+            f"({info['ratio_vs_fp16']:.3f}x FP16), relative error {err['rel_err']:.2e}, checks "
+            f"{'passed' if not problems else problems}, package weights in the torch model "
+            f"{pc['mapped']}/{pc['package_tensors']}, reproduction equal: "
+            f"{pc['reproduction_equal']}")
     return dict(arch=arch, input_size=size, modes=rows)
 
 
@@ -246,18 +284,28 @@ def to_markdown(result: dict) -> str:
         lines.append('')
         for a in result['accuracy']:
             if a.get('fp32_op_study'):
-                lines += [f"### {a['arch']}: error when an operator kept in FP32 is quantised too",
-                          '', '| also quantised | rel. err vs FP32 | top-1 agreement | top-1 |',
-                          '|---|---|---|---|']
-                for op, r in a['fp32_op_study'].items():
+                study = a['fp32_op_study']
+                timed = study['(none)'].get('timed_at')
+                lines += [f"### {a['arch']}: operators kept in FP32, quantised as well", '',
+                          f"Error of the INT8 classifier against FP32 on the val images "
+                          f"({a['input_size']}x{a['input_size']}, the size it was trained at)"
+                          + (f"; time at {timed}x{timed} (the same weights), interleaved, "
+                             f"FP32 ONNX Runtime {study['(none)']['fp32_median_ms']:.1f} ms"
+                             if timed else '') + '.', '',
+                          '| also quantised | rel. err vs FP32 | top-1 agreement | top-1 |'
+                          + (' median ms | vs INT8 as exported |' if timed else ''),
+                          '|---|---|---|---|' + ('---|---|' if timed else '')]
+                for op, r in study.items():
                     lines.append(f"| {op} | {r['rel_err']:.3e} | {r['top1_agreement']:.3f} | "
-                                 f"{r['top1']:.3f} |")
+                                 f"{r['top1']:.3f} |"
+                                 + (f" {r['median_ms']:.1f} | {r['vs_int8']:.2f}x |"
+                                    if timed else ''))
                 lines.append('')
     if result.get('coreml'):
         lines += ['## Compressed Core ML (error measured with PyTorch carrying the same '
                   'weights)', '',
-                  '| arch | mode | weight MiB | vs FP16 | spec checks | rel. err (max over val) '
-                  '| FP16-weights rel. err | top-1 agreement | package weights matched |',
+                  '| arch | mode | weight MiB | vs FP16 | spec checks | rel. err (val images) '
+                  '| FP16-weights rel. err | top-1 agreement | package weights in torch |',
                   '|---|---|---|---|---|---|---|---|---|']
         for c in result['coreml']:
             for mode, r in c['modes'].items():
@@ -265,8 +313,9 @@ def to_markdown(result: dict) -> str:
                 lines.append(f"| {c['arch']} | {mode} | {r['weight_bytes'] / 2**20:.2f} | "
                              f"{r['ratio_vs_fp16']:.3f}x | "
                              f"{'pass' if not r['problems'] else 'FAIL'} | "
-                             f"{r['rel_err_max']:.2e} | {r['fp16_weights_rel_err_max']:.2e} | "
-                             f"{r['top1_agreement']:.3f} | {pc['matched']}/{pc['package_tensors']} |")
+                             f"{r['rel_err']:.2e} | {r['fp16_weights_rel_err']:.2e} | "
+                             f"{r['top1_agreement']:.3f} | {pc['mapped']}/{pc['package_tensors']}"
+                             f"{'' if pc['reproduction_equal'] else ' (reproduction differs)'} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -335,8 +384,11 @@ def main(argv=None) -> int:
                                        'classifier', args.checkpoint, num_classes=5)
             else:
                 model = train_classifier(arch, data, size, args.train_steps)
+            timing = dict(size=args.input_size, warmup=args.warmup, reps=args.reps,
+                          threads=threads)
             result['accuracy'].append(accuracy(arch, model, size, data, work,
-                                               args.calib_images, not args.no_op_study))
+                                               args.calib_images, not args.no_op_study,
+                                               study_timing=timing))
             if not args.no_coreml:
                 result['coreml'].append(coreml(arch, model, size, data, work))
     result['load_avg_1m_end'] = _load_avg()

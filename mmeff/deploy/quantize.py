@@ -39,19 +39,20 @@ INT8_OP_TYPES = ('Conv', 'MatMul', 'Gemm')
 # around a reshape or a transpose between two quantised operators.
 PASS_THROUGH_OP_TYPES = ('Reshape', 'Transpose', 'Flatten', 'Squeeze', 'Unsqueeze', 'Slice',
                          'Split', 'MaxPool')
-# Operators kept in FP32 on purpose, and why (tools/benchmark_int8.py measures the error each
-# adds when it is quantised as well: benchmarks/int8_*.md).
+# Operators ONNX Runtime could quantise that are kept in FP32 on purpose, and why.
+# tools/benchmark_int8.py measures the error and the time of the INT8 model with each of them
+# quantised as well (its "operators kept in FP32" table).
 KEEP_FP32 = {
-    'Softmax': 'attention probabilities: most are far below the largest, and 8-bit steps of '
-               '1/255 of the range round them to 0',
-    'LayerNormalization': 'normalises by per-token statistics computed in the operator; '
-                          'ONNX Runtime has no integer kernel for it (a Q/DQ pair around it '
-                          'only adds rounding)',
-    'Add': 'residual sums and the attention bias: ranges that differ per block and per '
-           'position; an integer Add saves no time on CPU',
-    'Mul': 'layer scales and GELU: elementwise, no integer kernel speed-up on CPU',
-    'AveragePool': "V1's pooling token mixer subtracts its input (pool(x) - x): two 8-bit "
-                   'roundings of nearly equal values',
+    'Softmax': 'attention probabilities: 8-bit steps of 1/255 of the range round the small '
+               'ones to 0; one per attention block, so FP32 costs little time',
+    'LayerNormalization': 'statistics computed per token inside the operator: quantised, it '
+                          'still runs in FP32 between a DequantizeLinear and a QuantizeLinear '
+                          '(more rounding, no integer kernel)',
+    'Add': 'residual sums and attention biases: a Q/DQ pair per sum costs more time than an '
+           'integer add saves on CPU',
+    'Mul': 'layer scales and GELU: elementwise, no integer speed-up on CPU',
+    'AveragePool': "V1's pooling token mixer (pool(x) - x): a Q/DQ pair per mixer, no "
+                   'integer speed-up on CPU',
 }
 CALIB_MAX_IMAGES = 64
 
@@ -184,17 +185,37 @@ def _input_shape_of(proto) -> List[Union[int, str]]:
     return [d.dim_param or d.dim_value for d in dims]
 
 
-def qdq_op_summary(proto) -> Dict[str, Dict[str, int]]:
-    """Which operators of a QDQ graph run on 8-bit data: ``{'int8': {op: n}, 'fp32': {op: n}}``
-    (an operator counts as INT8 when one of its inputs comes from a ``DequantizeLinear``;
-    ``QuantizeLinear``/``DequantizeLinear`` themselves are not counted)."""
+def qdq_op_summary(proto, op_types: Sequence[str]) -> Dict[str, Dict[str, int]]:
+    """Which operators of a QDQ graph run on 8-bit data: ``{'int8': {op: n}, 'fp32': {op: n}}``.
+
+    An operator is INT8 when it is of a quantised type (``op_types``) and takes a
+    ``DequantizeLinear`` output (ONNX Runtime then fuses it into an integer kernel); every
+    other operator computes in FP32, also when it reads a dequantised tensor.
+    ``QuantizeLinear``/``DequantizeLinear`` themselves are not counted."""
     from_dq = {o for n in proto.graph.node if n.op_type == 'DequantizeLinear' for o in n.output}
     int8, fp32 = Counter(), Counter()
     for node in proto.graph.node:
         if node.op_type in ('QuantizeLinear', 'DequantizeLinear'):
             continue
-        (int8 if any(i in from_dq for i in node.input) else fp32)[node.op_type] += 1
+        quantised = node.op_type in op_types and any(i in from_dq for i in node.input)
+        (int8 if quantised else fp32)[node.op_type] += 1
     return dict(int8=dict(sorted(int8.items())), fp32=dict(sorted(fp32.items())))
+
+
+def fp32_reason(op_type: str, op_types: Sequence[str] = ()) -> str:
+    """Why an operator is left in FP32: :data:`KEEP_FP32`, no quantiser in ONNX Runtime, not
+    asked for, or (an operator of ``op_types`` that only moves data) no quantised input."""
+    if op_type in KEEP_FP32:
+        return KEEP_FP32[op_type]
+    if op_type in op_types:
+        return 'moves data between FP32 operators there (no quantised input)'
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    if op_type not in QDQRegistry and op_type not in QLinearOpsRegistry:
+        return 'ONNX Runtime has no INT8 quantiser for it'
+    if op_type in ('Relu', 'Clip'):
+        return 'folded into the quantisation of the convolution before it'
+    return 'not among the quantised operator types'
+
 
 
 def _session(path: str):
@@ -234,7 +255,8 @@ def quantize_onnx_file(fp32_path: str,
         dict: ``path``, ``fp32_path``, ``file_size_bytes``, ``fp32_file_size_bytes``,
         ``calibration`` (``batches``, ``source``), ``settings``, ``int8_ops`` and
         ``fp32_ops`` (op type -> count, :func:`qdq_op_summary`), ``kept_fp32_reasons``
-        (:data:`KEEP_FP32` entries of the operators left in FP32) and ``quantize_s``.
+        (op type -> :func:`fp32_reason`, for every operator left in FP32) and
+        ``quantize_s``.
     """
     onnx = require('onnx')
     require('onnxruntime')
@@ -270,7 +292,10 @@ def quantize_onnx_file(fp32_path: str,
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='mmeff_int8_') as tmp:
         prepared = osp.join(tmp, 'prepared.onnx')
-        quant_pre_process(fp32_path, prepared)
+        # ONNX shape inference and ORT's graph optimisation; the symbolic shape inference is
+        # for dynamic (transformer) shapes: these graphs are static, and it stops at the
+        # TorchScript exporter's computed Reshape shapes in V2.
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
 
         def write(target):
             quantize_static(prepared, target, _InputReader(name, arrays),
@@ -281,7 +306,7 @@ def quantize_onnx_file(fp32_path: str,
 
         write_file_atomic(out_path, write)
     quantize_s = time.perf_counter() - t0
-    ops = qdq_op_summary(onnx.load(out_path))
+    ops = qdq_op_summary(onnx.load(out_path), op_types)
     return dict(path=out_path, fp32_path=osp.abspath(fp32_path), format='onnx',
                 file_size_bytes=file_size(out_path), fp32_file_size_bytes=file_size(fp32_path),
                 calibration=dict(batches=len(arrays), images=len(arrays) * shape[0],
@@ -290,7 +315,7 @@ def quantize_onnx_file(fp32_path: str,
                               activations='uint8 (MinMax)', weights='int8',
                               op_types=list(op_types)),
                 int8_ops=ops['int8'], fp32_ops=ops['fp32'],
-                kept_fp32_reasons={op: KEEP_FP32[op] for op in ops['fp32'] if op in KEEP_FP32},
+                kept_fp32_reasons={op: fp32_reason(op, op_types) for op in ops['fp32']},
                 quantize_s=round(quantize_s, 2))
 
 
@@ -423,7 +448,7 @@ def export_onnx_int8(model: nn.Module,
     with tempfile.TemporaryDirectory(prefix='mmeff_int8_') as tmp:
         fp32 = osp.join(tmp, 'fp32.onnx')
         fp32_report = export_onnx(model, fp32, input_shape, fuse=fuse, opset=opset,
-                                  **({} if method == 'auto' else dict(method=method)))
+                                  method=method)
         with StagedOutput(out) as staged:
             report = quantize_onnx_file(fp32, staged.path, inputs, **quantize_options)
             graph = onnx_graph_report(staged.path, weights=True)
@@ -479,5 +504,6 @@ def format_int8_report(report: dict) -> str:
 
 
 __all__ = ['INT8_OP_TYPES', 'PASS_THROUGH_OP_TYPES', 'KEEP_FP32', 'check_calib_data',
-           'eval_transform', 'calibration_inputs', 'qdq_op_summary', 'quantize_onnx_file',
+           'eval_transform', 'calibration_inputs', 'qdq_op_summary', 'fp32_reason',
+           'quantize_onnx_file',
            'run_onnx', 'compare_onnx', 'onnx_top1', 'export_onnx_int8', 'format_int8_report']
