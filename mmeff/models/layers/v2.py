@@ -60,6 +60,20 @@ def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.flatten(2).unflatten(1, (num_heads, -1))
 
 
+def _merge_heads(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, heads, H * W, c) -> (B, heads * c, H, W) shaped as ``like``, in ``like``'s memory
+    layout when that is channels-last (a fused model, ``mmeff.deploy.fuse``): the upsample,
+    add and conv that follow have fast kernels for that layout only (PyTorch's CPU bilinear
+    x2 of a 1024-channel 7x7 map took 6x longer in NCHW). A training model (NCHW) gets
+    exactly what it always did. ``reshape_as``: no size arithmetic in traced graphs
+    (coremltools cannot cast folded sizes back to ints); the layout change is an Identity in
+    ONNX and a no-op in Core ML."""
+    x = x.transpose(2, 3).reshape_as(like)
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 class ConvNorm(nn.Module):
     """Conv2d (with bias) -> norm (-> activation): timm's ``ConvNorm``/``ConvNormAct``.
 
@@ -217,7 +231,7 @@ class Attention4D(ResizableBiasAttention):
         bias = self.get_bias(H, W)
         if self.stride_conv is not None:
             x = self.stride_conv(x)
-        # Heads split with constant sizes and the map restored with reshape_as (no shape
+        # Heads split with constant sizes and the map restored by _merge_heads (no shape
         # arithmetic in traced graphs: coremltools cannot cast folded sizes back to ints).
         q = _split_heads(self.q(x), self.num_heads).transpose(2, 3)
         k = _split_heads(self.k(x), self.num_heads)
@@ -227,7 +241,7 @@ class Attention4D(ResizableBiasAttention):
 
         attn = (q @ k) * self.scale + bias.to(q.dtype)
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
-        x = (attn @ v).transpose(2, 3).reshape_as(v_local) + v_local
+        x = _merge_heads(attn @ v, v_local) + v_local
         if self.stride is not None:
             # x2 then crop (not ``size=(H, W)``): at odd sizes every pixel keeps the sampling
             # position it has at even sizes, where this equals the authors' nn.Upsample(x2).
@@ -306,7 +320,7 @@ class AttentionDownsample(ResizableBiasAttention):
         v = _split_heads(v, self.num_heads).transpose(2, 3)
 
         attn = ((q @ k) * self.scale + bias.to(q.dtype)).softmax(dim=-1)
-        x = (attn @ v).transpose(2, 3).reshape_as(v_local) + v_local
+        x = _merge_heads(attn @ v, v_local) + v_local
         return self.proj(self.act(x))
 
 
