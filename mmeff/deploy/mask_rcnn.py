@@ -163,6 +163,11 @@ class MaskRCNNExport(nn.Module):
         nms_pre (int | None): RPN candidates per level (``test_cfg.rpn.nms_pre``).
     """
     output_names = OUTPUT_NAMES
+    # Share of the detections the export's self-check (torch vs ONNX Runtime on a random
+    # image) lets differ: on noise, RPN scores tie to float rounding at the proposal cuts
+    # (nms_pre per level, max_per_img) where a different proposal changes the detections
+    # drawn from it; 2-7 of 100 seen, with every matched box within 1e-4 px.
+    tie_tolerance = 0.1
 
     def __init__(self, detector: nn.Module, input_size: Tuple[int, int],
                  max_dets: Optional[int] = None, score_thr: Optional[float] = None,
