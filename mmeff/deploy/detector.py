@@ -407,9 +407,9 @@ def detection_problems(agree: dict, tolerance: float = 0.02) -> list:
     torch's detections matched. A ``tolerance`` share of the rows may differ (2 %: 2 of 100):
     candidates whose scores tie to float rounding at a cut (``nms_pre``, ``max_dets``) may be
     kept on one side and not the other (Mask R-CNN, :attr:`MaskRCNNExport.tie_tolerance`: a
-    near-tie at the RPN's proposal cut changes a proposal, and the detections drawn from it). Both sides finding nothing is agreement (a
-    detector may find nothing on the check image), ONNX Runtime finding boxes where torch
-    finds none is not."""
+    near-tie at the RPN's proposal cut changes a proposal, and the detections drawn from it).
+    Both sides finding nothing is agreement (a detector may find nothing on the check image),
+    ONNX Runtime finding boxes where torch finds none is not."""
     n = agree['detections_a']
     if n == 0:
         if agree['detections_b'] == 0:
