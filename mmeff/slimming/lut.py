@@ -294,12 +294,18 @@ def check_backend(backend: str) -> None:
 _check_backend = check_backend  # the former private name, until its callers use the public one
 
 
+# The ONNX opset of the pieces (onnxruntime backends): format 1 tables were measured at 18, and a
+# table is one method, so pieces stay at 18 (mmeff.runtime writes 20 by default: GELU as one op).
+ONNX_OPSET = 18
+
+
 def _runner(module: nn.Module, x: torch.Tensor, backend: str, threads: int, work_dir: str,
             tag: str, compute_units: str = 'ALL') -> Callable[[], object]:
     """A runner of ``module`` on ``x`` on ``backend`` (:meth:`mmeff.runtime.Backend.runner`;
     files go the quick way: a table measures hundreds of small pieces)."""
     return get_backend(backend).runner(module, x, threads=threads, work_dir=work_dir, tag=tag,
-                                       compute_units=compute_units, quick_export=True)
+                                       compute_units=compute_units, quick_export=True,
+                                       opset=ONNX_OPSET)
 
 
 def _time(names: Sequence[str], make: Callable[[str], tuple], backend: str, threads: int,
