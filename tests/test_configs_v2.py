@@ -487,13 +487,12 @@ def test_readme_tables_are_what_the_tools_compute():
     Semantic FPN at 512x512): 16 min wall-clock on 2 CPU cores under load average 8."""
     import re
 
-    from helpers import load_tool
 
     from mmeff.benchmark.complexity import complexity_table
     readme = {task: open(osp.join(ROOT, 'configs', task, 'README.md')).read()
               for task in ('classification', 'detection', 'segmentation')}
     rows = complexity_table(ARCHS)
-    analyze = load_tool(ROOT, 'analyze_dense').analyze
+    from mmeff.benchmark.dense import analyze
     for arch in ARCHS:
         row = re.search(rf'\| \[effformerv2_{arch}_in1k\.py\].*\| ([0-9.]+) M \| ([0-9.]+) \|',
                         readme['classification'])

@@ -426,11 +426,7 @@ def test_demo_draws_boxes_and_masks(trained, coco, tmp_path):
 
 
 def test_analyze_dense_counts_the_whole_detector():
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        from analyze_dense import analyze
-    finally:
-        sys.path.pop(0)
+    from mmeff.benchmark.dense import analyze
     from mmeff.benchmark import count_macs, count_params
     from mmeff.models import EfficientFormer
     row = analyze(osp.join(DET, 'mask_rcnn_effformer_l1.py'), shape=(128, 160))
@@ -446,11 +442,7 @@ def test_analyze_dense_counts_the_whole_detector():
 @pytest.mark.slow
 def test_readme_table_is_what_analyze_dense_computes():
     """The params/GMACs of configs/detection/README.md, recomputed at 800x1333 (~3 CPU-min)."""
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        from analyze_dense import analyze
-    finally:
-        sys.path.pop(0)
+    from mmeff.benchmark.dense import analyze
     with open(osp.join(DET, 'README.md')) as f:
         readme = f.read()
     for arch in ('l1', 'l3', 'l7'):

@@ -221,7 +221,7 @@ def test_train_eval_checkpoint_and_test_reproduce_miou(ade, pretrained_l1, tmp_p
     assert "'mIoU'" in proc.stdout
 
     # tools/compare_results.py reads both runs, beside the paper's L1 number.
-    compare = load_tool(ROOT, 'compare_results').compare
+    from mmeff.benchmark.results import compare
     for run_dir, expected in ((work, evals[-1]), (str(tmp_path / 'test'), test_metrics)):
         result = compare(run_dir)
         assert (result['arch'], result['task']) == ('l1', 'segmentation')
