@@ -321,3 +321,14 @@ def test_efficientformer_v2_retinanet_onnx_matches_mmdet(tmp_path):
                                got)
     assert agree['detections_a'] == agree['detections_b'] > 0
     assert agree['matched'] >= agree['detections_a'] - 2, agree
+
+
+def test_cfg_options_are_merged_as_the_tools_merge_them():
+    """export_detector's cfg_options (tools/export.py --cfg-options): merged into the config
+    before it is checked and built; a misspelt top-level key is refused."""
+    from mmeff.deploy.detector import build_detector, export_detector
+    model, cfg, _ = build_detector(RETINANET, cfg_options={'model.bbox_head.num_classes': 3})
+    assert model.bbox_head.num_classes == 3 and cfg.model.bbox_head.num_classes == 3
+    with pytest.raises(ValueError, match=r"--cfg-options modle.bbox_head.num_classes=.*no "
+                                         r"top-level 'modle'.*did you mean 'model'\?"):
+        export_detector(RETINANET, cfg_options={'modle.bbox_head.num_classes': 3})

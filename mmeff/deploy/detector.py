@@ -59,31 +59,13 @@ def _short_type(t) -> str:
     return str(t).split('.')[-1]
 
 
-def apply_cfg_options(cfg, cfg_options: Optional[dict]):
-    """Merge ``cfg_options`` (``--cfg-options KEY=VALUE`` of the tools) into ``cfg`` as the
-    train/test tools do: a misspelt top-level key or an override that would change nothing
-    is refused; ``data_root``/``pretrained`` are carried into the entries built from them.
-    Returns ``cfg``."""
-    if not cfg_options:
-        return cfg
-    if not isinstance(cfg_options, dict):
-        raise TypeError(f'cfg_options must be a dict of KEY: VALUE, got '
-                        f'{type(cfg_options).__name__}')
-    from mmeff.engine.cfg_checks import check_cfg_option_keys
-    from mmeff.engine.launch import (PROPAGATED_VARIABLES, check_variable_overrides,
-                                     propagate_variables)
-    check_cfg_option_keys(cfg, cfg_options)
-    check_variable_overrides(cfg, cfg_options)
-    before = {name: cfg.get(name) for name in PROPAGATED_VARIABLES}
-    cfg.merge_from_dict(cfg_options)
-    propagate_variables(cfg, before, cfg_options)
-    return cfg
-
-
 def load_detector_config(config: str, cfg_options: Optional[dict] = None):
-    """Read ``config`` (with ``cfg_options`` merged, :func:`apply_cfg_options`) and check that
-    it is a detector this module exports; returns the :class:`mmengine.Config`."""
+    """Read ``config`` (with ``cfg_options`` merged as the train/test tools merge them:
+    :func:`mmeff.engine.launch.apply_cfg_options`) and check that it is a detector this module
+    exports; returns the :class:`mmengine.Config`."""
     from mmengine.config import Config
+
+    from mmeff.engine.launch import apply_cfg_options
     if not isinstance(config, str) or not config.endswith('.py'):
         raise ValueError(f'config must be the path of an mmdet config file (.py), got {config!r}')
     if not osp.isfile(config):
@@ -565,7 +547,7 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
             Defaults to ``'ALL'``.
         cfg_options (dict | None): Config overrides (``--cfg-options``, e.g.
             ``{'model.roi_head.bbox_head.num_classes': 3}``), merged as the train/test tools
-            merge them (:func:`apply_cfg_options`).
+            merge them (:func:`mmeff.engine.launch.apply_cfg_options`).
 
     Returns:
         dict: The export report (``path``, ``inputs``/``outputs``, ``op_histogram``,
@@ -637,7 +619,8 @@ def export_detector(config: str, checkpoint: Optional[str] = None, fmt: str = 'o
     if fmt == 'onnx':
         report = _onnx_report(module, x, out, opset)
     else:
-        arch = cfg.model.backbone.get('arch', 'l1')
+        from mmeff.models.families import family_of
+        arch = cfg.model.backbone.get('arch', family_of(cfg.model.backbone.type).default_arch)
         report = _coreml_report(module, x, out, precision, image_input, metadata={
             'mmeff.config': config, 'mmeff.weights': weights,
             'mmeff.arch': arch if isinstance(arch, str) else 'custom'},
@@ -772,17 +755,12 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
     from mmengine.runner import Runner
     from mmengine.structures import InstanceData
 
-    from mmeff.engine.launch import propagate_variables
     from mmeff.runtime import ort_session
     from .mask_rcnn import detections_with_masks
     if not osp.isfile(path):
         raise FileNotFoundError(f'ONNX file {path!r} does not exist; export it with '
                                 f'tools/export.py {config} --task detector --format onnx')
-    cfg = load_detector_config(config)
-    if data_root is not None:
-        before = dict(data_root=cfg.get('data_root'))
-        cfg['data_root'] = data_root
-        propagate_variables(cfg, before, dict(data_root=data_root))
+    cfg = load_detector_config(config, None if data_root is None else dict(data_root=data_root))
     import mmeff.models  # noqa: F401  (the config's custom_imports)
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
@@ -831,8 +809,7 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
     return dict(metrics=metrics, predictions=found, input_size=(H, W), images=len(found))
 
 
-__all__ = ['FORMATS', 'DETECTORS', 'OUTPUT_NAMES', 'DetectorExport', 'apply_cfg_options',
-           'build_detector', 'check_input_size', 'compare_detections', 'coreml_nms',
-           'detection_problems', 'detections_to_image', 'evaluate_onnx_detector',
-           'export_detector', 'format_detector_report', 'load_detector_config',
-           'preprocess_detection_image']
+__all__ = ['FORMATS', 'DETECTORS', 'OUTPUT_NAMES', 'DetectorExport', 'build_detector',
+           'check_input_size', 'compare_detections', 'coreml_nms', 'detection_problems',
+           'detections_to_image', 'evaluate_onnx_detector', 'export_detector',
+           'format_detector_report', 'load_detector_config', 'preprocess_detection_image']
