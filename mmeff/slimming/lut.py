@@ -291,9 +291,6 @@ def check_backend(backend: str) -> None:
     get_backend(backend).check_available()
 
 
-_check_backend = check_backend  # the former private name, until its callers use the public one
-
-
 # The ONNX opset of the pieces (onnxruntime backends): format 1 tables were measured at 18, and a
 # table is one method, so pieces stay at 18 (mmeff.runtime writes 20 by default: GELU as one op).
 ONNX_OPSET = 18
