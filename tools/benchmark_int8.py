@@ -31,7 +31,8 @@ import tempfile
 import time
 from typing import Optional
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 def image_size(data_dir: str) -> int:
     """The side of the first image of ``data_dir``'s val/ split (the generated images are
@@ -86,6 +87,21 @@ def train_classifier(arch, data_dir: str, size: int, steps: int = 40, lr: float 
     return model.eval()
 
 
+ALL_TYPES = '(all ONNX Runtime types)'
+
+
+def study_op_types(row: str):
+    """The operator types quantised in a row of the op study: the defaults (``'(none)'``),
+    the defaults plus one type, or every type ONNX Runtime's QDQ quantiser knows
+    (:data:`ALL_TYPES`, its own default)."""
+    from mmeff.deploy.quantize import INT8_OP_TYPES, PASS_THROUGH_OP_TYPES
+    base = list(INT8_OP_TYPES + PASS_THROUGH_OP_TYPES)
+    if row == ALL_TYPES:
+        from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+        return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+    return base + ([] if row == '(none)' else [row])
+
+
 def stage_backbone(model):
     """The backbone of a classifier's inference module returning its four stage maps (the
     same weights, no output norm), as a detector or segmentor uses it."""
@@ -138,9 +154,8 @@ def accuracy(arch: str, model, size: int, data_dir: str, work: str, calib_images
     at ``size``; with ``study_timing`` = dict(size, warmup, reps, threads) also the time of
     each variant, the same weights exported at that size)."""
     from mmeff.deploy import export_onnx
-    from mmeff.deploy.quantize import (INT8_OP_TYPES, KEEP_FP32, PASS_THROUGH_OP_TYPES,
-                                       calibration_inputs, compare_onnx, export_onnx_int8,
-                                       onnx_top1, quantize_onnx_file)
+    from mmeff.deploy.quantize import (KEEP_FP32, calibration_inputs, compare_onnx,
+                                       export_onnx_int8, onnx_top1, quantize_onnx_file)
     train, val = osp.join(data_dir, 'train'), osp.join(data_dir, 'val')
     fp32 = osp.join(work, f'{arch}_cls_fp32.onnx')
     export_onnx(model, fp32, (1, 3, size, size))
@@ -165,11 +180,10 @@ def accuracy(arch: str, model, size: int, data_dir: str, work: str, calib_images
     if op_study:
         inputs = calibration_inputs(val, (1, 3, size, size), max_images=None)
         study = {}
-        base = list(INT8_OP_TYPES + PASS_THROUGH_OP_TYPES)
-        for op in ['(none)'] + list(KEEP_FP32):
-            path = osp.join(work, f'{arch}_study_{op.strip("()")}.onnx')
+        for op in ['(none)'] + list(KEEP_FP32) + [ALL_TYPES]:
+            path = osp.join(work, f'{arch}_study_{op.strip("()").split()[0]}.onnx')
             quantize_onnx_file(fp32, path, train, max_images=calib_images,
-                               op_types=base + ([] if op == '(none)' else [op]))
+                               op_types=study_op_types(op))
             err = compare_onnx(path, fp32, inputs, task='classifier')
             study[op] = dict(rel_err=err['rel_err'], top1_agreement=err['top1_agreement'],
                              top1=onnx_top1(path, val)['top1'])
@@ -189,16 +203,15 @@ def _time_op_study(arch, model, study: dict, data_dir: str, work: str, calib_ima
     import numpy as np
 
     from mmeff.deploy import export_onnx
-    from mmeff.deploy.quantize import INT8_OP_TYPES, PASS_THROUGH_OP_TYPES, quantize_onnx_file
+    from mmeff.deploy.quantize import quantize_onnx_file
     from mmeff.runtime import ort_session, summarize, time_interleaved
     fp32 = osp.join(work, f'{arch}_study_fp32_{size}.onnx')
     export_onnx(model, fp32, (1, 3, size, size))
-    base = list(INT8_OP_TYPES + PASS_THROUGH_OP_TYPES)
     paths = {'FP32': fp32}
     for op in study:
-        paths[op] = osp.join(work, f'{arch}_study_{op.strip("()")}_{size}.onnx')
+        paths[op] = osp.join(work, f'{arch}_study_{op.strip("()").split()[0]}_{size}.onnx')
         quantize_onnx_file(fp32, paths[op], osp.join(data_dir, 'train'), max_images=calib_images,
-                           op_types=base + ([] if op == '(none)' else [op]))
+                           op_types=study_op_types(op))
     feed = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     sessions = {k: ort_session(p, threads) for k, p in paths.items()}
     fns = {k: (lambda s: lambda: s.run(None, {s.get_inputs()[0].name: feed}))(sess)
@@ -257,7 +270,7 @@ def to_markdown(result: dict) -> str:
     lines = ['# INT8 ONNX Runtime and compressed Core ML', '',
              f"- Machine: {m['cpu']} ({m['logical_cores']} logical cores), {m['torch_threads']} "
              f"thread(s); onnxruntime {m.get('onnxruntime')}, torch {m['torch']}, coremltools "
-             f"{result.get('coremltools')}",
+             f"{result.get('coremltools')}; ONNX opset {result.get('onnx_opset')}",
              f"- Load: 1-min load average {m.get('load_avg_1m')} at the start, "
              f"{result.get('load_avg_1m_end')} at the end: other processes shared the CPU, so "
              f"only the ratios within a row group mean something",
@@ -320,9 +333,10 @@ def to_markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from mmeff.models.families import all_archs
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--archs', nargs='+', default=['l1', 's1'],
-                   choices=('l1', 'l3', 'l7', 's0', 's1', 's2', 'l'))
+    p.add_argument('--archs', nargs='+', default=['l1', 's1'], choices=all_archs(),
+                   help='archs of every registered family (mmeff.models.families)')
     p.add_argument('--data', help='ImageFolder root with train/ and val/ (default: generate the '
                                   "demo's set under --work-dir)")
     p.add_argument('--checkpoint', help="the demo's pretrained classifier (configs/demo/"
@@ -335,6 +349,9 @@ def main(argv=None) -> int:
     p.add_argument('--threads', type=int, help='CPU threads (torch and ONNX Runtime)')
     p.add_argument('--calib-images', type=int, default=32)
     p.add_argument('--no-speed', action='store_true', help='skip the speed rows')
+    p.add_argument('--no-accuracy', action='store_true',
+                   help='speed rows only (no trained classifier: no accuracy, op study or '
+                        'Core ML)')
     p.add_argument('--no-coreml', action='store_true', help='skip compressed Core ML')
     p.add_argument('--no-op-study', action='store_true',
                    help='skip the study of the operators kept in FP32')
@@ -362,7 +379,9 @@ def main(argv=None) -> int:
     for split in ('train', 'val'):
         from mmeff.deploy.quantize import check_calib_data
         check_calib_data(osp.join(data, split))
-    result = dict(machine=machine_info('cpu', threads), data=described, settings=vars(args))
+    from mmeff.runtime.onnx import ONNX_OPSET
+    result = dict(machine=machine_info('cpu', threads), data=described, settings=vars(args),
+                  onnx_opset=ONNX_OPSET)
     try:
         import coremltools
         result['coremltools'] = coremltools.__version__
@@ -377,11 +396,12 @@ def main(argv=None) -> int:
                                      args.warmup, args.reps, threads, args.calib_images)
                                for a in args.archs]
         result['accuracy'], result['coreml'] = [], []
-        for arch in args.archs:
+        for arch in ([] if args.no_accuracy else args.archs):
             if arch == 'l1' and args.checkpoint:
                 from mmeff.deploy.build import build_model
-                model, _ = build_model('configs/demo/effformer_l1_in1k_synthetic.py',
-                                       'classifier', args.checkpoint, num_classes=5)
+                model, _ = build_model(
+                    osp.join(ROOT, 'configs', 'demo', 'effformer_l1_in1k_synthetic.py'),
+                    'classifier', args.checkpoint)
             else:
                 model = train_classifier(arch, data, size, args.train_steps)
             timing = dict(size=args.input_size, warmup=args.warmup, reps=args.reps,
