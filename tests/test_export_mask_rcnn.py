@@ -219,7 +219,7 @@ def test_mask_rcnn_onnx_matches_mmdet(coco, exported, compared):
         assert a['max_abs_err_boxes'] <= 0.5 and a['max_abs_err_scores'] < 1e-3, agreement
         assert a['rows_in_place'] >= 90 and a['min_mask_iou'] >= 0.95, agreement
     m_ref, m_onnx = coco_map(coco, ref), coco_map(coco, got)
-    print(f'mAP: mmdet {m_ref}, ONNX Runtime {m_onnx}')
+    print(f'agreement per image: {agreement}\nmAP: mmdet {m_ref}, ONNX Runtime {m_onnx}')
     assert m_ref['bbox_mAP_50'] > 0 and m_ref['segm_mAP_50'] > 0  # some hit their objects
     for key in m_ref:
         assert abs(m_ref[key] - m_onnx[key]) <= 0.005, key  # 0.5 AP points
