@@ -135,3 +135,39 @@ def test_fused_backbone_converts_to_coreml_at_odd_grid(s0):
     ops = coreml_ops(fuse_model(s0, (208, 176)), torch.randn(1, 3, 208, 176))
     assert 'upsample_bilinear' in ops and 'slice_by_index' in ops  # stage 3's x2 + crop
     assert not any('gather' in op or 'bicubic' in op for op in ops)
+
+
+@pytest.mark.parametrize('arch,size', [('s0', (208, 176)), ('l1', (96, 128))])
+def test_channels_last_fused_equals_unfused(s0, arch, size):
+    """``channels_last=True`` (eager inference): same values as the unfused model, 4D weights
+    channels-last inside, NCHW-contiguous outputs (mmcv's CPU RoIAlign reads raw NCHW), every
+    conv and pool fed channels-last maps, hooks not stacked by a second call."""
+    from mmeff.deploy.fuse import to_channels_last_
+    from mmeff.models import EfficientFormer
+    from helpers import randomise_
+    model = s0 if arch == 's0' else randomise_(EfficientFormer('l1', out_norm_cfg=None)).eval()
+    fused = fuse_model(model, size, channels_last=True)
+    not_cl = []
+
+    def record(module, args):
+        if args[0].dim() == 4 and args[0].shape[1] > 8 and args[0].shape[2] * args[0].shape[3] > 1 \
+                and not args[0].is_contiguous(memory_format=torch.channels_last):
+            not_cl.append(tuple(args[0].shape))
+    for m in fused.modules():  # (talking heads mix 8 heads of attention maps: not counted)
+        if isinstance(m, (nn.Conv2d, nn.AvgPool2d)):
+            m.register_forward_pre_hook(record)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, outs = model(x), fused(x)
+    for o, e in zip(outs, expected):
+        assert rel_err(o, e) <= 1e-5, (arch, rel_err(o, e))
+        assert o.is_contiguous()
+    assert not_cl == []
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in fused.parameters() if p.dim() == 4)
+    backbone = fused
+    hooks = (len(backbone._forward_pre_hooks), len(backbone._forward_hooks))
+    to_channels_last_(backbone)
+    assert (len(backbone._forward_pre_hooks), len(backbone._forward_hooks)) == hooks == (1, 1)
+    # the default leaves the layout alone (what exporters fuse)
+    assert all(p.is_contiguous() for p in fuse_model(model, size).parameters())

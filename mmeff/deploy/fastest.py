@@ -3,7 +3,8 @@
 Candidates, for the device asked for:
 
 * ``fused``: :func:`~mmeff.deploy.fuse.fuse_model` (BN and layer scales folded, attention
-  biases cached for the input size, backbones channels-last inside), in eager mode. Always
+  biases cached for the input size, backbones channels-last inside: ``channels_last=True``),
+  in eager mode. Always
   built; it is the fallback.
 * ``compile``: ``torch.compile`` (inductor) of that fused model. Kept only if it compiles here
   (inductor needs a C++ compiler on CPU and Triton on CUDA) and its output matches the
@@ -155,7 +156,7 @@ def fastest(model: nn.Module,
     sync = torch.cuda.synchronize if dev.type == 'cuda' else None
 
     t0 = time.perf_counter()
-    fused = fuse_model(model, (h, w)).to(dev)
+    fused = fuse_model(model, (h, w), channels_last=True).to(dev)
     err = _rel_err(fused(x), expected)
     candidates = dict(fused=dict(status='ok', rel_err=float(f'{err:.3g}'),
                                  setup_s=round(time.perf_counter() - t0, 2)))

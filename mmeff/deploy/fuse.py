@@ -46,15 +46,18 @@ EfficientFormerV2 (:class:`~mmeff.models.EfficientFormerV2`), all exact in real 
   :meth:`~mmeff.models.EfficientFormerV2.attention_input_sizes`): no gather and no bicubic
   resize left in a graph traced at that size.
 
-Both families, **channels-last layout** (``channels_last=True``, the default): every 4D
-weight of each EfficientFormer backbone is stored channels-last, and the backbone converts
-its input to that layout (a forward pre-hook) and its outputs back to contiguous NCHW (a
-forward hook). On CPU this is what makes the fused model fast: PyTorch's ``avg_pool2d`` is
-vectorised over channels only for channels-last maps (the NCHW kernel took about a fifth of
-L1's time), oneDNN convolutions skip their NCHW <-> blocked reorders, and V1's 4D -> 3D
-flatten before the MB3D blocks becomes a view. The ops and values are the same, and so are
-exported graphs (a layout change is an ``Identity`` in ONNX, a no-op in Core ML). Outputs are
-NCHW-contiguous because some consumers read raw memory as NCHW (mmcv's CPU ``RoIAlign``).
+Both families, **channels-last layout** (``channels_last=True``, for eager inference; what
+:func:`mmeff.deploy.fastest.fastest` runs): every 4D weight of each EfficientFormer backbone
+is stored channels-last, and the backbone converts its input to that layout (a forward
+pre-hook) and its outputs back to contiguous NCHW (a forward hook). On CPU this is what makes
+the fused model fast: PyTorch's ``avg_pool2d`` is vectorised over channels only for
+channels-last maps (the NCHW kernel took about a fifth of L1's time), oneDNN convolutions skip
+their NCHW <-> blocked reorders, and V1's 4D -> 3D flatten before the MB3D blocks becomes a
+view. The ops and values are the same. Outputs are NCHW-contiguous because some consumers
+read raw memory as NCHW (mmcv's CPU ``RoIAlign``). It is off by default because exporters gain
+nothing from it (ONNX and Core ML graphs have no layout) and ``torch.export`` with a dynamic
+batch fails on it (the strides of a channels-last map depend on whether the batch is 1, so
+the export specialises the batch it was asked to keep dynamic).
 
 Backbones are found through the family registry (:mod:`mmeff.models.families`); the rules
 above are keyed by the layers the families are built of, and a family registered with its own
@@ -275,7 +278,7 @@ def to_channels_last_(backbone: nn.Module) -> nn.Module:
 def fuse_model(model: nn.Module,
                input_size: Optional[SizeLike] = None,
                inplace: bool = False,
-               channels_last: bool = True) -> nn.Module:
+               channels_last: bool = False) -> nn.Module:
     """Fold BN and layer scales, and cache attention biases, for inference (see module doc).
 
     Args:
@@ -287,7 +290,8 @@ def fuse_model(model: nn.Module,
             ``None`` leaves the biases dynamic. Defaults to None.
         inplace (bool): Modify ``model`` itself instead of a deep copy. Defaults to False.
         channels_last (bool): Run every backbone channels-last inside (:func:`to_channels_last_`;
-            inputs and outputs stay NCHW). Defaults to True.
+            inputs and outputs stay NCHW): faster eager inference, not for export (see the
+            module doc). Defaults to False.
 
     Returns:
         nn.Module: The fused model, in eval mode. Fusion uses BN running statistics, so it is
