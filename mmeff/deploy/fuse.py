@@ -21,8 +21,9 @@ unfused model to ~1e-7 relative error):
 * **Attention bias caching**: with ``input_size`` given, every MHSA precomputes its bias for the
   token grid of that input in its stage (stride 32 in the last stage, stride 16 for the MB3D
   blocks some slimmed archs have in stage 3; ``Attention.fix_bias``), so the traced/exported
-  graph has no ``gather`` and no interpolation. The fused model still runs at other sizes (the bias is then
-  computed on the fly, as in the unfused model), but an export is specific to one size.
+  graph has no ``gather`` and no interpolation. The fused model still runs at other sizes
+  (the bias is then computed on the fly, as in the unfused model), but an export is specific
+  to one size.
 * Dropout and DropPath (identities at inference) are replaced by ``nn.Identity`` so that they
   leave no node in exported graphs.
 
