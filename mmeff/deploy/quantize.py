@@ -9,8 +9,9 @@
 * :func:`quantize_onnx_file`: ``onnxruntime.quantization.quantize_static`` in the QDQ format
   (ONNX Runtime's recommended format for CPU), per-channel INT8 weights, UINT8 activations
   with MinMax ranges from the calibration inputs, after ``quant_pre_process`` (shape
-  inference, graph optimisation). Only :data:`INT8_OP_TYPES` are quantised; the report lists
-  every operator left in FP32 and, for :data:`KEEP_FP32`, why.
+  inference, graph optimisation). Only :data:`INT8_OP_TYPES` (and the data movement between
+  them, :data:`PASS_THROUGH_OP_TYPES`) are quantised; the report lists every operator left in
+  FP32 and why (:data:`KEEP_FP32`, :func:`fp32_reason`).
 * :func:`export_onnx_int8`: the FP32 export of :func:`mmeff.deploy.export_onnx` (checked
   against torch), quantised, then compared with that FP32 graph on calibration images
   (:func:`compare_onnx`); written beside ``out`` and put in place only when its checks pass
@@ -255,7 +256,7 @@ def quantize_onnx_file(fp32_path: str,
 
     Returns:
         dict: ``path``, ``fp32_path``, ``file_size_bytes``, ``fp32_file_size_bytes``,
-        ``calibration`` (``batches``, ``source``), ``settings``, ``int8_ops`` and
+        ``calibration`` (``batches``, ``images``, ``source``), ``settings``, ``int8_ops`` and
         ``fp32_ops`` (op type -> count, :func:`qdq_op_summary`), ``kept_fp32_reasons``
         (op type -> :func:`fp32_reason`, for every operator left in FP32) and
         ``quantize_s``.
