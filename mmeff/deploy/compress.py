@@ -16,7 +16,7 @@
 Palettisation clusters with k-means: coremltools uses ``kmeans1d`` (when installed) for
 tensors of 10000+ FP16 values and scikit-learn otherwise.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
