@@ -11,7 +11,11 @@
 3. trains Mask R-CNN + L1 (configs/demo/mask_rcnn_effformer_l1_synthetic.py, the real detection
    config on tiny images) from that checkpoint (`pretrained=`, prefix `backbone.`), evaluates it
    with tools/test.py (mmdet's CocoMetric, bbox + segm), draws predictions with tools/demo.py
-   and prints them beside the paper with tools/compare_results.py;
+   and prints them beside the paper with tools/compare_results.py; then exports the whole
+   trained Mask R-CNN to ONNX (tools/export.py --task detector: RPN, RoIAlign, box head, NMS
+   and mask head in the graph), runs it with ONNX Runtime on the generated validation images
+   (mmeff.deploy.detector.evaluate_onnx_detector: masks pasted with
+   mmeff.deploy.mask_rcnn.paste_masks, detections into mmdet's CocoMetric);
 4. the same for Semantic FPN + L1 (configs/demo/fpn_effformer_l1_synthetic.py; mmseg's
    IoUMetric, a coloured overlay); then exports the whole trained segmentor to ONNX
    (tools/export.py --task segmentor, argmax in the graph), runs it with ONNX Runtime on the
@@ -22,9 +26,10 @@
 6. writes OUT/REPORT.md with the metrics, the paper comparisons, the pictures, the export
    checks and the commands that made them.
 
-Every step runs the same command-line tool a user would run (the ONNX Runtime evaluation of the
-segmentor runs in this process); logs go to OUT/logs/. The report embeds the pictures and ends
-with the commands of the evaluation, drawing and export steps, to run again on these outputs.
+Every step runs the same command-line tool a user would run (the ONNX Runtime evaluations of the
+detector and the segmentor run in this process); logs go to OUT/logs/. The report embeds the
+pictures and ends with the commands of the evaluation, drawing and export steps, to run again
+on these outputs.
 """
 import argparse
 import contextlib
@@ -190,6 +195,24 @@ def compare_segmentor_runtimes(onnx_path, config, checkpoint, data_root, torch_p
                 input_size=onnx['input_size'], picture=picture, image=first)
 
 
+def compare_detector_runtimes(onnx_path, config, data_root, torch_metrics):
+    """The exported whole detector with ONNX Runtime on the validation images
+    (:func:`mmeff.deploy.detector.evaluate_onnx_detector`: mmdet's CocoMetric, bbox and segm)
+    beside the PyTorch model's metrics (tools/test.py's ``torch_metrics``)."""
+    from mmeff.deploy.detector import evaluate_onnx_detector
+    onnx = evaluate_onnx_detector(onnx_path, config, data_root=data_root)
+    rows = {}
+    for key in DET_METRICS:
+        rows[key] = (float(torch_metrics[f'coco/{key}']), float(onnx['metrics'][f'coco/{key}']))
+    detections = sum(len(d['scores']) for d in onnx['predictions'].values())
+    return dict(metrics=rows, images=onnx['images'], detections=detections,
+                input_size=onnx['input_size'])
+
+
+# The CocoMetric figures the report shows for PyTorch and ONNX Runtime side by side.
+DET_METRICS = ('bbox_mAP', 'bbox_mAP_50', 'segm_mAP', 'segm_mAP_50')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='work_dirs/demo', help='where everything goes')
@@ -263,6 +286,27 @@ def main(argv=None):
     compare = run_step('compare', ['tools/compare_results.py', test_dir, '--arch', 'l1', '--task',
                                    'detection', '--json', osp.join(out, 'compare.json')], logs)
 
+    # The whole Mask R-CNN, exported at the generated images' size (the test pipeline's too:
+    # 128x160 stays 128x160, a multiple of 32), run with ONNX Runtime.
+    det_onnx = osp.join(out, 'export', 'mask_rcnn_l1_detector_128x160.onnx')
+    det_onnx_report = osp.join(out, 'export', 'detector_onnx_report.json')
+    step = ['tools/export.py', CONFIG, '--task', 'detector', '--checkpoint', ckpt,
+            '--format', 'onnx', '--input-size', '128x160', '--out', det_onnx,
+            '--report-json', det_onnx_report]
+    commands.append(('Export the whole Mask R-CNN to ONNX', step))
+    run_step('det_export', step, logs)
+    t0 = time.time()
+    det_log = osp.join(logs, 'det_onnxruntime.log')
+    print(f'[demo] det_onnxruntime: mmeff.deploy.evaluate_onnx_detector {det_onnx}', flush=True)
+    with output_to(det_log):
+        det_runtime = compare_detector_runtimes(det_onnx, CONFIG, data_root,
+                                                test_metrics(test_dir))
+    det_map = det_runtime['metrics']
+    print(f"[demo] det_onnxruntime: bbox mAP PyTorch {det_map['bbox_mAP'][0]:.3f}, ONNX "
+          f"Runtime {det_map['bbox_mAP'][1]:.3f}; segm mAP PyTorch "
+          f"{det_map['segm_mAP'][0]:.3f}, ONNX Runtime {det_map['segm_mAP'][1]:.3f} "
+          f"({time.time() - t0:.0f} s, log: {det_log})", flush=True)
+
     # 4. Semantic FPN from the pretrained backbone.
     seg_dir = osp.join(out, 'fpn_l1')
     run_step('seg_train', ['tools/train.py', SEG_CONFIG, '--work-dir', seg_dir, '--cfg-options',
@@ -334,6 +378,21 @@ def main(argv=None):
              f'checkpoint `{ckpt}`.', '', '```', *det_metrics, '```', '', tiny, '',
              '```', compare.strip(), '```', '',
              picture_link(out, det_picture, 'Mask R-CNN predictions (tools/demo.py)'),
+             '', '### The whole Mask R-CNN on ONNX Runtime (tools/export.py --task detector)',
+             '', f'`{det_onnx}`: fused backbone, FPN, RPN, RoIAlign, box head, NMS and mask '
+             f'head in one graph, input {det_runtime["input_size"][0]}x'
+             f'{det_runtime["input_size"][1]} RGB pixels (normalisation in the graph), outputs '
+             f'boxes, scores, labels and box-coordinate mask probabilities (full report: '
+             f'`{det_onnx_report}`). Run with ONNX Runtime on the {det_runtime["images"]} '
+             f'validation images (mmeff.deploy.detector.evaluate_onnx_detector, masks pasted '
+             f'with mmeff.deploy.mask_rcnn.paste_masks; {det_runtime["detections"]} '
+             f"detections), its results fed into mmdet's CocoMetric (log: `{det_log}`):", '',
+             '| model | runtime | ' + ' | '.join(DET_METRICS) + ' |',
+             '|---|---|' + '---|' * len(DET_METRICS),
+             '| PyTorch (tools/test.py) | torch | '
+             + ' | '.join(f'{det_map[k][0]:.3f}' for k in DET_METRICS) + ' |',
+             '| exported ONNX | ONNX Runtime | '
+             + ' | '.join(f'{det_map[k][1]:.3f}' for k in DET_METRICS) + ' |',
              '', '## 3. Segmentation: Semantic FPN (mmseg IoUMetric)', '',
              f'Config `{SEG_CONFIG}` (60 iterations from the pretrained backbone), checkpoint '
              f'`{seg_ckpt}`.', '', '```', *seg_metrics, '```', '',
