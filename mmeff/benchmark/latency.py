@@ -219,7 +219,7 @@ def _make_runtime(name: str, model: nn.Module, ref_fn: Callable, x: torch.Tensor
     if backend is None:
         return torch_backend.runner(fused, x, device=device)
     return backend.runner(fused, x, threads=threads, device=device, work_dir=work_dir,
-                          tag=f'model_{x.shape[0]}x{hw[0]}x{hw[1]}')
+                          tag=f'{name}_{x.shape[0]}x{hw[0]}x{hw[1]}')
 
 
 @torch.no_grad()
