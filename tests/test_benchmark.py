@@ -168,3 +168,31 @@ def test_plot_tool(tmp_path, repo_root, capsys):
     assert 'coreml-ALL, classifier (CPU: Apple M2, 4 threads): l7 9.50 ms' in out
     assert plot_latency.main([path, '--out', str(tmp_path / 'q.png'), '--input-size', '512']) == 0
     assert 'only the paper points are drawn' in capsys.readouterr().err
+
+
+def test_benchmark_fused_row_is_channels_last_and_fastest_row_records_its_choice(monkeypatch):
+    """The ``fused`` row times the eager inference path (``fuse_model(channels_last=True)``),
+    ``fastest`` times :func:`mmeff.deploy.fastest.fastest` and says what it chose (compile is
+    switched off here: inductor takes minutes on this CPU)."""
+    import functools
+
+    import mmeff.deploy.fastest as fastest_mod
+    from mmeff.deploy import fuse as fuse_mod
+    calls = []
+    real_fuse = fuse_mod.fuse_model
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('channels_last', False))
+        return real_fuse(*args, **kwargs)
+    monkeypatch.setattr(fuse_mod, 'fuse_model', spy)
+    monkeypatch.setattr('mmeff.deploy.fuse_model', spy)
+    monkeypatch.setattr(fastest_mod, 'fastest',
+                        functools.partial(fastest_mod.fastest, compile=False))
+    result = benchmark(['l1'], [(64, 64)], [1], runtimes=('eager', 'fused', 'fastest'),
+                       warmup=0, reps=2, threads=1, log=lambda m: None)
+    rows = {r['runtime']: r for r in result['results']}
+    assert calls and calls[0] is True  # the fused row: channels-last
+    assert rows['fused']['status'] == 'ok' and rows['fused']['rel_err_vs_eager'] < 1e-5
+    assert rows['fastest']['status'] == 'ok' and rows['fastest']['chosen'] == 'fused'
+    assert rows['fastest']['rel_err_vs_eager'] < 1e-4
+    assert '| fastest (fused, setup' in to_markdown(result)

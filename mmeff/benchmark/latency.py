@@ -10,10 +10,15 @@ For every (arch, input size, batch size) the same weights run under:
   ``unsupported: <timm's error>`` instead of a number.
 * ``eager``: mmeff, as trained (BN, layer scales, bias computed per call), run by the
   ``torch-cpu`` / ``torch-cuda`` backend of ``device``.
-* ``fused``: :func:`mmeff.deploy.fuse_model` (BN and layer scales folded, bias cached), run
-  the same way.
+* ``fused``: :func:`mmeff.deploy.fuse_model` (BN and layer scales folded, bias cached) with
+  ``channels_last=True`` (the backbone runs channels-last inside, NCHW in and out: the eager
+  inference path), run the same way.
+* ``fastest``: :func:`mmeff.deploy.fastest.fastest`, the one-call inference path
+  (channels-last fused + ``torch.compile`` where it compiles and matches the unfused model,
+  else the fused eager model); its compile time is in ``setup_s``. Not in the default set.
 * Every other runtime is a backend of :mod:`mmeff.runtime` running the fused model, under
-  the name its rows have always had: ``compile`` (``torch.compile``, inductor; the compile
+  the name its rows have always had, from the default (NCHW) fused model, as it is exported:
+  ``compile`` (``torch.compile``, inductor; the compile
   time is reported separately, ``setup_s``, and excluded from the timings), ``onnxruntime``
   (exported with :func:`mmeff.runtime.write_onnx` and run by ONNX Runtime, CPU, or the CUDA
   execution provider for ``device='cuda'``, where the timings include the host<->device
@@ -57,9 +62,9 @@ from mmeff.runtime import (NameView, backends, get_backend, pinned_threads, summ
 # Re-exported: the whole-model latency (mmeff.benchmark.whole_model) imports it from here.
 from mmeff.runtime import ort_session  # noqa: F401
 
-# Runtimes that are models rather than backends: timm's reference, mmeff eager and fused,
-# run by the torch backend of the benchmark's device.
-MODEL_RUNTIMES = ('timm', 'eager', 'fused')
+# Runtimes that are models rather than backends: timm's reference, mmeff eager, fused and
+# fastest, run by the torch backend of the benchmark's device.
+MODEL_RUNTIMES = ('timm', 'eager', 'fused', 'fastest')
 DEFAULT_RUNTIMES = ('timm', 'eager', 'fused', 'compile', 'onnxruntime')
 TASKS = ('classifier', 'backbone')
 SCHEMA = 'mmeff.benchmark.latency/1'
@@ -214,10 +219,18 @@ def _make_runtime(name: str, model: nn.Module, ref_fn: Callable, x: torch.Tensor
     torch_backend = get_backend('torch-cuda' if device.startswith('cuda') else 'torch-cpu')
     if name == 'eager':
         return torch_backend.runner(model, x, device=device)
-    backend = None if name == 'fused' else backend_of_runtime(name)
+    if name == 'fused':
+        return torch_backend.runner(fuse_model(model, hw, channels_last=True), x, device=device)
+    if name == 'fastest':
+        from mmeff.deploy.fastest import fastest
+        from mmeff.runtime import Runner
+        run = fastest(model, hw, device, batch_size=x.shape[0])
+        runner = Runner(lambda: run(x), backend='fastest',
+                        sync=torch.cuda.synchronize if device.startswith('cuda') else None)
+        runner.chosen = run.record['chosen']  # 'compile' or 'fused', in the row
+        return runner
+    backend = backend_of_runtime(name)
     fused = fuse_model(model, hw)
-    if backend is None:
-        return torch_backend.runner(fused, x, device=device)
     return backend.runner(fused, x, threads=threads, device=device, work_dir=work_dir,
                           tag=f'{name}_{x.shape[0]}x{hw[0]}x{hw[1]}')
 
@@ -305,6 +318,8 @@ def benchmark(archs: Sequence[str] = ('l1',),
                                 continue
                             row.update(status='ok', setup_s=round(time.perf_counter() - t0, 2),
                                        rel_err_vs_eager=float(f'{err:.3g}'))
+                            if getattr(fn, 'chosen', None):
+                                row['chosen'] = fn.chosen
                             fns[name], meta[name] = fn, row
                         if fns:
                             times = time_interleaved(fns, warmup, reps, sync, settle_s)
@@ -370,6 +385,8 @@ def to_markdown(result: dict) -> str:
             continue
         speedup = f"{timm_ms[key] / r['median_ms']:.2f}x" if key in timm_ms else 'n/a'
         extra = f" (setup {r['setup_s']:.0f} s)" if r['runtime'] == 'compile' else ''
+        if r['runtime'] == 'fastest':
+            extra = f" ({r.get('chosen', '?')}, setup {r['setup_s']:.0f} s)"
         lines.append(f"| {r['arch']} | {size} | {r['batch_size']} | {r['runtime']}{extra} | "
                      f"{r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['throughput_img_s']:.1f} | "
                      f"{speedup} | {r['rel_err_vs_eager']:.1e} |")
