@@ -11,10 +11,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 mkdir -p /tmp/mmcvsrc && tar xzf .whl/mmcv-2.1.0.tar.gz -C /tmp/mmcvsrc
 export PYTHONPATH=/tmp/site:/tmp/mmcvsrc/mmcv-2.1.0 PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 el "two ranks on one GPU"
-timeout 300 python3 -m pytest -m cuda -q -s tests/test_cuda_dist.py -p no:cacheprovider 2>&1 \
+timeout 150 python3 -m pytest -m cuda -q -s tests/test_cuda_dist.py -p no:cacheprovider 2>&1 \
   | tee "$OUT/pytest_cuda_dist.log" | tail -15
 el "latency"
 if [ -n "${LATENCY_CMD:-}" ]; then
-  timeout 200 bash -c "$LATENCY_CMD" 2>&1 | tail -30
+  timeout 230 bash -c "$LATENCY_CMD" 2>&1 | tail -30
 fi
 el "end"
