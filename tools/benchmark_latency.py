@@ -55,8 +55,10 @@ def parse_args(argv=None):
     p.add_argument('--batch-sizes', nargs='+', type=int, default=[1], help='batch sizes timed')
     p.add_argument('--device', default='cpu', help='cpu or cuda[:N]')
     p.add_argument('--runtimes', nargs='+', default=list(DEFAULT_RUNTIMES), choices=RUNTIMES,
-                   help='runtimes timed side by side: timm, eager, fused and every backend of '
-                        'mmeff.runtime not bound to one torch device (coreml: macOS only)')
+                   help='runtimes timed side by side: timm, eager, fused (channels-last '
+                        'eager inference), fastest (mmeff.deploy.fastest: fused + '
+                        'torch.compile where it compiles) and every backend of mmeff.runtime '
+                        'not bound to one torch device (coreml: macOS only)')
     p.add_argument('--task', default='classifier', choices=TASKS,
                    help='classifier (logits) or backbone (4 stage maps)')
     p.add_argument('--warmup', type=int, default=10, help='untimed calls first, per runtime')
