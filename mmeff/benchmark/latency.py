@@ -57,8 +57,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from mmeff.runtime import (NameView, backends, get_backend, pinned_threads, summarize,
-                           time_interleaved)
+from mmeff.runtime import (NameView, backends, get_backend, pinned_threads, rel_err,
+                           short_error, summarize, time_interleaved)
 # Re-exported: the whole-model latency (mmeff.benchmark.whole_model) imports it from here.
 from mmeff.runtime import ort_session  # noqa: F401
 
@@ -167,28 +167,6 @@ def build_models(arch: str, task: str = 'classifier', seed: int = 0
         return ref.forward_intermediates(x, intermediates_only=True)
 
     return model.eval(), ref, timm_backbone
-
-
-def _outputs(out) -> Tuple[torch.Tensor, ...]:
-    if isinstance(out, (list, tuple)):
-        return tuple(torch.as_tensor(o) for o in out)
-    return (torch.as_tensor(out),)
-
-
-def _rel_err(out, ref) -> float:
-    a, b = _outputs(out), _outputs(ref)
-    if len(a) != len(b):
-        raise RuntimeError(f'{len(a)} outputs vs {len(b)}')
-    errs = []
-    for o, r in zip(a, b):
-        o, r = o.detach().double().cpu(), r.detach().double().cpu()
-        errs.append(float((o - r).norm() / r.norm().clamp_min(1e-12)))
-    return max(errs)
-
-
-def _short(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
-    return f'{type(exc).__name__}: {msg[:300]}'
 
 
 def _runtime_names() -> Tuple[str, ...]:
@@ -309,10 +287,10 @@ def benchmark(archs: Sequence[str] = ('l1',),
                             try:
                                 fn = _make_runtime(name, model, ref_fn, x, device, threads,
                                                    work_dir)
-                                err = _rel_err(fn(), expected)
+                                err = rel_err(fn(), expected)
                             except Exception as exc:  # recorded in the results, not fatal
                                 kind = 'unsupported' if name == 'timm' else 'error'
-                                row.update(status=f'{kind}: {_short(exc)}')
+                                row.update(status=f'{kind}: {short_error(exc)}')
                                 log(f'  {arch} {h}x{w} b{bs} {name}: {row["status"]}')
                                 rows.append(row)
                                 continue

@@ -30,25 +30,9 @@ from typing import Callable, Union
 import torch
 import torch.nn as nn
 
+from mmeff.runtime import rel_err, short_error
+
 from .fuse import SizeLike, fuse_model, parse_input_size
-
-
-def _rel_err(out, ref) -> float:
-    """Largest ``||a - b|| / ||b||`` over the outputs (float64, on the CPU)."""
-    outs = out if isinstance(out, (list, tuple)) else (out,)
-    refs = ref if isinstance(ref, (list, tuple)) else (ref,)
-    if len(outs) != len(refs):
-        raise RuntimeError(f'{len(outs)} outputs, the unfused model gives {len(refs)}')
-    errs = []
-    for o, r in zip(outs, refs):
-        o, r = o.detach().double().cpu(), r.detach().double().cpu()
-        errs.append(float((o - r).norm() / r.norm().clamp_min(1e-12)))
-    return max(errs)
-
-
-def _short(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f'{type(exc).__name__}: {lines[0][:300] if lines else ""}'
 
 
 def _check_device(device) -> torch.device:
@@ -157,7 +141,7 @@ def fastest(model: nn.Module,
 
     t0 = time.perf_counter()
     fused = fuse_model(model, (h, w), channels_last=True).to(dev)
-    err = _rel_err(fused(x), expected)
+    err = rel_err(fused(x), expected)
     candidates = dict(fused=dict(status='ok', rel_err=float(f'{err:.3g}'),
                                  setup_s=round(time.perf_counter() - t0, 2)))
     if err > rtol:  # fusion is exact: this is a bug, not a choice to make
@@ -170,9 +154,9 @@ def fastest(model: nn.Module,
         t0 = time.perf_counter()
         try:
             compiled = torch.compile(fused, **(compile if isinstance(compile, dict) else {}))
-            err = _rel_err(compiled(x), expected)  # compiles now
+            err = rel_err(compiled(x), expected)  # compiles now
         except Exception as exc:  # no compiler, an op inductor cannot lower...: fused it is
-            candidates['compile'] = dict(status=f'error: {_short(exc)}')
+            candidates['compile'] = dict(status=f'error: {short_error(exc)}')
         else:
             row = dict(rel_err=float(f'{err:.3g}'), setup_s=round(time.perf_counter() - t0, 2))
             if err <= rtol:

@@ -22,7 +22,8 @@ Example::
 from .base import (COMPUTE_UNITS, Backend, BackendUnavailableError, NameView, backend_for_format,
                    backend_names, backends, check_compute_units, export_formats, get_backend,
                    register_backend, require, unregister_backend)
-from .checks import file_size, forbidden_error, forbidden_torch_ops, nonfinite
+from .checks import (file_size, forbidden_error, forbidden_torch_ops, nonfinite, rel_err,
+                     short_error)
 from .coreml import (CoreMLBackend, convert_coreml, coreml_problems, coreml_runtime_status,
                      inspect_coreml, save_mlmodel, to_mlprogram_input)
 from .onnx import (OnnxRuntimeBackend, OnnxRuntimeInt8Backend, onnx_graph_report, onnx_io,
@@ -39,6 +40,7 @@ __all__ = ['COMPUTE_UNITS', 'Backend', 'BackendUnavailableError', 'NameView', 'R
            'backend_for_format', 'backend_names', 'backends', 'check_compute_units',
            'export_formats', 'get_backend', 'register_backend', 'unregister_backend',
            'require', 'file_size', 'forbidden_error', 'forbidden_torch_ops', 'nonfinite',
+           'rel_err', 'short_error',
            'CoreMLBackend', 'convert_coreml', 'coreml_problems', 'coreml_runtime_status',
            'inspect_coreml', 'save_mlmodel', 'to_mlprogram_input', 'OnnxRuntimeBackend',
            'OnnxRuntimeInt8Backend', 'onnx_graph_report', 'onnx_io', 'onnx_problems',

@@ -70,3 +70,32 @@ def forbidden_error(where: str, found: Dict[str, int]) -> RuntimeError:
         f'{where} holds {ops}: attention biases must be precomputed for the export size '
         f'(bicubic bias resizing and bias gathers cannot run in Core ML); export through '
         f'prepare_for_export/fuse_model, or call mmeff.deploy.cache_attention_bias(model, size)')
+
+
+def rel_err(out, ref) -> float:
+    """Largest ``||a - b|| / ||b||`` over the outputs of a run (a tensor, a numpy array or a
+    list/tuple of them, as a runner returns) against a reference run, in float64 on the CPU.
+
+    Raises:
+        RuntimeError: the two runs return different numbers of outputs.
+    """
+    import torch
+
+    def outputs(o):
+        return tuple(o) if isinstance(o, (list, tuple)) else (o,)
+    outs, refs = outputs(out), outputs(ref)
+    if len(outs) != len(refs):
+        raise RuntimeError(f'{len(outs)} outputs, the reference gives {len(refs)}')
+    errs = []
+    for o, r in zip(outs, refs):
+        o = torch.as_tensor(o).detach().double().cpu()
+        r = torch.as_tensor(r).detach().double().cpu()
+        errs.append(float((o - r).norm() / r.norm().clamp_min(1e-12)))
+    return max(errs)
+
+
+def short_error(exc: BaseException) -> str:
+    """``'<ExceptionType>: <first line of the message, 300 characters at most>'``, for a result
+    row that records a failure instead of raising it."""
+    lines = str(exc).strip().splitlines()
+    return f'{type(exc).__name__}: {lines[0][:300] if lines else ""}'
