@@ -3,21 +3,10 @@
     python tools/analyze_dense.py CONFIG [CONFIG ...] [--shape H W] [--cfg-options k=v ...]
                                   [--markdown]
 
-Builds the model of each config with random weights (no checkpoint is read) and counts, on one
-``1 x 3 x H x W`` input (default 800 x 1333, the COCO test scale; use 512 512 for ADE20K):
-
-* params: every parameter of the model (backbone, neck, heads);
-* MACs: mmengine's ``FlopAnalyzer`` (fvcore's counting rules, one multiply-add = 1; the number
-  mmdet's ``get_flops.py`` and most papers print as "FLOPs") of the model's ``mode='tensor'``
-  forward: backbone, neck and heads without post-processing. For two-stage detectors this
-  includes the RoI heads on the RPN's test-time proposals and the mask head on the first 100
-  RoIs, as in mmdet's ``_forward``. How many proposals survive the RPN's NMS depends on the
-  (here random) weights, so the count would change from run to run; the RPN's NMS is switched
-  off for the count (IoU threshold 1.0), which keeps ``test_cfg.rpn.max_per_img`` proposals, as
-  a trained RPN does on a busy image (the count is printed).
-
-Backbone and backbone+neck rows are printed too, since they do not depend on the proposals.
-The counting is :func:`mmeff.benchmark.dense.analyze`.
+Builds the model of each config with random weights (no checkpoint is read) and prints its
+params and MACs on one ``1 x 3 x H x W`` input (default 800 x 1333, the COCO test scale; use
+512 512 for ADE20K), with backbone and backbone+neck rows. What is counted and how (the RPN's
+NMS switched off for a fixed proposal count) is said in :mod:`mmeff.benchmark.dense`.
 """
 import argparse
 import os
