@@ -226,6 +226,20 @@ def main(argv=None):
     os.makedirs(logs, exist_ok=True)
     t_start = time.time()
 
+    def user_step(name, what, step):
+        """Run a step and list it in the report as a command the user can run again."""
+        commands.append((what, step))
+        return run_step(name, step, logs)
+
+    def export_whole(name, what, config, task, checkpoint, size, stem, report):
+        """Export the whole model of ``config`` to ONNX at ``size``: (its path, its report)."""
+        onnx = osp.join(out, 'export', f'{stem}_{size}.onnx')
+        report = osp.join(out, 'export', report)
+        user_step(name, what, ['tools/export.py', config, '--task', task, '--checkpoint',
+                               checkpoint, '--format', 'onnx', '--input-size', size, '--out',
+                               onnx, '--report-json', report])
+        return onnx, report
+
     # 1. Data.
     from mmeff.datasets import make_ade_dataset, make_imagefolder_dataset
     from mmeff.datasets.synthetic_coco import make_coco_dataset
@@ -257,10 +271,10 @@ def main(argv=None):
     run_step('pretrain', ['tools/train.py', CLS_CONFIG, '--work-dir', cls_dir, '--cfg-options',
                           f'data_root={in1k_root}'], logs)
     cls_ckpt = last_checkpoint(cls_dir)
-    step = ['tools/test.py', CLS_CONFIG, cls_ckpt, '--work-dir', osp.join(out, 'test_in1k'),
-            '--cfg-options', f'data_root={in1k_root}']
-    commands.append(('Evaluate the pretrained classifier', step))
-    cls_metrics = metrics_of(run_step('pretrain_test', step, logs))
+    cls_metrics = metrics_of(user_step(
+        'pretrain_test', 'Evaluate the pretrained classifier',
+        ['tools/test.py', CLS_CONFIG, cls_ckpt, '--work-dir', osp.join(out, 'test_in1k'),
+         '--cfg-options', f'data_root={in1k_root}']))
 
     # 3. Mask R-CNN from the pretrained backbone.
     work_dir = osp.join(out, 'mask_rcnn_l1')
@@ -270,31 +284,25 @@ def main(argv=None):
              logs)
     ckpt = last_checkpoint(work_dir)
     test_dir = osp.join(out, 'test')
-    step = ['tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
-            '--cfg-options', f'data_root={data_root}']
-    commands.append(('Evaluate the detector', step))
-    det_metrics = metrics_of(run_step('test', step, logs))
+    det_metrics = metrics_of(user_step(
+        'test', 'Evaluate the detector', ['tools/test.py', CONFIG, ckpt, '--work-dir', test_dir,
+                                          '--cfg-options', f'data_root={data_root}']))
     pictures = osp.join(out, 'pictures')
     # The generated images hold 1-3 shapes: the 5 best detections show them without burying
     # the 160x128 picture under the low-score boxes a 6-epoch model also gives.
-    step = ['tools/demo.py', CONFIG, ckpt, info['val2017_images'][0], '--out-dir', pictures,
-            '--device', 'cpu', '--score-thr', '0.05', '--max-dets', '5', '--cfg-options',
-            f'data_root={data_root}']
-    commands.append(('Draw the detector\'s predictions', step))
-    run_step('draw', step, logs)
+    user_step('draw', 'Draw the detector\'s predictions',
+              ['tools/demo.py', CONFIG, ckpt, info['val2017_images'][0], '--out-dir', pictures,
+               '--device', 'cpu', '--score-thr', '0.05', '--max-dets', '5', '--cfg-options',
+               f'data_root={data_root}'])
     det_picture = osp.join(pictures, 'vis', osp.basename(info['val2017_images'][0]))
     compare = run_step('compare', ['tools/compare_results.py', test_dir, '--arch', 'l1', '--task',
                                    'detection', '--json', osp.join(out, 'compare.json')], logs)
 
     # The whole Mask R-CNN, exported at the generated images' size (the test pipeline's too:
     # 128x160 stays 128x160, a multiple of 32), run with ONNX Runtime.
-    det_onnx = osp.join(out, 'export', 'mask_rcnn_l1_detector_128x160.onnx')
-    det_onnx_report = osp.join(out, 'export', 'detector_onnx_report.json')
-    step = ['tools/export.py', CONFIG, '--task', 'detector', '--checkpoint', ckpt,
-            '--format', 'onnx', '--input-size', '128x160', '--out', det_onnx,
-            '--report-json', det_onnx_report]
-    commands.append(('Export the whole Mask R-CNN to ONNX', step))
-    run_step('det_export', step, logs)
+    det_onnx, det_onnx_report = export_whole(
+        'det_export', 'Export the whole Mask R-CNN to ONNX', CONFIG, 'detector', ckpt, '128x160',
+        'mask_rcnn_l1_detector', 'detector_onnx_report.json')
     t0 = time.time()
     det_log = osp.join(logs, 'det_onnxruntime.log')
     print(f'[demo] det_onnxruntime: mmeff.deploy.evaluate_onnx_detector {det_onnx}', flush=True)
@@ -314,14 +322,13 @@ def main(argv=None):
     seg_ckpt = last_checkpoint(seg_dir)
     seg_test_dir = osp.join(out, 'test_seg')
     seg_preds = osp.join(seg_test_dir, 'predictions.pkl')
-    step = ['tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--out',
-            seg_preds, '--cfg-options', f'data_root={ade_root}']
-    commands.append(('Evaluate the segmentor', step))
-    seg_metrics = metrics_of(run_step('seg_test', step, logs))
-    step = ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0], '--out-dir',
-            pictures, '--device', 'cpu', '--cfg-options', f'data_root={ade_root}']
-    commands.append(('Draw the segmentor\'s predictions', step))
-    run_step('seg_draw', step, logs)
+    seg_metrics = metrics_of(user_step(
+        'seg_test', 'Evaluate the segmentor',
+        ['tools/test.py', SEG_CONFIG, seg_ckpt, '--work-dir', seg_test_dir, '--out', seg_preds,
+         '--cfg-options', f'data_root={ade_root}']))
+    user_step('seg_draw', 'Draw the segmentor\'s predictions',
+              ['tools/demo.py', SEG_CONFIG, seg_ckpt, ade['validation_images'][0], '--out-dir',
+               pictures, '--device', 'cpu', '--cfg-options', f'data_root={ade_root}'])
     seg_picture = osp.join(pictures, 'vis', osp.basename(ade['validation_images'][0]))
     seg_compare = run_step('seg_compare', ['tools/compare_results.py', seg_test_dir, '--arch', 'l1',
                                            '--task', 'segmentation', '--json',
@@ -329,13 +336,9 @@ def main(argv=None):
 
     # The whole segmentor, exported at the generated images' size (the test pipeline's too:
     # 96x128 stays 96x128), run with ONNX Runtime.
-    seg_onnx = osp.join(out, 'export', 'fpn_l1_segmentor_96x128.onnx')
-    seg_onnx_report = osp.join(out, 'export', 'segmentor_onnx_report.json')
-    step = ['tools/export.py', SEG_CONFIG, '--task', 'segmentor', '--checkpoint', seg_ckpt,
-            '--format', 'onnx', '--input-size', '96x128', '--out', seg_onnx,
-            '--report-json', seg_onnx_report]
-    commands.append(('Export the whole segmentor to ONNX', step))
-    run_step('seg_export', step, logs)
+    seg_onnx, seg_onnx_report = export_whole(
+        'seg_export', 'Export the whole segmentor to ONNX', SEG_CONFIG, 'segmentor', seg_ckpt,
+        '96x128', 'fpn_l1_segmentor', 'segmentor_onnx_report.json')
     t0 = time.time()
     # In this process: ONNX Runtime's warnings and mmseg's per-class table go to the log, as
     # every other step's output does.
@@ -356,10 +359,9 @@ def main(argv=None):
     for fmt, suffix in (('onnx', 'onnx'), ('coreml', 'mlpackage')):
         path = osp.join(out, 'export', f'effformer_l1_backbone_800x1333.{suffix}')
         report = osp.join(out, 'export', f'{fmt}_report.json')
-        step = ['tools/export.py', CONFIG, '--checkpoint', ckpt, '--format', fmt,
-                '--input-size', '800x1333', '--out', path, '--report-json', report]
-        commands.append((f'Export the detector\'s backbone, fused, to {fmt}', step))
-        run_step(f'export_{fmt}', step, logs)
+        user_step(f'export_{fmt}', f'Export the detector\'s backbone, fused, to {fmt}',
+                  ['tools/export.py', CONFIG, '--checkpoint', ckpt, '--format', fmt,
+                   '--input-size', '800x1333', '--out', path, '--report-json', report])
         exports[fmt] = (path, report)
 
     # 6. Report.
