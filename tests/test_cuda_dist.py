@@ -20,10 +20,7 @@ import sys
 import pytest
 import torch
 
-from mmeff.datasets import make_imagefolder_dataset
-
-from test_slimming_dist import RANK_DUMP, _free_port, _load, _tiny_config
-from test_slimming_supernet import NUM_CLASSES
+from test_slimming_dist import _free_port, train_two_ranks_and_resume
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')]
@@ -56,36 +53,8 @@ def _train_two_ranks_one_gpu(tmp_path, config, work_dir, *extra):
 
 
 def test_two_ranks_on_one_gpu_amp_identical_and_resume(tmp_path):
-    (tmp_path / 'rank_dump.py').write_text(RANK_DUMP)
-    data = make_imagefolder_dataset(str(tmp_path / 'data') + '/', num_classes=NUM_CLASSES,
-                                    per_class=(8, 2), size=40)
-    dumps = tmp_path / 'dumps'
-    for run in ('full', 'resumed'):
-        (dumps / run).mkdir(parents=True)
-    full_cfg = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'full'))
-    _train_two_ranks_one_gpu(tmp_path, full_cfg, str(tmp_path / 'full'))
-    full = [_load(dumps / 'full' / f'rank{r}_epoch2.pth') for r in (0, 1)]
-    for key, value in full[0].items():
-        assert torch.equal(value, full[1][key]), key  # identical ranks, arch logits included
-    runs = sorted(d for d in os.listdir(tmp_path / 'full') if osp.isdir(tmp_path / 'full' / d))
-    with open(tmp_path / 'full' / runs[-1] / 'vis_data' / 'scalars.json') as f:
-        rows = [line for line in f if 'loss_max' in line]
-    assert len(rows) == 10 and 'nan' not in ''.join(rows).lower() \
-        and 'inf' not in ''.join(rows).lower()
-
-    killed = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'resumed'), exit_after=1)
-    _train_two_ranks_one_gpu(tmp_path, killed, str(tmp_path / 'resumed'))
-    assert not osp.exists(tmp_path / 'resumed' / 'epoch_2.pth')
-    resumed_cfg = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'resumed'))
-    log = _train_two_ranks_one_gpu(tmp_path, resumed_cfg, str(tmp_path / 'resumed'), '--resume')
-    assert 'resumed epoch: 1' in log
-    for r in (0, 1):
-        resumed = _load(dumps / 'resumed' / f'rank{r}_epoch2.pth')
-        differ = [k for k, v in full[r].items() if not torch.equal(v, resumed[k])]
-        worst = max((float((full[r][k].float() - resumed[k].float()).abs().max())
-                     for k in differ), default=0.0)
-        # printed for the record (pytest -s): CUDA kernels under the warn-only determinism of
-        # mmeff/engine/determinism.py need not be bit-reproducible between processes
-        print(f'rank {r}: {len(differ)} of {len(full[r])} tensors differ after --resume, '
-              f'largest difference {worst:.3g}')
-        assert worst < 1e-3, f'rank {r}: {len(differ)} tensors differ, worst {worst}: {differ[:5]}'
+    # CUDA kernels under the warn-only determinism of mmeff/engine/determinism.py need not be
+    # bit-reproducible between processes: the resumed run is held to 1e-3, not to equality.
+    train_two_ranks_and_resume(
+        tmp_path, lambda config, work_dir, *extra: _train_two_ranks_one_gpu(
+            tmp_path, config, work_dir, *extra), resume_atol=1e-3)

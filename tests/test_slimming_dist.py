@@ -3,6 +3,8 @@ wrapper's gradient synchronisation in one process (a world of one over gloo), an
 2-process CPU run of configs/slimming/supernet_tiny_synthetic.py through tools/dist_train.sh
 (slow): identical ranks, resume, one-process importance."""
 import copy
+import json
+import math
 import os
 import os.path as osp
 import socket
@@ -190,6 +192,55 @@ def _load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
+def train_two_ranks_and_resume(tmp_path, train, resume_atol: float = 0.):
+    """What a 2-process supernet run must show, whatever launches it: ``train(config,
+    work_dir, *extra_args) -> log`` runs both ranks of tools/train.py.
+
+    2 ranks, 4 images each per step, 2 epochs of 5 steps: both end with identical weights, BN
+    statistics and architecture logits, the logged losses finite; killed after epoch 1 is
+    saved, then --resume: every rank ends equal to the uninterrupted run (bit-identical for
+    ``resume_atol=0``; else within it, the largest difference printed). Returns the data, the
+    dump folders, the two configs and the uninterrupted run's states of both ranks.
+    """
+    (tmp_path / 'rank_dump.py').write_text(RANK_DUMP)
+    data = make_imagefolder_dataset(str(tmp_path / 'data') + '/', num_classes=NUM_CLASSES,
+                                    per_class=(8, 2), size=40)
+    dumps = tmp_path / 'dumps'
+    for run in ('full', 'resumed', 'one'):
+        (dumps / run).mkdir(parents=True)
+    two = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'full'))
+    train(two, str(tmp_path / 'full'))
+    full = [_load(dumps / 'full' / f'rank{r}_epoch2.pth') for r in (0, 1)]
+    for key, value in full[0].items():
+        assert torch.equal(value, full[1][key]), key  # identical ranks, arch logits included
+    runs = sorted(d for d in os.listdir(tmp_path / 'full') if osp.isdir(tmp_path / 'full' / d))
+    with open(tmp_path / 'full' / runs[-1] / 'vis_data' / 'scalars.json') as f:
+        losses = [json.loads(line) for line in f if 'loss_max' in line]
+    assert len(losses) == 10 and all(math.isfinite(v) for row in losses
+                                     for k, v in row.items() if k.startswith('loss')), losses
+
+    # both processes end abruptly once epoch 1 is saved, then resume for epoch 2
+    killed = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'resumed'), exit_after=1)
+    train(killed, str(tmp_path / 'resumed'))
+    assert not osp.exists(tmp_path / 'resumed' / 'epoch_2.pth')
+    two_resumed = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'resumed'))
+    log = train(two_resumed, str(tmp_path / 'resumed'), '--resume')
+    assert 'resumed epoch: 1' in log
+    for r in (0, 1):
+        resumed = _load(dumps / 'resumed' / f'rank{r}_epoch2.pth')
+        differ = [k for k, v in full[r].items() if not torch.equal(v, resumed[k])]
+        if not resume_atol:
+            assert not differ, (f'rank {r}: {len(differ)} tensors differ after --resume: '
+                                f'{differ[:5]}')
+            continue
+        worst = max((float((full[r][k].float() - resumed[k].float()).abs().max())
+                     for k in differ), default=0.)
+        print(f'rank {r}: {len(differ)} of {len(full[r])} tensors differ after --resume, '
+              f'largest difference {worst:.3g}')
+        assert worst < resume_atol, f'rank {r}: {len(differ)} differ, worst {worst}: {differ[:5]}'
+    return dict(data=data, dumps=dumps, two=two, two_resumed=two_resumed, full=full)
+
+
 @pytest.mark.slow
 def test_two_processes_identical_ranks_resume_and_importance(tmp_path):
     """2 CPU processes over gloo, 4 images each per step, 2 epochs of 5 steps:
@@ -207,33 +258,10 @@ def test_two_processes_identical_ranks_resume_and_importance(tmp_path):
       (``sum_j |d p_i / d z_j| = 2 p_i (1 - p_i) <= 1/2``), so the two runs' importances
       differ by at most ``(1/2) x 2 x steps x lr``.
     """
-    (tmp_path / 'rank_dump.py').write_text(RANK_DUMP)
-    data = make_imagefolder_dataset(str(tmp_path / 'data') + '/', num_classes=NUM_CLASSES,
-                                    per_class=(8, 2), size=40)
-    dumps = tmp_path / 'dumps'
-    for run in ('full', 'resumed', 'one'):
-        (dumps / run).mkdir(parents=True)
-    two = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'full'))
-    _train(tmp_path, two, str(tmp_path / 'full'), 2)
-    full = [_load(dumps / 'full' / f'rank{r}_epoch2.pth') for r in (0, 1)]
-    for key, value in full[0].items():
-        assert torch.equal(value, full[1][key]), key  # identical ranks, arch logits included
-    runs = sorted(d for d in os.listdir(tmp_path / 'full') if osp.isdir(tmp_path / 'full' / d))
-    with open(tmp_path / 'full' / runs[-1] / 'vis_data' / 'scalars.json') as f:
-        losses = [line for line in f if 'loss_max' in line]
-    assert len(losses) == 10 and 'nan' not in ''.join(losses).lower()
-
-    # both processes end abruptly once epoch 1 is saved, then resume for epoch 2
-    killed = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'resumed'), exit_after=1)
-    _train(tmp_path, killed, str(tmp_path / 'resumed'), 2)
-    assert not osp.exists(tmp_path / 'resumed' / 'epoch_2.pth')
-    two_resumed = _tiny_config(tmp_path, data['data_root'], 4, str(dumps / 'resumed'))
-    log = _train(tmp_path, two_resumed, str(tmp_path / 'resumed'), 2, '--resume')
-    assert 'resumed epoch: 1' in log
-    for r in (0, 1):
-        resumed = _load(dumps / 'resumed' / f'rank{r}_epoch2.pth')
-        differ = [k for k, v in full[r].items() if not torch.equal(v, resumed[k])]
-        assert not differ, f'rank {r}: {len(differ)} tensors differ after --resume: {differ[:5]}'
+    run = train_two_ranks_and_resume(
+        tmp_path, lambda config, work_dir, *extra: _train(tmp_path, config, work_dir, 2, *extra))
+    data, dumps, two, two_resumed, full = (run[k] for k in (
+        'data', 'dumps', 'two', 'two_resumed', 'full'))
 
     # a checkpoint of 2 processes does not resume on 1: one line, nothing overwritten
     kept = {f: (tmp_path / 'resumed' / f).read_bytes() for f in ('epoch_2.pth', 'last_checkpoint')}
