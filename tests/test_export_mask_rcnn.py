@@ -8,7 +8,6 @@ near-ties) and many boxes pass the 0.05 threshold (see ``detector``). The val im
 and padded by mmdet's own transforms to the export size, go through mmdet's ``test_step`` and
 through the ONNX export in ONNX Runtime (masks pasted with ``paste_masks``).
 """
-import importlib.util
 import os
 import os.path as osp
 import textwrap
@@ -18,6 +17,8 @@ import pytest
 import torch
 
 from mmeff.datasets.synthetic_coco import make_coco_dataset
+
+from helpers import load_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK_RCNN = osp.join(ROOT, 'configs', 'detection', 'mask_rcnn_effformer_l1.py')
@@ -345,14 +346,6 @@ def test_other_roi_heads_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------- CLI
-def _export_tool():
-    spec = importlib.util.spec_from_file_location('export_tool',
-                                                  osp.join(ROOT, 'tools', 'export.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def three_class_checkpoint(tmp_path_factory):
     """A Mask R-CNN-L1 checkpoint with 3 classes: it does not fit the 80-class config."""
@@ -391,8 +384,9 @@ def test_bad_input_is_one_line_and_no_file(case, tmp_path, capsys, three_class_c
     else:
         extra += ['--max-dets', '0']
         expected = r'max_dets \(--max-dets\) must be a positive int.*got 0'
-    status = run(_export_tool().main, [config, '--task', 'detector', '--format', 'onnx',
-                                       '--out', str(out), *extra], prog='export.py')
+    export = load_tool(ROOT, 'export')
+    status = run(export.main, [config, '--task', 'detector', '--format', 'onnx',
+                               '--out', str(out), *extra], prog='export.py')
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1
     assert len(err) == 1 and err[0].startswith('export.py: error: '), err

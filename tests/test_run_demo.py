@@ -7,6 +7,8 @@ import sys
 
 from mmengine.config import Config
 
+from helpers import load_tool
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(ROOT, 'configs', 'demo')
 
@@ -61,15 +63,6 @@ def test_classification_demo_step_trains_and_tests(tmp_path):
 
 
 # ---------------------------------------------------------------------------- console, report
-def _run_demo_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('run_demo_tool',
-                                                  osp.join(ROOT, 'tools', 'run_demo.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_in_process_step_output_goes_to_its_log(tmp_path):
     """The ONNX Runtime step runs in the demo's process: what it prints, Python's and C++
     libraries' alike (ONNX Runtime's warnings, mmseg's per-class table), goes to its log."""
@@ -97,7 +90,7 @@ print('after', flush=True)
 
 
 def test_report_commands_and_pictures_are_the_real_ones():
-    run_demo = _run_demo_module()
+    run_demo = load_tool(ROOT, 'run_demo')
     out = osp.join(ROOT, 'work_dirs', 'demo')
     ckpt = osp.join(out, 'fpn_l1', 'iter_60.pth')
     cmd = run_demo.shell_command(['tools/export.py', 'configs/demo/fpn_effformer_l1_synthetic.py',
