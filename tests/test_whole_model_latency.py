@@ -30,14 +30,19 @@ def _check_rows(result, task, size):
     assert result['machine']['cpu'] and result['machine']['torch_threads'] == 1
 
 
-def test_benchmark_latency_times_the_whole_detector(tmp_path):
+def _whole_model_run(tmp_path, config):
+    """tools/benchmark_latency.py --whole-model CONFIG at 64x96, two timed calls: its JSON."""
     tool = load_tool(ROOT, 'benchmark_latency')
-    rc = tool.main(['--whole-model', RETINANET, '--input-sizes', '64x96', '--warmup', '0',
+    rc = tool.main(['--whole-model', config, '--input-sizes', '64x96', '--warmup', '0',
                     '--reps', '2', '--threads', '1', '--settle-ms', '0', '--out-dir',
                     str(tmp_path), '--name', 'whole'])
     assert rc == 0
     with open(tmp_path / 'whole.json') as f:
-        result = json.load(f)
+        return json.load(f)
+
+
+def test_benchmark_latency_times_the_whole_detector(tmp_path):
+    result = _whole_model_run(tmp_path, RETINANET)
     _check_rows(result, 'detector', [64, 96])
     md = (tmp_path / 'whole.md').read_text()
     assert '# Whole detector vs backbone latency' in md and '| 64x96 | detector |' in md
@@ -58,13 +63,7 @@ model = dict(
                   mask_head=dict(in_channels=32, conv_out_channels=32)),
     test_cfg=dict(rpn=dict(max_per_img=50), rcnn=dict(max_per_img=10)))
 """)
-    tool = load_tool(ROOT, 'benchmark_latency')
-    rc = tool.main(['--whole-model', str(cfg), '--input-sizes', '64x96', '--warmup', '0',
-                    '--reps', '2', '--threads', '1', '--settle-ms', '0', '--out-dir',
-                    str(tmp_path), '--name', 'whole'])
-    assert rc == 0
-    with open(tmp_path / 'whole.json') as f:
-        result = json.load(f)
+    result = _whole_model_run(tmp_path, str(cfg))
     _check_rows(result, 'detector', [64, 96])
     assert result['settings']['detector'] == 'MaskRCNN'
     md = (tmp_path / 'whole.md').read_text()
