@@ -58,6 +58,59 @@ def test_dependencies_accept_the_installed_stack(pyproject):
     assert not reqs['mmcv'].specifier.contains('2.2.0')
 
 
+
+def _constraints():
+    pins = {}
+    with open(osp.join(ROOT, 'constraints.txt')) as f:
+        for line in f:
+            line = line.split('#')[0].strip()
+            if line:
+                req = Requirement(line)
+                spec = list(req.specifier)
+                assert len(spec) == 1 and spec[0].operator == '==', \
+                    f'constraints.txt: {line!r} is not an exact pin (name==version)'
+                pins[req.name.lower().replace('_', '-')] = spec[0].version
+    return pins
+
+
+def test_constraints_pin_the_whole_stack():
+    """constraints.txt (what setup installs everything at) pins every requirement of
+    requirements.txt and every build tool set-up installs, at the versions they ask for: an
+    unpinned package would take whatever the registry has that day (an opencv 5.1 release
+    arriving between two CI runs, say)."""
+    constraints, pins = _constraints(), _pins()
+    with open(osp.join(ROOT, 'requirements.txt')) as f:
+        names = [Requirement(line.split('#')[0].strip()) for line in f
+                 if line.split('#')[0].strip()]
+    for req in names:
+        name = req.name.lower().replace('_', '-')
+        assert name in constraints, f'constraints.txt pins no {name} (requirements.txt asks for it)'
+        assert req.specifier.contains(constraints[name], prereleases=True), \
+            f'requirements.txt asks for {req}, constraints.txt pins {name}=={constraints[name]}'
+    for name, version in pins.items():
+        assert constraints.get(name) == version, \
+            f'setup installs {name}=={version}, constraints.txt pins {constraints.get(name)}'
+    for tool in ('pip', 'setuptools', 'wheel', 'ninja'):
+        assert tool in constraints, f'constraints.txt pins no {tool} (setup_env.sh installs it)'
+
+
+def test_setup_installs_through_the_constraints_with_retries():
+    """Every install from the registry goes through pip_retry with constraints.txt (but the CUDA
+    compiler packages, whose version follows the torch build found); only local installs with
+    --no-deps (the mmcv wheel, mmeff itself) call pip directly."""
+    with open(osp.join(ROOT, 'tools', 'setup_env.sh')) as f:
+        script = f.read()
+    installs = re.findall(r'^\s*(\S+)\s+install\b(.*)$', script, re.M)
+    assert installs
+    for command, args in installs:
+        if '--no-deps' in args:
+            continue
+        assert command == 'pip_retry', f'a pip install outside pip_retry: {command} install{args}'
+        if 'nvidia-cuda-nvcc' in args:
+            continue
+        assert '-c "$CONSTRAINTS"' in args, f'installs without constraints.txt: install{args}'
+    assert re.search(r'^\s*pip_retry download ', script, re.M)
+
 def test_metadata_names_the_variants_and_the_license(pyproject):
     project = pyproject['project']
     assert project['name'] == 'mmeff'

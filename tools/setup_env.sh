@@ -16,6 +16,12 @@
 #        MMEFF_CUDA_TOOLKIT auto (default) or pip: use those packages even if a toolkit exists
 #                         (e.g. one whose CUDA major version differs from torch's)
 #        TORCH_CUDA_ARCH_LIST, CUDA_HOME: as in tools/build_mmcv.sh, which builds the wheel
+#        MMEFF_PIP_ATTEMPTS how many times each install is tried before set-up gives up (default 4):
+#                         a download cut off by the network is retried, and what pip already has
+#                         is kept in its cache (~/.cache/pip), so a retry or a rerun resumes
+#
+# Every package is installed at the version in constraints.txt (the whole tested environment,
+# transitive dependencies included): a new release on the registry changes nothing here.
 set -euo pipefail
 case "${1:-}" in
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'; exit 0 ;;
@@ -37,12 +43,36 @@ TORCHVISION_VERSION=0.29.1
 
 log() { echo "[setup_env $(date +%H:%M:%S)] $*"; }
 
+# pip_retry install|download ARGS...: that pip command, tried up to $ATTEMPTS times. A download
+# the network cut off (pip's "incomplete-download", a reset connection) fails one try, not the
+# set-up; the wheels already fetched stay in pip's cache, so the next try fetches only the rest.
+pip_retry() {
+  local try=1
+  while true; do
+    if "${PIP[@]}" "$@"; then return 0; fi
+    if [ "$try" -ge "$ATTEMPTS" ]; then
+      echo "error: pip $* failed $ATTEMPTS times (pip's message above). If it says the" \
+        "download was cut off or the connection failed, the network is at fault: run" \
+        "'bash tools/setup_env.sh' again (finished downloads are cached) or set MMEFF_PIP_ATTEMPTS" >&2
+      return 1
+    fi
+    log "pip $1 failed (try $try of $ATTEMPTS); trying again in $((try * 15)) s"
+    sleep $((try * 15))
+    try=$((try + 1))
+  done
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check)
+PIP=("$PY" -m pip --disable-pip-version-check --retries 10 --timeout 60)
+CONSTRAINTS="$ROOT/constraints.txt"
+ATTEMPTS="${MMEFF_PIP_ATTEMPTS:-4}"
+case "$ATTEMPTS" in
+  ''|*[!0-9]*|0) echo "error: MMEFF_PIP_ATTEMPTS must be a whole number of at least 1 (got '$ATTEMPTS')" >&2; exit 1 ;;
+esac
 
 PYTAG="$("$PY" -c 'import sys; print(f"py{sys.version_info.major}{sys.version_info.minor}")')"
 if [ "$PYTAG" != "py311" ]; then
@@ -50,11 +80,15 @@ if [ "$PYTAG" != "py311" ]; then
 fi
 
 log "build tools (setuptools<82 keeps pkg_resources, which mmcv's setup.py and mmengine need)"
-"${PIP[@]}" install -q -U pip "setuptools>=77.0.3,<82" wheel ninja
+pip_retry install -q -U -c "$CONSTRAINTS" pip "setuptools>=77.0.3,<82" wheel ninja
+# pip 25.1 and newer resume a cut-off download within one try (the one above upgraded pip)
+if "${PIP[@]}" install --help 2>/dev/null | grep -q -- --resume-retries; then
+  PIP+=(--resume-retries 10)
+fi
 
 if ! "$PY" -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   log "installing torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION"
-  "${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+  pip_retry install -q -c "$CONSTRAINTS" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
 # mmcv: no binary wheel exists on the registry; build once with tools/build_mmcv.sh (the same
@@ -79,7 +113,7 @@ if [ "$MMCV_CUDA" = 1 ]; then
   if ! mmcv_find_cuda_home; then
     if [ "${MMEFF_CUDA_TOOLKIT:-auto}" = pip ]; then why="MMEFF_CUDA_TOOLKIT=pip"; else why="no CUDA toolkit found"; fi
     log "$why: installing the CUDA $TORCH_CUDA compiler packages into $VENV"
-    "${PIP[@]}" install -q "nvidia-cuda-nvcc==$TORCH_CUDA.*" "nvidia-cuda-crt==$TORCH_CUDA.*" \
+    pip_retry install -q "nvidia-cuda-nvcc==$TORCH_CUDA.*" "nvidia-cuda-crt==$TORCH_CUDA.*" \
       "nvidia-cuda-runtime==$TORCH_CUDA.*" "nvidia-cuda-cccl==$TORCH_CUDA.*" "nvidia-nvvm==$TORCH_CUDA.*" \
       || { echo "error: could not install the CUDA $TORCH_CUDA compiler packages (pip's message above): install a CUDA $TORCH_CUDA toolkit and set CUDA_HOME to it, or run where the package registry is reachable" >&2; exit 1; }
   fi
@@ -109,7 +143,7 @@ sys.exit(mmcv.__version__ != '$MMCV_VERSION' or cuda != ($MMCV_CUDA == 1))" 2>/d
     else
       log "building mmcv $MMCV_VERSION with C++ ops from its sdist (about 6 to 10 min on 2 idle cores, several times longer under load)"
     fi
-    "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
+    pip_retry download -q --no-deps --no-binary :all: --no-build-isolation \
       "mmcv==$MMCV_VERSION" -d "$SDIST_DIR"
     # Its own process, with the settings resolved above: the same command a machine without a
     # package registry runs with a pre-fetched sdist.
@@ -124,7 +158,7 @@ sys.exit(mmcv.__version__ != '$MMCV_VERSION' or cuda != ($MMCV_CUDA == 1))" 2>/d
 fi
 
 log "installing pinned requirements and mmeff (editable)"
-"${PIP[@]}" install -q -r "$ROOT/requirements.txt"
+pip_retry install -q -r "$ROOT/requirements.txt" -c "$CONSTRAINTS"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
 "$PY" -c "import mmcv, mmdet, mmseg, mmeff.models
