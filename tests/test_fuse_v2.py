@@ -142,8 +142,9 @@ def test_channels_last_fused_equals_unfused(s0, arch, size):
     """``channels_last=True`` (eager inference): same values as the unfused model, 4D weights
     channels-last inside, NCHW-contiguous outputs (mmcv's CPU RoIAlign reads raw NCHW), every
     conv and pool fed channels-last maps, hooks not stacked by a second call."""
-    from mmeff.deploy.fuse import to_channels_last_
+    from mmeff.deploy.fuse import PointwiseLinear, fusion_report, to_channels_last_
     from mmeff.models import EfficientFormer
+    from mmeff.models.layers import Meta4D
     from helpers import randomise_
     model = s0 if arch == 's0' else randomise_(EfficientFormer('l1', out_norm_cfg=None)).eval()
     fused = fuse_model(model, size, channels_last=True)
@@ -154,8 +155,17 @@ def test_channels_last_fused_equals_unfused(s0, arch, size):
                 and not args[0].is_contiguous(memory_format=torch.channels_last):
             not_cl.append(tuple(args[0].shape))
     for m in fused.modules():  # (talking heads mix 8 heads of attention maps: not counted)
-        if isinstance(m, (nn.Conv2d, nn.AvgPool2d)):
+        if isinstance(m, (nn.Conv2d, nn.AvgPool2d, PointwiseLinear)):
             m.register_forward_pre_hook(record)
+    # the eager rewrites: every 1x1 conv of an MLP / conv unit a GEMM, every MB4D mixer a lerp
+    linears = [m for m in fused.modules() if isinstance(m, PointwiseLinear)]
+    assert linears and not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)
+                               and m.in_channels > 8 for m in fused.modules())
+    blocks = [m for m in fused.modules() if isinstance(m, Meta4D)]
+    assert all(b.mixer_scale is not None and isinstance(b.ls1, nn.Identity) for b in blocks)
+    assert (arch == 'l1') == bool(blocks)
+    assert fusion_report(fused)['mb4d_ls1'] == len(blocks)
+    assert not any(k.endswith('mixer_scale') for k in fused.state_dict())  # not persistent
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected, outs = model(x), fused(x)

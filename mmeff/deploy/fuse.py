@@ -17,7 +17,8 @@ unfused model to ~1e-7 relative error):
   path, so the scale cannot move to an earlier layer either. Rewriting the pool as a
   depthwise conv is not exact (``count_include_pad=False`` divides border pixels by 4 or 6,
   not 9). The multiply costs one elementwise op per MB4D block (Core ML and ONNX Runtime fuse it
-  with the adjacent sub/add).
+  with the adjacent sub/add; the channels-last eager path computes the mixer, the scale and
+  the residual as one ``torch.lerp``, see below).
 * **Attention bias caching**: with ``input_size`` given, every MHSA precomputes its bias for the
   token grid of that input in its stage (stride 32 in the last stage, stride 16 for the MB3D
   blocks some slimmed archs have in stage 3; ``Attention.fix_bias``), so the traced/exported
@@ -54,11 +55,13 @@ pre-hook) and its outputs back to contiguous NCHW (a forward hook). On CPU this 
 the fused model fast: PyTorch's ``avg_pool2d`` is vectorised over channels only for
 channels-last maps (the NCHW kernel took about a fifth of L1's time), oneDNN convolutions skip
 their NCHW <-> blocked reorders, and V1's 4D -> 3D flatten before the MB3D blocks becomes a
-view. The ops and values are the same. Outputs are NCHW-contiguous because some consumers
-read raw memory as NCHW (mmcv's CPU ``RoIAlign``). It is off by default because exporters gain
-nothing from it (ONNX and Core ML graphs have no layout) and ``torch.export`` with a dynamic
-batch fails on it (the strides of a channels-last map depend on whether the batch is 1, so
-the export specialises the batch it was asked to keep dynamic).
+view. Two eager-only rewrites go with the layout (:func:`to_channels_last_`): 1x1 convs as
+GEMMs over the NHWC view (:class:`PointwiseLinear`) and each MB4D mixer with its residual as
+one ``torch.lerp``. The values are the same (to ~1e-7). Outputs are NCHW-contiguous because
+some consumers read raw memory as NCHW (mmcv's CPU ``RoIAlign``). It is off by default because
+exporters gain nothing from it (ONNX and Core ML graphs have no layout) and ``torch.export``
+with a dynamic batch fails on it (the strides of a channels-last map depend on whether the
+batch is 1, so the export specialises the batch it was asked to keep dynamic).
 
 Backbones are found through the family registry (:mod:`mmeff.models.families`); the rules
 above are keyed by the layers the families are built of, and a family registered with its own
@@ -69,11 +72,13 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmeff.models.backbones.efficientformer import Downsample, Stem
 from mmeff.models.classifiers.efficientformer_classifier import EfficientFormerV2ClsHead
 from mmeff.models.layers import Attention, LayerScale, Meta3D, Meta4D
+from mmeff.models.layers.blocks import ConvMlp, Pooling
 from mmeff.models.families import FAMILIES, family_of
 from mmeff.models.layers.v2 import BlockV2, ConvNorm, LocalGlobalQuery, ResizableBiasAttention
 
@@ -262,11 +267,61 @@ def _contiguous_outputs(backbone: nn.Module, args: tuple, outputs):
     return type(outputs)(o.contiguous() if isinstance(o, torch.Tensor) else o for o in outputs)
 
 
+class PointwiseLinear(nn.Module):
+    """A 1x1, stride-1, ungrouped conv as one GEMM over the NHWC view of a channels-last map
+    (``F.linear`` on ``x.permute(0, 2, 3, 1)``, a view for such a map; the result permuted
+    back is channels-last again). Same values as the conv; on CPU it skips oneDNN's per-call
+    weight reorder (with the MB4D lerp: fused eager L3 1.24-1.27x -> 1.35-1.36x timm, 2 threads;
+    README's latency section)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(),
+                                   requires_grad=conv.weight.requires_grad)
+        self.bias = None if conv.bias is None else nn.Parameter(
+            conv.bias.detach().clone(), requires_grad=conv.bias.requires_grad)
+
+    @staticmethod
+    def applies_to(conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+                and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f'{self.in_channels}, {self.out_channels}, bias={self.bias is not None}'
+
+
+def _eager_rewrites_(backbone: nn.Module) -> None:
+    """The eager-only rewrites of :func:`to_channels_last_` (values unchanged to ~1e-7)."""
+    for module in backbone.modules():
+        if isinstance(module, ConvMlp):
+            names = ('fc1', 'fc2')
+        elif isinstance(module, ConvNorm):
+            names = ('conv',)
+        else:
+            names = ()
+        for name in names:
+            if PointwiseLinear.applies_to(getattr(module, name)):
+                setattr(module, name, PointwiseLinear(getattr(module, name)))
+        if isinstance(module, Meta4D) and isinstance(module.ls1, LayerScale) \
+                and isinstance(module.token_mixer, Pooling) \
+                and isinstance(module.drop_path, nn.Identity):
+            module.mixer_scale = module.ls1.gamma.detach().view(1, -1, 1, 1).clone()
+            module.ls1 = nn.Identity()
+
+
 def to_channels_last_(backbone: nn.Module) -> nn.Module:
     """In place: run ``backbone`` channels-last inside (4D weights in that layout, its input
     converted by a forward pre-hook) while it takes and returns NCHW tensors as before (a
-    forward hook makes its outputs contiguous). Same values; calling it twice changes nothing.
-    Returns ``backbone``."""
+    forward hook makes its outputs contiguous). For eager inference of a fused backbone, two
+    rewrites go with the layout: the 1x1 convs of V1's MB4D MLPs and of V2's conv units become
+    :class:`PointwiseLinear` GEMMs, and each fused MB4D block computes its pooling mixer with
+    its residual and kept ``ls1`` scale as one ``torch.lerp`` (``x + s * (pool(x) - x)``).
+    Same values (to ~1e-7 relative); calling it twice changes nothing. Returns ``backbone``."""
+    _eager_rewrites_(backbone)
     backbone.to(memory_format=torch.channels_last)
     hooks = list(backbone._forward_pre_hooks.values()) + list(backbone._forward_hooks.values())
     if _channels_last_input not in hooks:
@@ -388,7 +443,9 @@ def fusion_report(model: nn.Module) -> Dict[str, object]:
     """
     bns = sum(isinstance(m, _BatchNorm) for m in model.modules())
     lss = sum(isinstance(m, LayerScale) for m in model.modules())
-    kept = sum(isinstance(m, Meta4D) and isinstance(m.ls1, LayerScale) for m in model.modules())
+    kept = sum(isinstance(m, Meta4D) and (isinstance(m.ls1, LayerScale)
+                                          or m.mixer_scale is not None)  # the lerp's scale
+               for m in model.modules())
     attns = [m for m in model.modules() if isinstance(m, _BIAS_ATTENTIONS)]
     grids = sorted({m._cached_grid for m in attns if m.cached_bias is not None})
     return dict(batchnorms=bns, layer_scales=lss, mb4d_ls1=kept, attention=len(attns),
@@ -397,4 +454,5 @@ def fusion_report(model: nn.Module) -> Dict[str, object]:
 
 __all__ = ['fuse_model', 'cache_attention_bias', 'fuse_conv_bn', 'fold_output_scale_',
            'fold_pool_into_local_', 'fold_bn_into_linear_heads_', 'fusion_report',
-           'parse_input_size', 'token_grid', 'attention_grids', 'to_channels_last_']
+           'parse_input_size', 'token_grid', 'attention_grids', 'to_channels_last_',
+           'PointwiseLinear']

@@ -91,8 +91,14 @@ class Meta4D(nn.Module):
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), norm_cfg, act_cfg, drop)
         self.ls2 = LayerScale(dim, layer_scale_init_value, channel_dim=1)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        # Eager inference only (mmeff.deploy.fuse.to_channels_last_ sets it to ls1's scale as
+        # (1, C, 1, 1)): the mixer and its residual, x + s * (pool(x) - x), as one lerp pass.
+        self.register_buffer('mixer_scale', None, persistent=False)
 
     def forward(self, x, hw_shape=None):
+        if self.mixer_scale is not None:
+            x = torch.lerp(x, self.token_mixer.pool(x), self.mixer_scale)
+            return x + self.ls2(self.mlp(x))
         x = x + self.drop_path(self.ls1(self.token_mixer(x)))
         return x + self.drop_path(self.ls2(self.mlp(x)))
 
