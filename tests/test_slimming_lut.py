@@ -498,3 +498,46 @@ def test_check_compatible_names_the_file_to_delete(cpu_table, space):
                              r'new table at 96x96 in its place, or keep it and use a table in '
                              r'another file$'):
         lut.check_compatible(cpu_table, 'torch-cpu', 96, space, path='/w/lut.json')
+
+
+def test_calibration_scales_predictions_and_is_left_out_of_the_check(cpu_table, space,
+                                                                      monkeypatch, tmp_path):
+    """calibrate(): the median ratio of whole networks to their summed pieces, applied by
+    predict(); its networks are stored and never among the accuracy check's held-out ones; a
+    saved table keeps it and load() refuses a broken one."""
+    ratios = iter([0.8, 0.9, 0.95, 1.2, 0.85])
+    timed = []
+
+    def fake_measure(archs, backend, size, batch, threads, warmup, reps, with_head, classes,
+                     units):
+        assert (backend, list(size), threads) == ('torch-cpu', [SIZE, SIZE], 1)
+        timed.extend(archs)
+        return [dict(median_ms=next(ratios) * lut.predict(cpu_table, a)) for a in archs]
+    monkeypatch.setattr(lut, 'measure_networks', fake_measure)
+    table = lut.calibrate(cpu_table, space, n=5, log=lambda m: None)
+    cal = table['calibration']
+    assert 'calibration' not in cpu_table  # a copy
+    assert cal['scale'] == pytest.approx(0.9) and cal['num_networks'] == 5
+    assert cal['ratios'] == pytest.approx([0.8, 0.9, 0.95, 1.2, 0.85])
+    assert cal['archs'] == timed == lut.held_out_archs(space, 5, seed=lut.CALIB_SEED)
+    arch = lut.held_out_archs(space, 1, seed=7)[0]
+    assert lut.predict(table, arch) == pytest.approx(0.9 * lut.predict(cpu_table, arch))
+    # the check holds out networks the scale was not fitted on, and records the raw sum
+    held = lut.held_out_archs(space, 8, seed=0, exclude=cal['archs'])
+    assert len(held) == 8 and not any(a in cal['archs'] for a in held)
+    assert lut.held_out_archs(space, 8, seed=0, exclude=held[:2])[:2] != held[:2]
+    check = lut.lut_accuracy(table, space, n=2, seed=0, reps=2, same_run=False,
+                             archs=held[:2])
+    assert check['calibration_scale'] == pytest.approx(0.9)
+    for row in check['networks']:
+        assert row['predicted_ms'] == pytest.approx(0.9 * row['summed_ms'], rel=1e-3)
+    # kept through save/load and when pieces are added; a broken one is refused
+    path = lut.save(table, str(tmp_path / 't.json'))
+    assert lut.load(path)['calibration'] == cal
+    with open(path) as f:
+        broken = json.load(f)
+    broken['calibration']['scale'] = -1
+    with open(path, 'w') as f:
+        json.dump(broken, f)
+    with pytest.raises(lut.LatencyTableError, match=r'calibration scale -1 \(a finite number'):
+        lut.load(path)

@@ -311,8 +311,10 @@ def build_lut(run: SlimRun) -> dict:
     """Phase ``build-lut``: measure (or complete) the latency table of the run's space into
     ``lut_<backend>.json``, saved after every chunk of pieces (a kill loses at most the chunk
     being measured), then check its predictions against :data:`LUT_CHECK_NETWORKS` held-out
-    whole networks (``lut_<backend>_accuracy.json``, saved after every network). Returns the
-    table with the check's statistics."""
+    whole networks (``lut_<backend>_accuracy.json``, saved after every network). A table
+    without a calibration gets one first (:func:`mmeff.slimming.lut.calibrate`: the scale of
+    whole networks to the sum of their pieces, fitted on networks the check leaves out).
+    Returns the table with the check's statistics."""
     from mmeff.slimming import lut
     args = run.args
     table = resumable_table(run)  # resume: measure only the missing pieces
@@ -321,6 +323,13 @@ def build_lut(run: SlimRun) -> dict:
                           num_classes=run.num_classes, compute_units=args.compute_units,
                           save_to=run.lut_path)
     print(f'Latency table: {run.lut_path} (measured on {lut.device_of(table)})')
+    if not table.get('calibration'):  # kept when a table is only completed
+        table = lut.calibrate(table, run.space)
+        lut.save(table, run.lut_path)
+    cal = table['calibration']
+    print(f"Calibration: {cal['num_networks']} whole networks ran at {min(cal['ratios']):.3f}x to "
+          f"{max(cal['ratios']):.3f}x the sum of their pieces; predictions are scaled by the "
+          f"median, {cal['scale']:.3f} (the accuracy check leaves these networks out)")
     resume = _unfinished_check(run.lut_check_path)
     if resume:
         print(f"Resuming the accuracy check in {run.lut_check_path} "
