@@ -373,3 +373,26 @@ def test_benchmark_help_shows_defaults_and_gpu_checks_help_names_v2():
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
     assert 'EfficientFormerV2 s0/s1/s2/l' in ' '.join(res.stdout.split())
+
+
+def test_two_runs_in_one_second_get_their_own_logger(tmp_path):
+    """mmengine names a run's logger ``<config name>_<timestamp>`` to the second and hands an
+    existing logger back: a second run started in the same second logged into the first run's
+    file (seen on a fast host). build_runner waits for a name that is free."""
+    import time
+    from mmengine.logging import MMLogger
+    from mmeff.engine.launch import _wait_for_a_new_logger_name
+    cfg = Config(dict(experiment_name='twice'))
+    for _ in range(3):  # a taken name for this second, then a wait into the next one
+        now = time.strftime('%Y%m%d_%H%M%S')
+        MMLogger.get_instance(f'twice_{now}', log_file=str(tmp_path / f'{now}.log'))
+        t0 = time.monotonic()
+        _wait_for_a_new_logger_name(cfg)
+        assert not MMLogger.check_instance_created(f'twice_{time.strftime("%Y%m%d_%H%M%S")}')
+        assert time.monotonic() - t0 < 1.5
+    (tmp_path / 'my_cfg.py').write_text('a = 1\n')
+    stem = Config.fromfile(str(tmp_path / 'my_cfg.py'))
+    now = time.strftime('%Y%m%d_%H%M%S')
+    MMLogger.get_instance(f'my_cfg_{now}')
+    _wait_for_a_new_logger_name(stem)
+    assert not MMLogger.check_instance_created(f'my_cfg_{time.strftime("%Y%m%d_%H%M%S")}')

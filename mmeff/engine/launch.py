@@ -559,6 +559,29 @@ def explain_dataset_errors():
         raise clear from exc
 
 
+def _wait_for_a_new_logger_name(cfg: Config) -> None:
+    """Wait (under a second) until the logger mmengine's Runner will name is not taken.
+
+    The Runner names its logger ``<experiment_name or config name>_<timestamp>`` with a
+    one-second timestamp, and ``MMLogger.get_instance`` hands an existing logger of that name
+    back unchanged: a second run built in the same process within the same second (a tool's
+    ``main`` called twice, a notebook) would write its whole log into the first run's log file,
+    in the first run's work_dir, and leave its own log dir empty. Seen in the test suite on a
+    fast host; waiting for the next second gives every run its own logger and file."""
+    import time
+    from mmengine.logging import MMLogger
+    if cfg.get('experiment_name') is not None:
+        prefix = f"{cfg.experiment_name}_"
+    elif cfg.filename:
+        prefix = f'{osp.splitext(osp.basename(cfg.filename))[0]}_'
+    else:
+        prefix = ''
+    for _ in range(40):  # 2 s at most
+        if not MMLogger.check_instance_created(prefix + time.strftime('%Y%m%d_%H%M%S')):
+            return
+        time.sleep(0.05)
+
+
 def build_runner(cfg: Config):
     """Build the scope's runner (``runner_type`` if set, else mmengine's ``Runner``)."""
     from mmengine.registry import RUNNERS
@@ -567,6 +590,7 @@ def build_runner(cfg: Config):
     check_resume(cfg)
     os.makedirs(cfg.work_dir, exist_ok=True)
     prepare_cuda_determinism(cfg)
+    _wait_for_a_new_logger_name(cfg)
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     relax_cuda_determinism(cfg)
     return runner
