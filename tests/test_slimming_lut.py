@@ -507,18 +507,26 @@ def test_calibration_scales_predictions_and_is_left_out_of_the_check(cpu_table, 
     saved table keeps it and load() refuses a broken one."""
     ratios = iter([0.8, 0.9, 0.95, 1.2, 0.85])
     timed = []
+    real_check = lut.lut_accuracy
 
-    def fake_measure(archs, backend, size, batch, threads, warmup, reps, with_head, classes,
-                     units):
-        assert (backend, list(size), threads) == ('torch-cpu', [SIZE, SIZE], 1)
+    def fake_check(table, space_, archs, warmup, reps, same_run):
+        # each network timed beside its pieces: the ratio is to that same-run sum, whatever
+        # the table's own (older) piece times say
+        assert same_run and not table.get('calibration') and reps == cpu_table['reps']
         timed.extend(archs)
-        return [dict(median_ms=next(ratios) * lut.predict(cpu_table, a)) for a in archs]
-    monkeypatch.setattr(lut, 'measure_networks', fake_measure)
+        rows = [dict(measured_ms=0., predicted_same_run_ms=2 * lut.predict(cpu_table, a),
+                     piece_drift=2.) for a in archs]
+        for row in rows:
+            row['measured_ms'] = next(ratios) * row['predicted_same_run_ms']
+        return dict(networks=rows)
+    monkeypatch.setattr(lut, 'lut_accuracy', fake_check)
     table = lut.calibrate(cpu_table, space, n=5, log=lambda m: None)
+    monkeypatch.setattr(lut, 'lut_accuracy', real_check)
     cal = table['calibration']
     assert 'calibration' not in cpu_table  # a copy
     assert cal['scale'] == pytest.approx(0.9) and cal['num_networks'] == 5
     assert cal['ratios'] == pytest.approx([0.8, 0.9, 0.95, 1.2, 0.85])
+    assert cal['piece_drift'] == [2.] * 5
     assert cal['archs'] == timed == lut.held_out_archs(space, 5, seed=lut.CALIB_SEED)
     arch = lut.held_out_archs(space, 1, seed=7)[0]
     assert lut.predict(table, arch) == pytest.approx(0.9 * lut.predict(cpu_table, arch))

@@ -35,6 +35,10 @@ def _build(slim, repo_root, work_dir, *more):
                       'build-lut', *FAST, *more])
 
 
+def final_calibration(path):
+    return lut.load(str(path)).get('calibration')
+
+
 def test_a_killed_build_loses_nothing_measured(fast, repo_root, tmp_path, monkeypatch, capsys):
     """Killed (KeyboardInterrupt, as a kill between two Python instructions) while measuring
     the third chunk of pieces, then while checking the table: the rerun measures only what
@@ -57,10 +61,12 @@ def test_a_killed_build_loses_nothing_measured(fast, repo_root, tmp_path, monkey
 
     real_row, rows = lut._accuracy_row, []
 
-    def killed_in_second_network(*args, **kwargs):
+    def killed_in_second_network(table, *args, **kwargs):
+        if not table.get('calibration'):  # the calibration's networks, before the check
+            return real_row(table, *args, **kwargs)
         if len(rows) == 1:
             raise KeyboardInterrupt
-        rows.append(real_row(*args, **kwargs))
+        rows.append(real_row(table, *args, **kwargs))
         return rows[-1]
 
     monkeypatch.setattr(lut, '_accuracy_row', killed_in_second_network)
@@ -83,6 +89,8 @@ def test_a_killed_build_loses_nothing_measured(fast, repo_root, tmp_path, monkey
     out = capsys.readouterr().out
     assert f'measuring 0 of {total} pieces' in out
     assert 'Resuming the accuracy check' in out and '(1 networks measured)' in out
+    # the calibration was saved with the table before the check: not measured again
+    assert table['calibration'] and final_calibration(path) == table['calibration']
     assert len(timed) == 2 and all(t[0] == 'NET' and 'NET.again' in t for t in timed)
     final = lut.load(str(path))
     assert final['entries'] == table['entries']  # nothing measured again

@@ -22,8 +22,9 @@ in 0..3 runs at stride ``4 * 2**s``; the token grid of an MB3D block in stage 2 
 
 :func:`predict` is ``scale * (sum(count * median of piece) - (number of pieces - 1) * call)``,
 where ``scale`` is the table's calibration (:func:`calibrate`; 1 for a table without one): the
-median ratio of whole-network latency to that sum over :data:`CALIB_NETWORKS` random networks
-of the space, which the accuracy check then leaves out. It corrects what a sum of separately
+median ratio of whole-network latency to that sum (its pieces timed again beside each network,
+so that the machine's drift stays out) over :data:`CALIB_NETWORKS` random networks of the space,
+which the accuracy check then leaves out. It corrects what a sum of separately
 timed pieces misses as a whole: on ONNX Runtime on an Intel Xeon the sum came out 4-18 % above
 every one of 20 networks, the same with the pieces re-timed beside each network (so not drift
 but a cost of running pieces as separate session calls); with the scale all 20 were within
@@ -591,10 +592,14 @@ def calibrate(table: dict, space, n: int = CALIB_NETWORKS, seed: int = CALIB_SEE
               warmup: Optional[int] = None, reps: Optional[int] = None,
               log: Callable[[str], None] = print) -> dict:
     """A copy of ``table`` with its ``calibration``: ``n`` random networks of ``space``
-    (:func:`held_out_archs` with ``seed``) timed whole on the table's backend and settings, and
-    ``scale`` the median of measured / summed-pieces over them, which :func:`predict` applies.
-    The networks are stored (``archs``) and :func:`lut_accuracy` leaves them out of its
-    held-out set, so the check stays a check on networks the table was not fitted on.
+    (:func:`held_out_archs` with ``seed``), each timed whole *interleaved with its own pieces*
+    (as :func:`lut_accuracy` does with ``same_run``), and ``scale`` the median over them of
+    measured / sum of the pieces timed beside it, which :func:`predict` applies. Timing the
+    pieces again beside each network keeps the machine's speed of the moment out of the
+    scale (on a shared VM it moves 5-10 % within minutes): what is left is what summing
+    separately timed pieces misses. The networks are stored (``archs``) and
+    :func:`lut_accuracy` leaves them out of its held-out set, so the check stays a check on
+    networks the table was not fitted on.
 
     Raises:
         LatencyTableError: a piece of a calibration network is missing, or the table was
@@ -606,16 +611,17 @@ def calibrate(table: dict, space, n: int = CALIB_NETWORKS, seed: int = CALIB_SEE
         raise LatencyTableError(f'cannot calibrate a table on this machine: {elsewhere}')
     archs = held_out_archs(space, n, seed)
     plain = dict(table, calibration=None)
-    sums = [predict(plain, arch) for arch in archs]  # a missing piece fails before timing
-    warmup = table['warmup'] if warmup is None else warmup
+    for arch in archs:  # a missing piece fails before timing
+        predict(plain, arch)
     reps = table['reps'] if reps is None else reps
-    log(f'Calibrating the table on {len(archs)} whole networks ({reps} reps)')
-    measured = measure_networks(archs, table['backend'], table['input_size'], table['batch'],
-                                table['threads'], warmup, reps, table['with_head'],
-                                table['num_classes'], table.get('compute_units') or 'ALL')
-    ratios = [m['median_ms'] / p for m, p in zip(measured, sums)]
+    log(f'Calibrating the table on {len(archs)} whole networks, each timed beside its pieces '
+        f'({reps} reps)')
+    check = lut_accuracy(plain, space, archs=archs, warmup=warmup, reps=reps, same_run=True)
+    ratios = [r['measured_ms'] / r['predicted_same_run_ms'] for r in check['networks']]
+    drift = [r['piece_drift'] for r in check['networks']]
     calibration = dict(scale=round(float(np.median(ratios)), 4), num_networks=len(archs),
-                       seed=seed, reps=reps, ratios=[round(r, 4) for r in ratios], archs=archs,
+                       seed=seed, reps=reps, ratios=[round(r, 4) for r in ratios],
+                       piece_drift=drift, archs=archs,
                        date=datetime.datetime.now().isoformat(timespec='seconds'))
     out = json.loads(json.dumps(table))
     out.pop('accuracy', None)  # a check of the predictions before this scale
