@@ -584,8 +584,16 @@ def predict(table: dict, arch: dict) -> float:
                 f'with build_lut(..., table=table, archs=[arch])')
         total += count * entry['median_ms']
         n += count
-    scale = table['calibration']['scale'] if table.get('calibration') else 1.
-    return scale * (total - (n - 1) * table['entries']['call']['median_ms'])
+    return _scale(table) * (total - (n - 1) * table['entries']['call']['median_ms'])
+
+
+def _calibration(table: dict) -> dict:
+    """The table's ``calibration`` (:func:`calibrate`), ``{}`` when it has none."""
+    return table.get('calibration') or {}
+
+
+def _scale(table: dict) -> float:
+    return _calibration(table).get('scale', 1.)
 
 
 def calibrate(table: dict, space, n: int = CALIB_NETWORKS, seed: int = CALIB_SEED,
@@ -610,13 +618,12 @@ def calibrate(table: dict, space, n: int = CALIB_NETWORKS, seed: int = CALIB_SEE
     if elsewhere:
         raise LatencyTableError(f'cannot calibrate a table on this machine: {elsewhere}')
     archs = held_out_archs(space, n, seed)
-    plain = dict(table, calibration=None)
-    for arch in archs:  # a missing piece fails before timing
-        predict(plain, arch)
     reps = table['reps'] if reps is None else reps
     log(f'Calibrating the table on {len(archs)} whole networks, each timed beside its pieces '
         f'({reps} reps)')
-    check = lut_accuracy(plain, space, archs=archs, warmup=warmup, reps=reps, same_run=True)
+    # lut_accuracy checks every piece of every network before it times anything
+    check = lut_accuracy(dict(table, calibration=None), space, archs=archs, warmup=warmup,
+                         reps=reps, same_run=True)
     ratios = [r['measured_ms'] / r['predicted_same_run_ms'] for r in check['networks']]
     drift = [r['piece_drift'] for r in check['networks']]
     calibration = dict(scale=round(float(np.median(ratios)), 4), num_networks=len(archs),
@@ -933,8 +940,8 @@ def prediction_stats(predicted: Sequence[float], measured: Sequence[float],
 
 def _accuracy_row(table: dict, arch: dict, measured: float, again: float,
                   pieces_ms: Optional[Dict[str, float]]) -> dict:
-    pred = predict(table, arch)
     summed = predict(dict(table, calibration=None), arch)
+    pred = _scale(table) * summed
     row = dict(arch=arch, predicted_ms=round(pred, 4), summed_ms=round(summed, 4),
                measured_ms=measured,
                measured_again_ms=again, rel_err=round((pred - measured) / measured, 4),
@@ -988,7 +995,7 @@ def lut_accuracy(table: dict, space, n: int = 20, seed: int = 0, warmup: Optiona
             another device than this machine's (both named).
     """
     space = get_space(space)
-    fitted = (table.get('calibration') or {}).get('archs', ())
+    fitted = _calibration(table).get('archs', ())
     archs = held_out_archs(space, n, seed, exclude=fitted) if archs is None else list(archs)
     for arch in archs:  # a missing piece fails before measuring
         predict(table, arch)
@@ -1012,7 +1019,7 @@ def lut_accuracy(table: dict, space, n: int = 20, seed: int = 0, warmup: Optiona
     def result(complete: bool) -> dict:
         out = dict(device=settings['device'], backend=table['backend'], input_size=size,
                    reps=reps, seed=seed, settings=settings, complete=complete, networks=rows,
-                   calibration_scale=(table.get('calibration') or {}).get('scale'))
+                   calibration_scale=_calibration(table).get('scale'))
         if rows:
             out.update(prediction_stats([r['predicted_ms'] for r in rows],
                                         [r['measured_ms'] for r in rows],
