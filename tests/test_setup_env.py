@@ -10,6 +10,7 @@ import os
 import os.path as osp
 import stat
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -24,6 +25,7 @@ FAKE_PYTHON = r'''#!/usr/bin/env bash
 if [ "$1" = -c ]; then
   printf 'TORCH_VER=2.14.1\nTORCH_CUDA=%s\nPYTAG=py311\nGPU_ARCHS=%s\nSITE=%s\n' \
     "${FAKE_TORCH_CUDA-13.0}" "${FAKE_GPU_ARCHS:-}" "$FAKE_SITE"
+  printf 'TORCH_CUDA_WHY=%s\n' "${FAKE_TORCH_WHY:-}"
   exit 0
 fi
 # python -m pip ... wheel ... . -w DIST
@@ -47,6 +49,19 @@ case "$1" in
   --list-gpu-code) for c in ''' + NVCC_13_CODES + r'''; do echo "$c"; done ;;
 esac
 '''
+
+
+# What nvidia-smi prints on a machine whose driver (R550) supports CUDA 12.4 at most.
+FAKE_NVIDIA_SMI = r'''#!/usr/bin/env bash
+if [ "${1:-}" = -L ]; then
+  echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)"
+  echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)"
+  exit 0
+fi
+echo "| NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: ${FAKE_DRIVER_CUDA:-12.4} |"
+'''
+OLD_DRIVER = ('CUDA initialization: The NVIDIA driver on your system is too old '
+              '(found version 12040)')
 
 
 def _exe(path, text):
@@ -79,7 +94,8 @@ def env(tmp_path):
     (tmp_path / 'tmp').mkdir()
     e = {k: v for k, v in os.environ.items()
          if k not in ('CUDA_HOME', 'CUDA_PATH', 'TORCH_CUDA_ARCH_LIST', 'MMEFF_MMCV_CUDA',
-                      'MMEFF_CUDA_TOOLKIT', 'LDFLAGS', 'CPATH', 'MAX_JOBS')}
+                      'MMEFF_CUDA_TOOLKIT', 'LDFLAGS', 'CPATH', 'MAX_JOBS',
+                      'MMCV_SYSTEM_CUDA')}
     e.update(PYTHON=str(tmp_path / 'python'), FAKE_SITE=str(tmp_path / 'site'),
              FAKE_RECORD=str(tmp_path / 'pip_record'), TMPDIR=str(tmp_path / 'tmp'),
              PATH=f'{shims}:{os.environ["PATH"]}', MAX_JOBS='1')
@@ -289,3 +305,127 @@ def test_too_little_disk_stops_before_the_build(env, tmp_path):
 def test_missing_sdist(env, tmp_path):
     line = one_error_line(run(env, str(tmp_path / 'nope.tar.gz'), str(tmp_path / 'wheels')))
     assert f"no mmcv sdist at '{tmp_path}/nope.tar.gz'" in line
+
+
+# --- GPU machines without a usable toolkit or torch (what tools/setup_env.sh decides) ----------
+
+def no_toolkit(env, tmp_path):
+    """This machine has a CUDA toolkit (/usr/local/cuda, nvcc in /usr/local/bin); a driver-only
+    GPU machine has none: no nvcc on the PATH and no system CUDA folder."""
+    return {**env, 'PATH': f'{tmp_path / "shims"}:/usr/bin:/bin',
+            'MMCV_SYSTEM_CUDA': str(tmp_path / 'no-cuda')}
+
+
+def source(env, commands):
+    """Runs COMMANDS after sourcing build_mmcv.sh (as tools/setup_env.sh does) and reading the
+    stand-in torch; returns the finished process."""
+    script = (f'set -euo pipefail; source {SCRIPT}; PY="$PYTHON"; mmcv_torch_info "$PY"; '
+              + commands)
+    return subprocess.run(['bash', '-c', script], capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def test_gpus_torch_cannot_use_get_cpu_ops_and_the_fix(env, tmp_path):
+    """A driver older than torch's CUDA: torch sees no GPU, so auto builds CPU ops; the set-up
+    says so with the driver's and torch's CUDA versions and both fixes."""
+    _exe(str(tmp_path / 'shims' / 'nvidia-smi'), FAKE_NVIDIA_SMI)
+    res = source({**env, 'FAKE_TORCH_WHY': OLD_DRIVER},
+                 'mmcv_choose_ops auto; echo "MMCV_CUDA=$MMCV_CUDA"')
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ['MMCV_CUDA=0']
+    warning = res.stderr.strip()
+    assert warning.startswith('warning: nvidia-smi lists 2 GPU(s) but torch 2.14.1 cannot use')
+    assert 'built with CUDA 13.0 and the NVIDIA driver supports CUDA 12.4 at most' in warning
+    assert f'(torch: {OLD_DRIVER})' in warning
+    assert 'update the driver (CUDA 13 needs R580 or newer)' in warning
+    assert 'torch 2.14.1 built for CUDA 12' in warning and 'download.pytorch.org/whl/' in warning
+    assert warning.endswith('mmcv gets CPU ops only for now')
+    # Forcing the CUDA build there, without naming architectures: one line with the same fix.
+    line = one_error_line(run(env, '--check', MMEFF_MMCV_CUDA='1', FAKE_TORCH_WHY=OLD_DRIVER,
+                              CUDA_HOME=_toolkit(str(tmp_path / 'cuda'))))
+    assert 'the NVIDIA driver supports CUDA 12.4 at most' in line
+    assert 'set TORCH_CUDA_ARCH_LIST' in line
+
+
+def test_gpus_with_a_cpu_only_torch(env, tmp_path):
+    _exe(str(tmp_path / 'shims' / 'nvidia-smi'), FAKE_NVIDIA_SMI)
+    res = source({**env, 'FAKE_TORCH_CUDA': ''}, 'mmcv_choose_ops auto; echo "$MMCV_CUDA"')
+    assert res.returncode == 0 and res.stdout.split() == ['0'], res.stderr
+    assert 'torch 2.14.1 is a CPU-only build' in res.stderr
+    assert 'pip install --force-reinstall torch==2.14.1' in res.stderr
+
+
+def test_gpus_torch_uses_or_none_at_all_say_nothing(env, tmp_path):
+    # No nvidia-smi (this CPU machine, CI): CPU ops, nothing said.
+    res = source(env, 'mmcv_choose_ops auto; echo "$MMCV_CUDA"')
+    assert res.returncode == 0 and res.stdout.split() == ['0'] and not res.stderr, res.stderr
+    # GPUs torch sees: the CUDA ops, nothing said.
+    _exe(str(tmp_path / 'shims' / 'nvidia-smi'), FAKE_NVIDIA_SMI)
+    res = source({**env, 'FAKE_GPU_ARCHS': '9.0', 'FAKE_DRIVER_CUDA': '13.0'},
+                 'mmcv_choose_ops auto; echo "$MMCV_CUDA $ARCH_LIST"')
+    assert res.returncode == 0 and res.stdout.split() == ['1', '9.0'], res.stderr
+    assert not res.stderr
+
+
+def test_driver_only_machine_gets_the_cuda13_packages(env, tmp_path):
+    """No toolkit anywhere, torch built with CUDA 13.0: the registry's compiler packages."""
+    res = source({**no_toolkit(env, tmp_path), 'FAKE_GPU_ARCHS': '9.0'},
+                 'mmcv_choose_ops auto; mmcv_toolkit_from_pip; echo "$TOOLKIT_WHY"; '
+                 'printf "%s\\n" "${PIP_TOOLKIT[@]}"')
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.splitlines()
+    assert out[0] == 'no CUDA toolkit found'
+    assert out[1:] == [f'{name}==13.0.*' for name in (
+        'nvidia-cuda-nvcc', 'nvidia-cuda-crt', 'nvidia-cuda-runtime', 'nvidia-cuda-cccl',
+        'nvidia-nvvm')]
+    # A toolkit on the machine: none from the registry.
+    res = source({**env, 'CUDA_HOME': _toolkit(str(tmp_path / 'cuda')), 'FAKE_GPU_ARCHS': '9.0'},
+                 'mmcv_choose_ops auto; if mmcv_toolkit_from_pip; then echo pip; else echo own; fi')
+    assert res.returncode == 0 and res.stdout.split() == ['own'], res.stderr
+
+
+def test_cuda12_torch_without_a_toolkit(env, tmp_path):
+    """The registry has no nvcc for CUDA 12 (nvidia-cuda-nvcc-cu12 ships ptxas and NVVM only):
+    set-up stops before downloading anything, naming the toolkit to install."""
+    res = source({**no_toolkit(env, tmp_path), 'FAKE_TORCH_CUDA': '12.8', 'MMCV_ERR': 'error:',
+                  'FAKE_GPU_ARCHS': '9.0'},
+                 'mmcv_choose_ops auto; mmcv_toolkit_from_pip; echo reached')
+    assert res.returncode != 0 and 'reached' not in res.stdout
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no CUDA toolkit found for torch's CUDA 12.8: install a CUDA "
+                           "12.8 toolkit (NVIDIA's cuda-toolkit-12-8 package")
+    assert 'set CUDA_HOME to it' in line and 'no nvcc for CUDA 12' in line
+    # build_mmcv.sh alone says the same.
+    line = one_error_line(run(no_toolkit(env, tmp_path), '--check', MMEFF_MMCV_CUDA='1',
+                              TORCH_CUDA_ARCH_LIST='9.0', FAKE_TORCH_CUDA='12.8'))
+    assert "cuda-toolkit-12-8" in line and 'nvidia-cuda-nvcc==' not in line
+
+
+def test_cuda12_torch_with_a_cuda13_toolkit(env, tmp_path):
+    line = one_error_line(run(env, '--check', MMEFF_MMCV_CUDA='1', TORCH_CUDA_ARCH_LIST='9.0',
+                              FAKE_TORCH_CUDA='12.8', CUDA_HOME=_toolkit(str(tmp_path / 'cuda'))))
+    assert 'is CUDA 13.0 but torch 2.14.1 was built with CUDA 12.8' in line
+    assert 'set CUDA_HOME to a CUDA 12.x toolkit' in line and 'MMEFF_CUDA_TOOLKIT=pip' not in line
+
+
+def test_torch_query_reports_why_cuda_failed(tmp_path):
+    """mmcv_torch_info's own Python (not the stand-in): a torch whose CUDA initialisation warns,
+    as torch does with a driver older than its CUDA, reports the warning's first sentence."""
+    fake = tmp_path / 'fake' / 'torch'
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text(
+        'import warnings, types\n'
+        '__version__ = "2.14.1+cu130"\n'
+        'version = types.SimpleNamespace(cuda="13.0")\n'
+        'def _available():\n'
+        f'    warnings.warn("{OLD_DRIVER}. Please update your GPU driver by downloading '
+        'and installing a new version")\n'
+        '    return False\n'
+        'cuda = types.SimpleNamespace(is_available=_available)\n')
+    res = subprocess.run(
+        ['bash', '-c', f'source {SCRIPT}; mmcv_torch_info {sys.executable}; '
+                       'echo "$TORCH_VER|$TORCH_CUDA|$GPU_ARCHS|$TORCH_CUDA_WHY"'],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, 'PYTHONPATH': str(tmp_path / 'fake')})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f'2.14.1|13.0||{OLD_DRIVER}'

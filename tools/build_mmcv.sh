@@ -18,41 +18,122 @@
 #        MAX_JOBS             parallel compile jobs (default: number of cores)
 # Sourced (as tools/setup_env.sh does), it only defines the mmcv_* functions.
 
+# Where a system-wide CUDA toolkit lives (the tests point it elsewhere).
+MMCV_SYSTEM_CUDA="${MMCV_SYSTEM_CUDA:-/usr/local/cuda}"
 # The error prefix names the script a user ran.
 MMCV_ERR="${MMCV_ERR:-build_mmcv.sh: error:}"
 mmcv_die() { echo "$MMCV_ERR $*" >&2; exit 1; }
 
 # mmcv_torch_info PY: what the build depends on, from one interpreter start. Sets TORCH_VER,
 # TORCH_CUDA (e.g. 13.0; empty for a CPU-only torch), PYTAG (py311), GPU_ARCHS (the visible GPUs'
-# compute capabilities, e.g. "8.0;9.0"; empty without a GPU) and SITE (site-packages).
+# compute capabilities, e.g. "8.0;9.0"; empty without a GPU), TORCH_CUDA_WHY (torch's warning
+# when it could not initialise CUDA, e.g. a driver too old for its CUDA version) and SITE.
 mmcv_torch_info() {
   local out
   out="$("$1" -c '
 import sys, sysconfig
 import torch
-caps = set()
-if torch.version.cuda and torch.cuda.is_available():
-    caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+import warnings
+caps, why = set(), ""
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    if torch.version.cuda and torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+for w in seen:  # e.g. "CUDA initialization: The NVIDIA driver on your system is too old ..."
+    if "CUDA" in str(w.message) or "driver" in str(w.message):
+        why = " ".join(str(w.message).split()).split(". ")[0].rstrip(".")[:300]
+        break
 print("TORCH_VER=" + torch.__version__.split("+")[0])
 print("TORCH_CUDA=" + (torch.version.cuda or ""))
 print("PYTAG=py%d%d" % sys.version_info[:2])
 print("GPU_ARCHS=" + ";".join("%d.%d" % c for c in sorted(caps)))
+print("TORCH_CUDA_WHY=" + why)
 print("SITE=" + sysconfig.get_paths()["purelib"])
 ' 2>&1)" || mmcv_die "cannot import torch with $1 ($(echo "$out" | tail -n 1)): install torch first (bash tools/setup_env.sh does)"
   local line
-  TORCH_VER="" TORCH_CUDA="" PYTAG="" GPU_ARCHS="" SITE=""
+  TORCH_VER="" TORCH_CUDA="" PYTAG="" GPU_ARCHS="" SITE="" TORCH_CUDA_WHY=""
   while IFS= read -r line; do
     case "$line" in
       TORCH_VER=*) TORCH_VER="${line#*=}" ;;
       TORCH_CUDA=*) TORCH_CUDA="${line#*=}" ;;
       PYTAG=*) PYTAG="${line#*=}" ;;
       GPU_ARCHS=*) GPU_ARCHS="${line#*=}" ;;
+      TORCH_CUDA_WHY=*) TORCH_CUDA_WHY="${line#*=}" ;;
       SITE=*) SITE="${line#*=}" ;;
     esac
   done <<< "$out"
   if [ -z "$TORCH_VER" ] || [ -z "$PYTAG" ]; then
     mmcv_die "could not read torch's version with $1 (got: $(echo "$out" | tail -n 1))"
   fi
+}
+
+# mmcv_pip_toolkit: sets PIP_TOOLKIT, the registry packages that make a CUDA $TORCH_CUDA compiler
+# (nvcc, crt, runtime headers, cccl, nvvm; they install into nvidia/cu<major>/). Returns 1 for a
+# CUDA major version the registry has no nvcc for: CUDA 12's nvidia-cuda-nvcc-cu12 (12.0 to 12.9)
+# ships ptxas and NVVM only.
+mmcv_pip_toolkit() {
+  PIP_TOOLKIT=()
+  case "$TORCH_CUDA" in
+    13.*) PIP_TOOLKIT=("nvidia-cuda-nvcc==$TORCH_CUDA.*" "nvidia-cuda-crt==$TORCH_CUDA.*"
+            "nvidia-cuda-runtime==$TORCH_CUDA.*" "nvidia-cuda-cccl==$TORCH_CUDA.*"
+            "nvidia-nvvm==$TORCH_CUDA.*") ;;
+    *) return 1 ;;
+  esac
+}
+
+# mmcv_toolkit_fix: what to do when no CUDA $TORCH_CUDA toolkit was found (one sentence).
+mmcv_toolkit_fix() {
+  if mmcv_pip_toolkit; then
+    echo "run tools/setup_env.sh, which installs the CUDA $TORCH_CUDA compiler packages, or pip install $(printf "'%s' " "${PIP_TOOLKIT[@]}" | sed 's/ $//')"
+  else
+    echo "install a CUDA $TORCH_CUDA toolkit (NVIDIA's cuda-toolkit-${TORCH_CUDA//./-} package or runfile) and set CUDA_HOME to it (the package registry has no nvcc for CUDA ${TORCH_CUDA%%.*}: nvidia-cuda-nvcc-cu${TORCH_CUDA%%.*} ships ptxas and NVVM only), or use torch's CUDA 13 build (pip install torch==$TORCH_VER) with a driver for CUDA 13"
+  fi
+}
+
+# mmcv_gpu_problem: when nvidia-smi lists GPUs that torch cannot use (a CPU-only torch, a driver
+# older than torch's CUDA version...), prints why and the fix, in one line; prints nothing when
+# torch sees the GPUs or there are none. Needs mmcv_torch_info first.
+mmcv_gpu_problem() {
+  [ -z "$GPU_ARCHS" ] || return 0
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  local n driver
+  n="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')" || true
+  [ "${n:-0}" -gt 0 ] || return 0
+  driver="$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)"
+  if [ -z "$TORCH_CUDA" ]; then
+    echo "nvidia-smi lists $n GPU(s) but torch $TORCH_VER is a CPU-only build: install its CUDA build (pip install --force-reinstall torch==$TORCH_VER, CUDA 13 on Linux) and run bash tools/setup_env.sh again"
+  elif [ -n "$driver" ] && [ "${driver%%.*}" -lt "${TORCH_CUDA%%.*}" ]; then
+    # (a driver of the same major version runs torch's CUDA: minor version compatibility)
+    echo "nvidia-smi lists $n GPU(s) but torch $TORCH_VER cannot use them: it was built with CUDA $TORCH_CUDA and the NVIDIA driver supports CUDA $driver at most${TORCH_CUDA_WHY:+ (torch: $TORCH_CUDA_WHY)}: update the driver (CUDA 13 needs R580 or newer), or install a torch $TORCH_VER built for CUDA ${driver%%.*} (PyTorch's index has one per CUDA version: https://download.pytorch.org/whl/) with a CUDA ${driver%%.*} toolkit (CUDA_HOME), then run bash tools/setup_env.sh again"
+  else
+    echo "nvidia-smi lists $n GPU(s) but torch $TORCH_VER (CUDA $TORCH_CUDA) cannot use them: ${TORCH_CUDA_WHY:-torch.cuda.is_available() is False}; check CUDA_VISIBLE_DEVICES and that python -c 'import torch; print(torch.cuda.is_available())' prints True, then run bash tools/setup_env.sh again"
+  fi
+}
+
+# mmcv_choose_ops auto|0|1: sets MMCV_CUDA (1: build the CUDA ops too) and GPU_PROBLEM. auto
+# builds them when torch sees a GPU; GPUs it cannot use get a warning (mmcv_gpu_problem) and CPU
+# ops, so that the CPU path works. For 1, the checks that need no toolkit run here.
+mmcv_choose_ops() {
+  GPU_PROBLEM=""
+  case "$1" in
+    auto) MMCV_CUDA=0
+          if [ -n "$TORCH_CUDA" ] && [ -n "$GPU_ARCHS" ]; then MMCV_CUDA=1; fi
+          GPU_PROBLEM="$(mmcv_gpu_problem)"
+          if [ -n "$GPU_PROBLEM" ]; then echo "warning: $GPU_PROBLEM; mmcv gets CPU ops only for now" >&2; fi ;;
+    0|1) MMCV_CUDA="$1" ;;
+    *) mmcv_die "MMEFF_MMCV_CUDA must be auto, 0 or 1 (got '$1')" ;;
+  esac
+  if [ "$MMCV_CUDA" = 1 ]; then mmcv_check_cuda_target; fi
+}
+
+# mmcv_toolkit_from_pip: returns 0 when the CUDA compiler must come from the registry (no toolkit
+# found, or MMEFF_CUDA_TOOLKIT=pip), with PIP_TOOLKIT and TOOLKIT_WHY set; 1 when a toolkit was
+# found; fails with the fix when the registry has no nvcc for torch's CUDA version.
+mmcv_toolkit_from_pip() {
+  if mmcv_find_cuda_home; then return 1; fi
+  TOOLKIT_WHY="no CUDA toolkit found"
+  if [ "${MMEFF_CUDA_TOOLKIT:-auto}" = pip ]; then TOOLKIT_WHY="MMEFF_CUDA_TOOLKIT=pip"; fi
+  mmcv_pip_toolkit || mmcv_die "$TOOLKIT_WHY for torch's CUDA $TORCH_CUDA: $(mmcv_toolkit_fix)"
 }
 
 # mmcv_find_cuda_home: sets CUDA_HOME and NVCC, or returns 1 when there is no toolkit. Order:
@@ -74,12 +155,12 @@ mmcv_find_cuda_home() {
   if nvcc="$(command -v nvcc)"; then
     # torch guesses CUDA_HOME as nvcc's grandparent folder, which is wrong for a
     # /usr/local/bin/nvcc next to /usr/local/cuda: take the first folder with the headers.
-    for home in "$(dirname "$(dirname "$(readlink -f "$nvcc")")")" "$(dirname "$(dirname "$nvcc")")" /usr/local/cuda; do
+    for home in "$(dirname "$(dirname "$(readlink -f "$nvcc")")")" "$(dirname "$(dirname "$nvcc")")" "$MMCV_SYSTEM_CUDA"; do
       if [ -f "$home/include/cuda_runtime_api.h" ]; then CUDA_HOME="$home"; NVCC="$nvcc"; export CUDA_HOME; return 0; fi
     done
     mmcv_die "nvcc at $nvcc has no CUDA headers (include/cuda_runtime_api.h) beside it: set CUDA_HOME to its toolkit folder"
   fi
-  for home in /usr/local/cuda ${pkg:+"$pkg"}; do
+  for home in "$MMCV_SYSTEM_CUDA" ${pkg:+"$pkg"}; do
     if [ -x "$home/bin/nvcc" ]; then CUDA_HOME="$home"; NVCC="$home/bin/nvcc"; export CUDA_HOME; return 0; fi
   done
   return 1
@@ -89,17 +170,36 @@ mmcv_find_cuda_home() {
 # names the fix); sets ARCH_LIST (what TORCH_CUDA_ARCH_LIST the build gets) and OPS_TAG
 # (cu130-sm80-sm90: the wheel cache key part). Needs mmcv_torch_info first.
 mmcv_check_cuda() {
+  mmcv_check_cuda_target
+  mmcv_find_cuda_home || mmcv_die "no CUDA toolkit found (no nvcc$([ "${MMEFF_CUDA_TOOLKIT:-auto}" = pip ] || echo " under CUDA_HOME, on the PATH, in /usr/local/cuda or") in $SITE/nvidia/cu${TORCH_CUDA%%.*}): $(mmcv_toolkit_fix)"
+  mmcv_check_nvcc
+}
+
+# mmcv_check_cuda_target: a CUDA build of torch, and architectures to build for (sets ARCH_LIST).
+mmcv_check_cuda_target() {
   [ -n "$TORCH_CUDA" ] || mmcv_die "MMEFF_MMCV_CUDA=1 but torch $TORCH_VER has no CUDA support: install a CUDA build of torch, or set MMEFF_MMCV_CUDA=0"
   ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$GPU_ARCHS}"
-  [ -n "$ARCH_LIST" ] || mmcv_die "no GPU is visible to pick the CUDA architectures to compile for: set TORCH_CUDA_ARCH_LIST, e.g. TORCH_CUDA_ARCH_LIST='9.0' (H100) or '8.0;9.0' (A100 and H100)"
-  mmcv_find_cuda_home || mmcv_die "no CUDA toolkit found (no nvcc$([ "${MMEFF_CUDA_TOOLKIT:-auto}" = pip ] || echo " under CUDA_HOME, on the PATH, in /usr/local/cuda or") in $SITE/nvidia/cu${TORCH_CUDA%%.*}): run tools/setup_env.sh, which installs the CUDA $TORCH_CUDA compiler packages, or pip install 'nvidia-cuda-nvcc==$TORCH_CUDA.*' 'nvidia-cuda-crt==$TORCH_CUDA.*' 'nvidia-cuda-runtime==$TORCH_CUDA.*' 'nvidia-cuda-cccl==$TORCH_CUDA.*' 'nvidia-nvvm==$TORCH_CUDA.*'"
+  if [ -z "$ARCH_LIST" ]; then
+    local problem
+    problem="$(mmcv_gpu_problem)"
+    [ -z "$problem" ] || mmcv_die "$problem (or, to build for GPUs elsewhere, set TORCH_CUDA_ARCH_LIST)"
+    mmcv_die "no GPU is visible to pick the CUDA architectures to compile for: set TORCH_CUDA_ARCH_LIST, e.g. TORCH_CUDA_ARCH_LIST='9.0' (H100) or '8.0;9.0' (A100 and H100)"
+  fi
+}
+
+# mmcv_check_nvcc: nvcc's CUDA version against torch's, ARCH_LIST against what nvcc builds for;
+# sets OPS_TAG.
+mmcv_check_nvcc() {
   local release
   release="$("$NVCC" --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)"
   [ -n "$release" ] || mmcv_die "$NVCC --version does not say its CUDA release: check the toolkit in $CUDA_HOME"
   # torch's extension builder refuses a toolkit of another major version, but only once the
   # compile starts; a different minor version is fine (CUDA minor version compatibility).
   if [ "${release%%.*}" != "${TORCH_CUDA%%.*}" ]; then
-    mmcv_die "nvcc at $NVCC is CUDA $release but torch $TORCH_VER was built with CUDA $TORCH_CUDA: set CUDA_HOME to a CUDA ${TORCH_CUDA%%.*}.x toolkit, or MMEFF_CUDA_TOOLKIT=pip (tools/setup_env.sh then installs the CUDA $TORCH_CUDA compiler packages into the venv)"
+    if mmcv_pip_toolkit; then
+      mmcv_die "nvcc at $NVCC is CUDA $release but torch $TORCH_VER was built with CUDA $TORCH_CUDA: set CUDA_HOME to a CUDA ${TORCH_CUDA%%.*}.x toolkit, or MMEFF_CUDA_TOOLKIT=pip (tools/setup_env.sh then installs the CUDA $TORCH_CUDA compiler packages into the venv)"
+    fi
+    mmcv_die "nvcc at $NVCC is CUDA $release but torch $TORCH_VER was built with CUDA $TORCH_CUDA: set CUDA_HOME to a CUDA ${TORCH_CUDA%%.*}.x toolkit (the package registry has no nvcc for CUDA ${TORCH_CUDA%%.*}: nvidia-cuda-nvcc-cu${TORCH_CUDA%%.*} ships ptxas and NVVM only)"
   fi
   local codes arch num tag="" supported
   codes=" $("$NVCC" --list-gpu-code 2>/dev/null | tr '\n' ' ') "

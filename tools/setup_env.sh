@@ -12,7 +12,12 @@
 #                         has no GPU, e.g. "9.0" for an H100, "8.0;9.0"); 0: CPU ops only.
 #                         With no CUDA toolkit found (CUDA_HOME, nvcc on the PATH, /usr/local/cuda),
 #                         the compiler packages matching torch's CUDA version (nvidia-cuda-nvcc,
-#                         -crt, -runtime, -cccl, nvidia-nvvm) are installed into the venv.
+#                         -crt, -runtime, -cccl, nvidia-nvvm) are installed into the venv;
+#                         the registry has them for CUDA 13 only (CUDA 12's nvidia-cuda-nvcc-cu12
+#                         has no nvcc), so a torch built for CUDA 12 needs a toolkit (CUDA_HOME).
+#                         GPUs that nvidia-smi lists but torch cannot use (a driver older than
+#                         torch's CUDA, a CPU-only torch) get a warning that names the fix, and
+#                         set-up goes on with CPU ops.
 #        MMEFF_CUDA_TOOLKIT auto (default) or pip: use those packages even if a toolkit exists
 #                         (e.g. one whose CUDA major version differs from torch's)
 #        TORCH_CUDA_ARCH_LIST, CUDA_HOME: as in tools/build_mmcv.sh, which builds the wheel
@@ -98,23 +103,14 @@ fi
 MMCV_ERR="error:"
 source "$ROOT/tools/build_mmcv.sh"
 mmcv_torch_info "$PY"
-MMCV_CUDA="${MMEFF_MMCV_CUDA:-auto}"
-case "$MMCV_CUDA" in
-  auto) MMCV_CUDA=0; if [ -n "$TORCH_CUDA" ] && [ -n "$GPU_ARCHS" ]; then MMCV_CUDA=1; fi ;;
-  0|1) ;;
-  *) echo "error: MMEFF_MMCV_CUDA must be auto, 0 or 1 (got '$MMCV_CUDA')" >&2; exit 1 ;;
-esac
+mmcv_choose_ops "${MMEFF_MMCV_CUDA:-auto}"
 OPS_TAG=cpu
 if [ "$MMCV_CUDA" = 1 ]; then
-  [ -n "$TORCH_CUDA" ] || { echo "error: MMEFF_MMCV_CUDA=1 but torch $TORCH_VER has no CUDA support: install a CUDA build of torch, or set MMEFF_MMCV_CUDA=0" >&2; exit 1; }
-  [ -n "${TORCH_CUDA_ARCH_LIST:-$GPU_ARCHS}" ] || { echo "error: no GPU is visible to pick the CUDA architectures to compile for: set TORCH_CUDA_ARCH_LIST, e.g. TORCH_CUDA_ARCH_LIST='9.0' (H100) or '8.0;9.0' (A100 and H100)" >&2; exit 1; }
   # No toolkit (as on most GPU images: a driver and torch's wheels only): the compiler packages
   # matching torch's CUDA version go into the venv, beside the CUDA libraries torch already uses.
-  if ! mmcv_find_cuda_home; then
-    if [ "${MMEFF_CUDA_TOOLKIT:-auto}" = pip ]; then why="MMEFF_CUDA_TOOLKIT=pip"; else why="no CUDA toolkit found"; fi
-    log "$why: installing the CUDA $TORCH_CUDA compiler packages into $VENV"
-    pip_retry install -q "nvidia-cuda-nvcc==$TORCH_CUDA.*" "nvidia-cuda-crt==$TORCH_CUDA.*" \
-      "nvidia-cuda-runtime==$TORCH_CUDA.*" "nvidia-cuda-cccl==$TORCH_CUDA.*" "nvidia-nvvm==$TORCH_CUDA.*" \
+  if mmcv_toolkit_from_pip; then
+    log "$TOOLKIT_WHY: installing the CUDA $TORCH_CUDA compiler packages into $VENV"
+    pip_retry install -q "${PIP_TOOLKIT[@]}" \
       || { echo "error: could not install the CUDA $TORCH_CUDA compiler packages (pip's message above): install a CUDA $TORCH_CUDA toolkit and set CUDA_HOME to it, or run where the package registry is reachable" >&2; exit 1; }
   fi
   # Versions and architectures are checked here, before anything is compiled.
@@ -165,4 +161,5 @@ pip_retry install -q -r "$ROOT/requirements.txt" -c "$CONSTRAINTS"
 $MMCV_PROBE
 print('mmcv', mmcv.__version__, '(ops: $OPS_TAG' if cuda else '(ops: cpu', end='')
 print(') | mmdet', mmdet.__version__, '| mmseg', mmseg.__version__)"
+if [ -n "$GPU_PROBLEM" ]; then echo "warning: $GPU_PROBLEM" >&2; fi
 log "done: activate with 'source .venv/bin/activate'"
