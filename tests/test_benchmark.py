@@ -50,7 +50,7 @@ def test_time_interleaved_settles_outside_the_timing():
 
 
 def test_timm_and_eager_time_alike_beside_onnxruntime():
-    """Issue 9's measurement bug as a user met it: L1 at 224, 2 threads, the default runtime
+    """A measurement bug as a user met it: L1 at 224, 2 threads, the default runtime
     order, so timm runs right after ONNX Runtime. With spinning ONNX Runtime threads timm read
     2x slower than eager with the same weights (here: 91 ms vs 43 ms, and this test failed with
     timm / eager = 1.85); now they agree. Loose bound and one retry: the machine may be

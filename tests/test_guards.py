@@ -167,7 +167,7 @@ def test_variables_the_runner_reads_stay_settable_and_unknown_ones_are_refused()
     assert cfg.train_dataloader.dataset.data_root == '/data/coco/'  # still carried
     assert cfg.model.backbone.init_cfg.checkpoint == '/w/l3.pth'
     # A top-level key neither the config nor the Runner has would change nothing: a misspelling
-    # (issue 20: it was silently ignored), refused with the close match.
+    # (it used to be silently ignored), refused with the close match.
     with pytest.raises(ValueError, match=r"--cfg-options data_rot=\.\.\.: the config has no "
                                          r"top-level 'data_rot'.*did you mean 'data_root'"):
         prepare_config(l3, cfg_options={'data_rot': '/data/coco/'})

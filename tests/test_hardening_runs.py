@@ -1,4 +1,4 @@
-"""Issue 20, round 2 of "nothing lost, nothing silently wrong", for the task configs and tools:
+"""Round 2 of "nothing lost, nothing silently wrong", for the task configs and tools:
 bit-exact resume of the classification and segmentation configs (detection's is in
 tests/test_detection.py), ADE-format sets with unmatched or unreadable files in tools/test.py,
 unreadable images in tools/demo.py, a checkpoint that does not fit found before the Runner

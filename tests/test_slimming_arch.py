@@ -1,4 +1,4 @@
-"""Arch dicts of the slimming search space (issue 9): MB3D blocks that spill from the last stage
+"""Arch dicts of the slimming search space: MB3D blocks that spill from the last stage
 into stage 3 build, run at any size, fuse, export (ONNX, Core ML), go into the classifier and the
 Mask R-CNN / Semantic FPN configs, and come back from a state dict."""
 import json

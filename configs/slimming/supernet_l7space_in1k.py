@@ -1,4 +1,4 @@
-# Supernet training of latency-driven slimming (paper, section 4; issue 9, part 2) on
+# Supernet training of latency-driven slimming (paper, section 4) on
 # ImageNet-1K: the weight-sharing supernet of the default search space 'l7space' (L7's depths
 # and widths as the maximum; L1, L3 and L7 are networks of it), MetaPaths sampled by
 # Gumbel-softmax (architecture parameters with their own optimiser, temperature annealed),
