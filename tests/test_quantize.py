@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from mmeff.datasets import make_imagefolder_dataset
-from mmeff.deploy.quantize import (KEEP_FP32, calibration_inputs, check_calib_data,
-                                   export_onnx_int8, format_int8_report, onnx_top1,
-                                   quantize_onnx_file)
+from mmeff.deploy.quantize import (KEEP_FP32, MIXER_CONV_REASON, calibration_inputs,
+                                   check_calib_data, export_onnx_int8, format_int8_report,
+                                   onnx_top1, quantize_onnx_file)
 from mmeff.models import EfficientFormer, EfficientFormerV2
+from mmeff.models.layers import Meta4D
 from mmeff.models.classifiers import EfficientFormerClassifier
 
 from helpers import load_tool, randomise_
@@ -142,7 +143,14 @@ def test_export_onnx_int8(tmp_path, data, family, task):
     assert report['fp32_ops'].get('Softmax', 0) >= 1
     assert set(report['kept_fp32_reasons']) == set(report['fp32_ops'])
     assert report['kept_fp32_reasons']['Softmax'] == KEEP_FP32['Softmax']
-    assert not set(report['int8_ops']) & set(report['fp32_ops']) - {'Reshape', 'Transpose'}
+    # Convs are INT8 but for V1's mixers (two depthwise 1x1 convs per MB4D block), kept FP32.
+    assert not set(report['int8_ops']) & set(report['fp32_ops']) - {'Reshape', 'Transpose',
+                                                                      'Conv'}
+    mixers = sum(isinstance(m, Meta4D) for m in model.modules())
+    assert report['settings']['fp32_mixer_convs'] == 2 * mixers
+    assert report['fp32_ops'].get('Conv', 0) == 2 * mixers
+    if mixers:
+        assert report['kept_fp32_reasons']['Conv'] == MIXER_CONV_REASON
     if family == 'v1':
         assert report['fp32_ops'].get('LayerNormalization', 0) >= 1
     assert report['file_size_bytes'] < report['fp32_file_size_bytes']

@@ -63,10 +63,19 @@ exporters gain nothing from it (ONNX and Core ML graphs have no layout) and ``to
 with a dynamic batch fails on it (the strides of a channels-last map depend on whether the
 batch is 1, so the export specialises the batch it was asked to keep dynamic).
 
+For **ONNX export** (:func:`onnx_mixers`, which :func:`mmeff.runtime.write_onnx` applies to
+every module it writes), each fused MB4D mixer with its residual and kept ``ls1`` scale is
+written as two depthwise 1x1 convs, ``(1 - s) * x + s * pool(x)``: ONNX Runtime runs convs,
+pooling and a sum of two same-shaped maps in its blocked NCHWc layout, but not the ``Sub`` and
+the broadcast ``Mul`` of ``x + s * (pool(x) - x)``, so every MB4D block used to leave and
+re-enter that layout twice (L3: 43 ``ReorderInput`` and 48 ``ReorderOutput`` nodes; none and
+4 with the convs). Same values to ~1e-7.
+
 Backbones are found through the family registry (:mod:`mmeff.models.families`); the rules
 above are keyed by the layers the families are built of, and a family registered with its own
 ``fuse`` rule gets it called on each of its backbones as well.
 """
+import contextlib
 import copy
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -313,6 +322,36 @@ def _eager_rewrites_(backbone: nn.Module) -> None:
             module.ls1 = nn.Identity()
 
 
+def _onnx_mixer_blocks(model: nn.Module):
+    """The MB4D blocks of ``model`` whose mixer :func:`onnx_mixers` can rewrite: in eval mode,
+    with ``ls1`` kept as a :class:`LayerScale` (fused), a :class:`Pooling` mixer, no drop path
+    and no eager lerp."""
+    return [m for m in model.modules()
+            if isinstance(m, Meta4D) and not m.training and isinstance(m.ls1, LayerScale)
+            and isinstance(m.token_mixer, Pooling) and isinstance(m.drop_path, nn.Identity)
+            and m.mixer_scale is None and m.mixer_weight is None]
+
+
+@contextlib.contextmanager
+def onnx_mixers(model: nn.Module):
+    """Within the block, every fused MB4D block of ``model`` computes its pooling mixer with its
+    residual and kept ``ls1`` scale ``s`` as two depthwise 1x1 convs, ``(1 - s) * x + s *
+    pool(x)`` (``x + s * (pool(x) - x)`` as ONNX Runtime can keep in its blocked layout; see
+    the module doc). The same values to ~1e-7; ``model`` is as before afterwards. Yields the
+    number of blocks rewritten (0 for a model without MB4D blocks, e.g. V2)."""
+    blocks = _onnx_mixer_blocks(model) if isinstance(model, nn.Module) else []
+    try:
+        for block in blocks:
+            scale = block.ls1.gamma.detach().reshape(-1, 1, 1, 1)
+            block.mixer_keep = 1 - scale
+            block.mixer_weight = scale.clone()
+        yield len(blocks)
+    finally:
+        for block in blocks:
+            block.mixer_keep = None
+            block.mixer_weight = None
+
+
 def to_channels_last_(backbone: nn.Module) -> nn.Module:
     """In place: run ``backbone`` channels-last inside (4D weights in that layout, its input
     converted by a forward pre-hook) while it takes and returns NCHW tensors as before (a
@@ -455,4 +494,4 @@ def fusion_report(model: nn.Module) -> Dict[str, object]:
 __all__ = ['fuse_model', 'cache_attention_bias', 'fuse_conv_bn', 'fold_output_scale_',
            'fold_pool_into_local_', 'fold_bn_into_linear_heads_', 'fusion_report',
            'parse_input_size', 'token_grid', 'attention_grids', 'to_channels_last_',
-           'PointwiseLinear']
+           'PointwiseLinear', 'onnx_mixers']

@@ -10,7 +10,8 @@
   (ONNX Runtime's recommended format for CPU), per-channel INT8 weights, UINT8 activations
   with MinMax ranges from the calibration inputs, after ``quant_pre_process`` (shape
   inference, graph optimisation). Only :data:`INT8_OP_TYPES` (and the data movement between
-  them, :data:`PASS_THROUGH_OP_TYPES`) are quantised; the report lists every operator left in
+  them, :data:`PASS_THROUGH_OP_TYPES`) are quantised, apart from V1's mixer convs
+  (:func:`mixer_convs`, :data:`MIXER_CONV_REASON`); the report lists every operator left in
   FP32 and why (:data:`KEEP_FP32`, :func:`fp32_reason`).
 * :func:`export_onnx_int8`: the FP32 export of :func:`mmeff.deploy.export_onnx` (checked
   against torch), quantised, then compared with that FP32 graph on calibration images
@@ -57,6 +58,12 @@ KEEP_FP32 = {
     'AveragePool': "V1's pooling token mixer (pool(x) - x, a difference of close values); "
                    'no speed-up shown when quantised',
 }
+# V1's MB4D mixers as exported (mmeff.deploy.fuse.onnx_mixers): two depthwise 1x1 convs
+# each, ((1 - s) * x + s * pool(x)). They stay FP32 like the pooling beside them.
+MIXER_CONV_REASON = ("V1's pooling token mixers, exported as two depthwise 1x1 convs each "
+                     "((1 - s) * x + s * pool(x)): quantised, their integer kernels and "
+                     "re-quantisation cost more than they save (L1 INT8 about 1.2x slower "
+                     "in an interleaved run); the other convolutions are INT8")
 CALIB_MAX_IMAGES = 64
 
 
@@ -192,15 +199,17 @@ def qdq_op_summary(proto, op_types: Sequence[str]) -> Dict[str, Dict[str, int]]:
     """Which operators of a QDQ graph run on 8-bit data: ``{'int8': {op: n}, 'fp32': {op: n}}``.
 
     An operator is INT8 when it is of a quantised type (``op_types``) and takes a
-    ``DequantizeLinear`` output (ONNX Runtime then fuses it into an integer kernel); every
-    other operator computes in FP32, also when it reads a dequantised tensor.
+    ``DequantizeLinear`` output (ONNX Runtime then fuses it into an integer kernel), a ``Conv``
+    or ``Gemm`` only when its weight is one too (one left FP32 may still read a dequantised
+    input); every other operator computes in FP32, also when it reads a dequantised tensor.
     ``QuantizeLinear``/``DequantizeLinear`` themselves are not counted."""
     from_dq = {o for n in proto.graph.node if n.op_type == 'DequantizeLinear' for o in n.output}
     int8, fp32 = Counter(), Counter()
     for node in proto.graph.node:
         if node.op_type in ('QuantizeLinear', 'DequantizeLinear'):
             continue
-        quantised = node.op_type in op_types and any(i in from_dq for i in node.input)
+        quantised = node.op_type in op_types and any(i in from_dq for i in node.input) and (
+            node.op_type not in ('Conv', 'Gemm') or node.input[1] in from_dq)
         (int8 if quantised else fp32)[node.op_type] += 1
     return dict(int8=dict(sorted(int8.items())), fp32=dict(sorted(fp32.items())))
 
@@ -219,6 +228,22 @@ def fp32_reason(op_type: str, op_types: Sequence[str] = ()) -> str:
         return 'folded into the quantisation of the convolution before it'
     return 'not among the quantised operator types'
 
+
+
+def mixer_convs(proto) -> List[str]:
+    """Names of the depthwise 1x1 ``Conv`` nodes of a graph (weight ``(C, 1, 1, 1)``, ``group``
+    C): the MB4D mixers as :func:`mmeff.deploy.fuse.onnx_mixers` exports them."""
+    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    names = []
+    for node in proto.graph.node:
+        if node.op_type != 'Conv' or len(node.input) < 2:
+            continue
+        dims = weights.get(node.input[1])
+        group = next((a.i for a in node.attribute if a.name == 'group'), 1)
+        if dims is not None and len(dims) == 4 and dims[1:] == [1, 1, 1] \
+                and group == dims[0] > 1:
+            names.append(node.name)
+    return names
 
 
 def _session(path: str):
@@ -299,10 +324,12 @@ def quantize_onnx_file(fp32_path: str,
         # for dynamic (transformer) shapes: these graphs are static, and it stops at the
         # TorchScript exporter's computed Reshape shapes in V2.
         quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
+        kept_convs = mixer_convs(onnx.load(prepared, load_external_data=False))
 
         def write(target):
             quantize_static(prepared, target, _InputReader(name, arrays),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
+                            nodes_to_exclude=kept_convs,
                             per_channel=per_channel, reduce_range=reduce_range,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
@@ -316,9 +343,10 @@ def quantize_onnx_file(fp32_path: str,
                                  source=source),
                 settings=dict(format='QDQ', per_channel=per_channel, reduce_range=reduce_range,
                               activations='uint8 (MinMax)', weights='int8',
-                              op_types=list(op_types)),
+                              op_types=list(op_types), fp32_mixer_convs=len(kept_convs)),
                 int8_ops=ops['int8'], fp32_ops=ops['fp32'],
-                kept_fp32_reasons={op: fp32_reason(op, op_types) for op in ops['fp32']},
+                kept_fp32_reasons={op: MIXER_CONV_REASON if op == 'Conv' and kept_convs
+                                   else fp32_reason(op, op_types) for op in ops['fp32']},
                 quantize_s=round(quantize_s, 2))
 
 
@@ -508,7 +536,8 @@ def format_int8_report(report: dict) -> str:
     return '\n'.join(lines)
 
 
-__all__ = ['INT8_OP_TYPES', 'PASS_THROUGH_OP_TYPES', 'KEEP_FP32', 'check_calib_data',
+__all__ = ['INT8_OP_TYPES', 'PASS_THROUGH_OP_TYPES', 'KEEP_FP32', 'MIXER_CONV_REASON',
+           'mixer_convs', 'check_calib_data',
            'eval_transform', 'calibration_inputs', 'qdq_op_summary', 'fp32_reason',
            'quantize_onnx_file',
            'run_onnx', 'compare_onnx', 'onnx_top1', 'export_onnx_int8', 'format_int8_report']

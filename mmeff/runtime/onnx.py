@@ -59,11 +59,14 @@ def write_onnx(module,
             failed export leaves ``path`` as it was). Callers that stage and check the file
             themselves (:class:`mmeff.deploy.output.StagedOutput`) pass False.
 
+    V1's fused MB4D mixers are written as two depthwise 1x1 convs each
+    (:func:`mmeff.deploy.fuse.onnx_mixers`: the same values, in the form ONNX Runtime keeps in
+    its fast blocked layout).
+
     Returns:
         dict: ``path``, ``exporter`` (which one wrote it; after a fallback, with the reason)
         and ``export_s``.
     """
-    import torch
     require('onnx')
     if method not in ONNX_METHODS:
         raise ValueError(f'method must be one of {ONNX_METHODS}, got {method!r}')
@@ -75,6 +78,16 @@ def write_onnx(module,
             info['path'] = staged.place()
         return info
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    # V1's MB4D mixers as ONNX Runtime keeps them in its blocked layout (same values).
+    from mmeff.deploy.fuse import onnx_mixers
+    with onnx_mixers(module):
+        return _export(module, example_inputs, path, input_names, output_names, opset,
+                       dynamic_axes, method)
+
+
+def _export(module, example_inputs, path, input_names, output_names, opset, dynamic_axes,
+            method) -> dict:
+    import torch
     args = _as_args(example_inputs)
     common = dict(input_names=list(input_names), opset_version=opset,
                   output_names=list(output_names) if output_names is not None else None)

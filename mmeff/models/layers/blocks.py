@@ -7,6 +7,7 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath
 
 from .attention import Attention
@@ -94,10 +95,19 @@ class Meta4D(nn.Module):
         # Eager inference only (mmeff.deploy.fuse.to_channels_last_ sets it to ls1's scale as
         # (1, C, 1, 1)): the mixer and its residual, x + s * (pool(x) - x), as one lerp pass.
         self.register_buffer('mixer_scale', None, persistent=False)
+        # ONNX export only (mmeff.deploy.fuse.onnx_mixers sets them to 1 - s and s as (C, 1, 1,
+        # 1)): the same as two depthwise 1x1 convs, (1 - s) * x + s * pool(x).
+        self.register_buffer('mixer_keep', None, persistent=False)
+        self.register_buffer('mixer_weight', None, persistent=False)
 
     def forward(self, x, hw_shape=None):
         if self.mixer_scale is not None:
             x = torch.lerp(x, self.token_mixer.pool(x), self.mixer_scale)
+            return x + self.ls2(self.mlp(x))
+        if self.mixer_weight is not None:
+            c = x.shape[1]
+            x = (F.conv2d(x, self.mixer_keep, groups=c)
+                 + F.conv2d(self.token_mixer.pool(x), self.mixer_weight, groups=c))
             return x + self.ls2(self.mlp(x))
         x = x + self.drop_path(self.ls1(self.token_mixer(x)))
         return x + self.drop_path(self.ls2(self.mlp(x)))
