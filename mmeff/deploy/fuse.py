@@ -68,8 +68,8 @@ every module it writes), each fused MB4D mixer with its residual and kept ``ls1`
 written as two depthwise 1x1 convs, ``(1 - s) * x + s * pool(x)``: ONNX Runtime runs convs,
 pooling and a sum of two same-shaped maps in its blocked NCHWc layout, but not the ``Sub`` and
 the broadcast ``Mul`` of ``x + s * (pool(x) - x)``, so every MB4D block used to leave and
-re-enter that layout twice (L3: 43 ``ReorderInput`` and 48 ``ReorderOutput`` nodes; none and
-4 with the convs). Same values to ~1e-7.
+re-enter that layout twice (L3 classifier: 43 ``ReorderInput`` and 48 ``ReorderOutput`` nodes;
+0 and 1 with the convs, the flatten into the MB3D blocks). Same values to ~1e-7.
 
 Backbones are found through the family registry (:mod:`mmeff.models.families`); the rules
 above are keyed by the layers the families are built of, and a family registered with its own
