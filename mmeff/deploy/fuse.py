@@ -303,6 +303,15 @@ class PointwiseLinear(nn.Module):
         return f'{self.in_channels}, {self.out_channels}, bias={self.bias is not None}'
 
 
+def _fused_mixer(module: nn.Module) -> bool:
+    """An MB4D block whose pooling mixer, residual and kept ``ls1`` scale can be computed in
+    one rewritten form (the eager lerp, :func:`onnx_mixers`' convs): ``ls1`` still a
+    :class:`LayerScale`, a :class:`Pooling` mixer, no drop path."""
+    return (isinstance(module, Meta4D) and isinstance(module.ls1, LayerScale)
+            and isinstance(module.token_mixer, Pooling)
+            and isinstance(module.drop_path, nn.Identity))
+
+
 def _eager_rewrites_(backbone: nn.Module) -> None:
     """The eager-only rewrites of :func:`to_channels_last_` (values unchanged to ~1e-7)."""
     for module in backbone.modules():
@@ -315,21 +324,9 @@ def _eager_rewrites_(backbone: nn.Module) -> None:
         for name in names:
             if PointwiseLinear.applies_to(getattr(module, name)):
                 setattr(module, name, PointwiseLinear(getattr(module, name)))
-        if isinstance(module, Meta4D) and isinstance(module.ls1, LayerScale) \
-                and isinstance(module.token_mixer, Pooling) \
-                and isinstance(module.drop_path, nn.Identity):
+        if _fused_mixer(module):
             module.mixer_scale = module.ls1.gamma.detach().view(1, -1, 1, 1).clone()
             module.ls1 = nn.Identity()
-
-
-def _onnx_mixer_blocks(model: nn.Module):
-    """The MB4D blocks of ``model`` whose mixer :func:`onnx_mixers` can rewrite: in eval mode,
-    with ``ls1`` kept as a :class:`LayerScale` (fused), a :class:`Pooling` mixer, no drop path
-    and no eager lerp."""
-    return [m for m in model.modules()
-            if isinstance(m, Meta4D) and not m.training and isinstance(m.ls1, LayerScale)
-            and isinstance(m.token_mixer, Pooling) and isinstance(m.drop_path, nn.Identity)
-            and m.mixer_scale is None and m.mixer_weight is None]
 
 
 @contextlib.contextmanager
@@ -339,7 +336,11 @@ def onnx_mixers(model: nn.Module):
     pool(x)`` (``x + s * (pool(x) - x)`` as ONNX Runtime can keep in its blocked layout; see
     the module doc). The same values to ~1e-7; ``model`` is as before afterwards. Yields the
     number of blocks rewritten (0 for a model without MB4D blocks, e.g. V2)."""
-    blocks = _onnx_mixer_blocks(model) if isinstance(model, nn.Module) else []
+    # In eval mode and not rewritten already (an enclosing onnx_mixers; the eager lerp has
+    # replaced ls1, which _fused_mixer sees).
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    blocks = [m for m in modules
+              if _fused_mixer(m) and not m.training and m.mixer_weight is None]
     try:
         for block in blocks:
             scale = block.ls1.gamma.detach().reshape(-1, 1, 1, 1)

@@ -101,15 +101,15 @@ class Meta4D(nn.Module):
         self.register_buffer('mixer_weight', None, persistent=False)
 
     def forward(self, x, hw_shape=None):
+        # The mixer with its residual; the two rewrites are set only without a drop path.
         if self.mixer_scale is not None:
             x = torch.lerp(x, self.token_mixer.pool(x), self.mixer_scale)
-            return x + self.ls2(self.mlp(x))
-        if self.mixer_weight is not None:
+        elif self.mixer_weight is not None:
             c = x.shape[1]
             x = (F.conv2d(x, self.mixer_keep, groups=c)
                  + F.conv2d(self.token_mixer.pool(x), self.mixer_weight, groups=c))
-            return x + self.ls2(self.mlp(x))
-        x = x + self.drop_path(self.ls1(self.token_mixer(x)))
+        else:
+            x = x + self.drop_path(self.ls1(self.token_mixer(x)))
         return x + self.drop_path(self.ls2(self.mlp(x)))
 
 
