@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import mmeff.deploy.fuse as fuse
+from mmeff.benchmark.ort_profile import ort_graph_ops
 from mmeff.deploy import fuse_model
 from mmeff.deploy.export import export_onnx
 from mmeff.models import EfficientFormer, EfficientFormerV2
@@ -18,7 +19,7 @@ from mmeff.models.layers import Meta4D
 from helpers import randomise_, rel_err
 
 onnx = pytest.importorskip('onnx')
-ort = pytest.importorskip('onnxruntime')
+pytest.importorskip('onnxruntime')
 
 
 def l1(**kwargs):
@@ -59,23 +60,13 @@ def test_mixers_left_alone_where_they_do_not_apply():
         assert n == 0
 
 
-def ops_after_ort(path, tmp_path):
-    """Operator counts of the graph ONNX Runtime runs (all optimisations, this CPU)."""
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / 'optimized.onnx')
-    opts.log_severity_level = 3
-    ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
-    graph = onnx.load(opts.optimized_model_filepath).graph
-    return collections.Counter(n.op_type for n in graph.node)
-
-
 def test_export_stays_in_ort_blocked_layout(tmp_path, monkeypatch):
     model = l1()
     path = str(tmp_path / 'l1.onnx')
     report = export_onnx(model, path, 64, method='torchscript')  # checks ORT vs torch (1e-4)
     graph = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
     assert graph['Sub'] == 4  # the LayerNorms' only: no pool(x) - x left
-    ran = ops_after_ort(path, tmp_path)
+    ran = ort_graph_ops(path)
     # Into the blocked layout once (the stem reads NCHW directly), out of it only for the four
     # stage outputs / the 4D -> 3D flatten: no block leaves it.
     assert ran['ReorderInput'] == 0 and ran['ReorderOutput'] <= 4, ran
@@ -85,6 +76,6 @@ def test_export_stays_in_ort_blocked_layout(tmp_path, monkeypatch):
     monkeypatch.setattr(fuse, 'onnx_mixers', contextlib.contextmanager(lambda model: (yield 0)))
     old = str(tmp_path / 'old.onnx')
     export_onnx(model, old, 64, method='torchscript')
-    ran_old = ops_after_ort(old, tmp_path)
+    ran_old = ort_graph_ops(old)
     if ran_old['ReorderOutput'] or ran_old['ReorderInput']:
         assert ran_old['ReorderInput'] >= 14, ran_old

@@ -25,6 +25,18 @@ def _input_shape(session) -> list:
     return [d if isinstance(d, int) and d > 0 else 1 for d in session.get_inputs()[0].shape]
 
 
+def ort_graph_ops(path: str) -> collections.Counter:
+    """Operator counts of the graph ONNX Runtime runs for ``path`` (CPU provider, all its
+    optimisations, this CPU: e.g. its NCHWc ``ReorderInput``/``ReorderOutput`` nodes)."""
+    import onnx
+
+    from mmeff.runtime import ort_session
+    with tempfile.TemporaryDirectory(prefix='mmeff_ort_graph_') as tmp:
+        optimized = osp.join(tmp, 'optimized.onnx')
+        ort_session(path, optimized_model_path=optimized)
+        return collections.Counter(n.op_type for n in onnx.load(optimized).graph.node)
+
+
 def profile_onnx(path: str, threads: Optional[int] = 2, warmup: int = 10, runs: int = 10,
                  seed: int = 0) -> Dict[str, object]:
     """Profile ``path`` on ONNX Runtime's CPU provider.
@@ -44,34 +56,16 @@ def profile_onnx(path: str, threads: Optional[int] = 2, warmup: int = 10, runs: 
         type ran), ``graph_ops`` (operator counts of the optimised graph) and ``reorders``
         (``ReorderInput`` + ``ReorderOutput`` there).
     """
-    import onnx
-    import onnxruntime as ort
+    from mmeff.runtime import ort_session
     if not osp.isfile(path):
         raise FileNotFoundError(f'no ONNX model at {path!r}: export one first '
                                 f'(tools/export.py --format onnx)')
     for name, value, least in (('warmup', warmup, 0), ('runs', runs, 1)):
         if not isinstance(value, int) or value < least:
             raise ValueError(f'{name} must be an int >= {least}, got {value!r}')
+    graph_ops = ort_graph_ops(path)
     with tempfile.TemporaryDirectory(prefix='mmeff_ort_profile_') as tmp:
-        # The graph ONNX Runtime runs, as its optimisations leave it.
-        opts = ort.SessionOptions()
-        opts.optimized_model_filepath = osp.join(tmp, 'optimized.onnx')
-        opts.log_severity_level = 3
-        ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
-        graph_ops = collections.Counter(
-            n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
-
-        # As mmeff.runtime.ort_session sets it up (workers sleep between calls), profiled.
-        opts = ort.SessionOptions()
-        for key in ('session.intra_op.allow_spinning', 'session.inter_op.allow_spinning'):
-            opts.add_session_config_entry(key, '0')
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.enable_profiling = True
-        opts.profile_file_prefix = osp.join(tmp, 'profile')
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+        session = ort_session(path, threads, profile_prefix=osp.join(tmp, 'profile'))
         x = np.random.default_rng(seed).standard_normal(_input_shape(session)).astype(np.float32)
         feed = {session.get_inputs()[0].name: x}
         for _ in range(warmup):
@@ -128,4 +122,4 @@ def write_profiles(results: Sequence[dict], header: str, stem: str) -> None:
         format_profile(r, r.get('title', osp.basename(r['path']))) for r in results))
 
 
-__all__ = ['profile_onnx', 'format_profile', 'write_profiles']
+__all__ = ['ort_graph_ops', 'profile_onnx', 'format_profile', 'write_profiles']

@@ -209,7 +209,8 @@ def ort_providers(device: str = 'cpu') -> List[str]:
 
 def ort_session(path: str, threads: Optional[int] = None,
                 providers: Sequence[str] = ('CPUExecutionProvider',),
-                optimization: str = 'all'):
+                optimization: str = 'all', profile_prefix: Optional[str] = None,
+                optimized_model_path: Optional[str] = None):
     """An ONNX Runtime session whose worker threads sleep, not spin, between calls.
 
     By default ONNX Runtime's intra-op workers keep spinning for a while after every
@@ -227,6 +228,10 @@ def ort_session(path: str, threads: Optional[int] = None,
             (:func:`ort_providers`).
         optimization (str): Graph optimisation level, one of ``OPTIMIZATION_LEVELS``.
             Defaults to ``'all'`` (ONNX Runtime's default).
+        profile_prefix (str | None): Turn ONNX Runtime's profiler on, writing to a file with
+            this prefix (``session.end_profiling()`` returns its path). Defaults to None.
+        optimized_model_path (str | None): Also save the graph as ONNX Runtime runs it, after
+            its optimisations, to this path. Defaults to None.
     """
     ort = require('onnxruntime')
     if optimization not in OPTIMIZATION_LEVELS:
@@ -242,6 +247,12 @@ def ort_session(path: str, threads: Optional[int] = None,
     opts.graph_optimization_level = dict(
         disabled=level.ORT_DISABLE_ALL, basic=level.ORT_ENABLE_BASIC,
         extended=level.ORT_ENABLE_EXTENDED, all=level.ORT_ENABLE_ALL)[optimization]
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    if optimized_model_path:
+        opts.optimized_model_filepath = optimized_model_path
+        opts.log_severity_level = 3  # not its warning that the file is for this CPU only
     return ort.InferenceSession(path, opts, providers=list(providers))
 
 
