@@ -206,7 +206,8 @@ def test_ort_session_options(tmp_path):
     sess = runtime.ort_session(path, threads=1, optimization='basic')
     opts = sess.get_session_options()
     assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
-    assert opts.get_session_config_entry('session.intra_op.allow_spinning') == '0'
+    assert opts.get_session_config_entry('session.intra_op.allow_spinning') == '1'
+    assert opts.get_session_config_entry('session.force_spinning_stop') == '1'
     assert str(opts.graph_optimization_level).endswith('ORT_ENABLE_BASIC')
     with pytest.raises(ValueError, match="optimization must be one of .*got 'max'"):
         runtime.ort_session(path, optimization='max')

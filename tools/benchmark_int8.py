@@ -8,7 +8,7 @@
 2. Speed (classifier at --input-size, timm's initialisation as tools/benchmark_latency.py):
    timm, the FP32 ONNX model and the INT8 one (mmeff.deploy.quantize, calibrated on train/),
    timed interleaved in one run (mmeff.benchmark.latency.time_interleaved, ONNX Runtime
-   sessions that do not spin); ratios against timm.
+   sessions that stop spinning after each call); ratios against timm.
 3. Accuracy, on a classifier that learned the ImageFolder (--checkpoint of the demo's
    configs/demo/effformer_l1_in1k_synthetic.py, or trained here for --train-steps on train/ at
    the images' size): FP32 and INT8 top-1 on val/ and their agreement; its backbone's stage

@@ -12,7 +12,7 @@
 Every runtime runs the same weights on the same input (timm's initialisation, converted with
 mmeff.converters.convert_timm), beside timm's own model built in this process. timm supports
 224x224 only: at other sizes its rows read "unsupported: <error>". Repetitions are
-interleaved across runtimes (ONNX Runtime's threads sleep between calls instead of spinning,
+interleaved across runtimes (ONNX Runtime's threads stop spinning as each call returns,
 so no runtime slows down the next); medians and p90 are reported; on CUDA each call is
 synchronised.
 Writes <out-dir>/<name>.json and <name>.md (and <name>.png with --plot: accuracy vs latency

@@ -22,9 +22,9 @@ For every (arch, input size, batch size) the same weights run under:
   time is reported separately, ``setup_s``, and excluded from the timings), ``onnxruntime``
   (exported with :func:`mmeff.runtime.write_onnx` and run by ONNX Runtime, CPU, or the CUDA
   execution provider for ``device='cuda'``, where the timings include the host<->device
-  copies of ``session.run``; its worker threads sleep between calls,
-  :func:`mmeff.runtime.ort_session`, instead of spinning on the cores the next runtime
-  needs), ``onnxruntime-int8`` and ``coreml`` (macOS), and any backend registered later
+  copies of ``session.run``; its worker threads spin only within a call,
+  :func:`mmeff.runtime.ort_session`, not on the cores the next runtime needs),
+  ``onnxruntime-int8`` and ``coreml`` (macOS), and any backend registered later
   (:data:`RUNTIMES` reads the registry). By default the first five are timed
   (:data:`DEFAULT_RUNTIMES`).
 

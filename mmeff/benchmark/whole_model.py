@@ -11,12 +11,13 @@ config and each input size (default the deployment sizes 512x512 and 640x640) th
 * ``whole``: the whole model, exactly as ``tools/export.py --task detector|segmentor`` does,
 
 and times both in ONNX Runtime on this machine's CPU with the discipline of
-:mod:`mmeff.benchmark.latency`: non-spinning sessions (:func:`~mmeff.benchmark.latency.
-ort_session`), warm-up, repetitions interleaved between the two with an untimed pause before
-each call (:func:`~mmeff.benchmark.latency.time_interleaved`). The row ``whole`` minus the
-row ``backbone`` is what the neck, head and post-processing cost. Inputs: the backbone takes a
-normalised image (standard normal values), the whole model an RGB image with pixel values
-0-255 (uniform): the same pixels before and after the normalisation in its graph.
+:mod:`mmeff.benchmark.latency`: sessions whose workers stop spinning after each call
+(:func:`~mmeff.benchmark.latency.ort_session`), warm-up, repetitions interleaved between the
+two with an untimed pause before each call (:func:`~mmeff.benchmark.latency.time_interleaved`).
+The row ``whole`` minus the row ``backbone`` is what the neck, head and post-processing cost.
+Inputs: the backbone takes a normalised image (standard normal values), the whole model an RGB
+image with pixel values 0-255 (uniform): the same pixels before and after the normalisation in
+its graph.
 
 A detector's NMS time depends on how many candidates pass the score threshold, hence on the
 weights: with random weights (no checkpoint) the figure is that of random scores. A Mask R-CNN
@@ -169,7 +170,7 @@ def to_markdown(result: dict) -> str:
              + (f" ({s['detector']})" if s.get('detector') else '')
              + f"; weights: {s['weights']}",
              f"- Machine: {m['cpu']} ({m['logical_cores']} logical cores), {m['platform']}; "
-             f"{m['torch_threads']} ONNX Runtime thread(s), non-spinning",
+             f"{m['torch_threads']} ONNX Runtime thread(s), no spinning between calls",
              f"- Software: onnxruntime {m.get('onnxruntime')}, torch {m['torch']}",
              f"- Load: 1-min load average {m.get('load_avg_1m')} at the start, "
              f"{m.get('load_avg_1m_end')} at the end{_load_note(m)}",

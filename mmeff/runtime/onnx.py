@@ -211,14 +211,19 @@ def ort_session(path: str, threads: Optional[int] = None,
                 providers: Sequence[str] = ('CPUExecutionProvider',),
                 optimization: str = 'all', profile_prefix: Optional[str] = None,
                 optimized_model_path: Optional[str] = None):
-    """An ONNX Runtime session whose worker threads sleep, not spin, between calls.
+    """An ONNX Runtime session whose worker threads spin during a call and stop when it returns.
 
     By default ONNX Runtime's intra-op workers keep spinning for a while after every
     ``session.run``, waiting for more work: on a machine with as many cores as threads they
     take the cores from whatever runs next. Timed interleaved with other runtimes, that made
     the runtime following ONNX Runtime about 2x slower (timm after onnxruntime, L1 224, 2
-    threads: 104 ms instead of 67 ms). Without spinning a session may take slightly longer to
-    wake up, which is counted in its own timing, not in its neighbour's.
+    threads: 104 ms instead of 67 ms). Turning spinning off altogether cured that but made
+    every operator wait for its workers to wake up: graphs of many small operators lost most
+    (an INT8 L1 classifier, 2 threads: 13.5 ms without spinning, 10.6 ms with it). So the
+    workers spin between the operators of a call and ONNX Runtime stops them as the call
+    returns (``session.force_spinning_stop``): the session is fast and the next runtime finds
+    the cores idle (timm timed right after it: 39.5 ms either way;
+    ``tests/test_slimming_lut.py`` checks the cores are idle after a call).
 
     Args:
         path (str): ``.onnx`` file.
@@ -241,7 +246,9 @@ def ort_session(path: str, threads: Optional[int] = None,
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    # Spin between the operators of a call, stop as it returns (see above).
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '1')
+    opts.add_session_config_entry('session.force_spinning_stop', '1')
     opts.add_session_config_entry('session.inter_op.allow_spinning', '0')
     level = ort.GraphOptimizationLevel
     opts.graph_optimization_level = dict(

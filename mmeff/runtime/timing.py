@@ -8,7 +8,7 @@ latency table.
   alike.
 * An untimed pause (``settle_s``) before every timed call lets thread pools the previous
   call left spinning (torch's OpenMP workers spin a few ms after each parallel region) go to
-  sleep; ONNX Runtime sessions are opened with spinning off
+  sleep; ONNX Runtime sessions stop their workers' spinning as each call returns
   (:func:`mmeff.runtime.onnx.ort_session`). So no runner's threads slow down the next.
 * The thread count is pinned for the whole measurement (:func:`pinned_threads`) and
   restored afterwards; on CUDA the device is synchronised before starting and before

@@ -59,7 +59,7 @@ Backends (:data:`BACKENDS`): every backend of the runtime registry (:mod:`mmeff.
 each piece run by the backend's runner (:meth:`mmeff.runtime.Backend.runner`): ``torch-cpu``,
 ``torch-cuda`` (synchronised inside the timing), ``torch.compile`` (every piece compiled),
 ``onnxruntime`` (every piece exported with the TorchScript exporter at its fixed input shape,
-the quick way, and run by an ONNX Runtime CPU session whose threads do not spin,
+the quick way, and run by an ONNX Runtime CPU session whose threads stop spinning after each call,
 :func:`mmeff.runtime.ort_session`), ``onnxruntime-int8`` (the same, quantised by
 :func:`mmeff.deploy.quantize.quantize_onnx_file`) and ``coreml`` (macOS only: coremltools
 predictions on the chosen compute units; that code path has not run in this project's CI,
