@@ -357,6 +357,37 @@ def test_detector_export_with_no_detections_on_either_side_passes(tmp_path):
     assert 'rejected' not in report and osp.isfile(tmp_path / 'det.onnx')
 
 
+def test_detection_check_allows_what_rounding_moves_in_torch_itself():
+    """A detector whose candidates tie on the check image keeps other rows when the image
+    moves by a rounding-sized amount; the export check then allows ONNX Runtime as many
+    unmatched rows as torch has against itself (and no more), and a detector without ties
+    keeps every row."""
+    import torch.nn as nn
+
+    from mmeff.deploy.detector import detection_problems, rounding_agreement
+
+    class TopTen(nn.Module):  # boxes at the 10 largest of 50 pixels: ties pick at random
+        def forward(self, x):
+            v = x.flatten()[:50]
+            idx = v.argsort(descending=True)[:10].float()
+            boxes = torch.stack([idx, idx, idx + 1, idx + 1], 1) * 10
+            return boxes, v.sort(descending=True).values[:10], torch.zeros(10, dtype=torch.long)
+
+    model = TopTen()
+    tied = torch.full((1, 3, 4, 20), 100.)
+    ref = [t.numpy() for t in model(tied)]
+    moved = rounding_agreement(model, tied, ref)
+    assert moved['detections_a'] == 10 and moved['matched'] < 10
+    distinct = torch.arange(240.).reshape(1, 3, 4, 20)
+    assert rounding_agreement(model, distinct, [t.numpy() for t in model(distinct)])[
+        'matched'] == 10
+    agree = dict(detections_a=100, detections_b=100, matched=85)
+    assert detection_problems(agree, 0.1)  # 15 of 100 missing: more than 10 %
+    assert detection_problems(dict(agree, torch_rounding_matched=85), 0.1) == []
+    assert detection_problems(dict(agree, torch_rounding_matched=86), 0.1)
+    assert detection_problems(dict(agree, torch_rounding_matched=95), 0.1)
+
+
 # ---------------------------------------------------------------------------- item 17
 def test_timm_download_offline_fails_fast_in_one_line(tmp_path):
     """The hub unreachable (HF_ENDPOINT on a closed local port, HF_HUB_OFFLINE unset): one line

@@ -390,6 +390,9 @@ def detection_problems(agree: dict, tolerance: float = 0.02) -> list:
     candidates whose scores tie to float rounding at a cut (``nms_pre``, ``max_dets``) may be
     kept on one side and not the other (Mask R-CNN, :attr:`MaskRCNNExport.tie_tolerance`: a
     near-tie at the RPN's proposal cut changes a proposal, and the detections drawn from it).
+    Where ``agree`` holds ``torch_rounding_matched`` (:func:`rounding_agreement`: how many
+    of its own detections torch keeps when the image moves by a rounding-sized amount), ONNX
+    Runtime may differ as much as torch differs from itself.
     Both sides finding nothing is agreement (a detector may find nothing on the check image),
     ONNX Runtime finding boxes where torch finds none is not."""
     n = agree['detections_a']
@@ -398,9 +401,40 @@ def detection_problems(agree: dict, tolerance: float = 0.02) -> list:
             return []
         return [f"ONNX Runtime finds {agree['detections_b']} detections where torch finds "
                 f"none: {agree}"]
-    if agree['matched'] < n - int(tolerance * n):
+    least = min(n - int(tolerance * n), agree.get('torch_rounding_matched', n))
+    if agree['matched'] < least:
         return [f"ONNX Runtime's detections differ from torch's: {agree}"]
     return []
+
+
+# How far :func:`rounding_agreement` moves the check image (pixel values 0-255): far below
+# one grey level, of the order of the float rounding by which ONNX Runtime's kernels differ
+# from torch's.
+ROUNDING_EPS = 1e-3
+
+
+@torch.no_grad()
+def rounding_agreement(module: nn.Module, x: torch.Tensor, ref: Sequence[np.ndarray],
+                       eps: float = ROUNDING_EPS, seeds: Sequence[int] = range(1, 7)
+                       ) -> dict:
+    """How far torch agrees with itself on the check image ``x`` moved by uniform noise of
+    ``+-eps``: :func:`compare_detections` of ``ref`` (``module(x)``) and ``module(x + noise)``,
+    the worst over ``seeds``. A detector whose scores tie on the check image (random weights,
+    noise input: many near-equal RPN scores at a proposal cut) keeps other proposals, and so
+    other detections, under such a change; an export may then differ from torch as much
+    without a fault in its graph, while a wrong graph misses far more. Measured on the
+    V2-S0 Mask R-CNN of ``tests/test_export_mask_rcnn.py`` (128x160): torch matched 84-98 of
+    its own 100 detections under perturbations of 1e-5 to 1e-1 (the matched boxes within
+    5e-5 px at 1e-3, as close as ONNX Runtime's), ONNX Runtime 85: which perturbation flips
+    a near-tie is chance, hence the worst of several."""
+    worst = None
+    for seed in seeds:
+        noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        out = [t.numpy() for t in module(x + eps * noise)]
+        agree = compare_detections(ref, out)
+        if worst is None or agree['matched'] < worst['matched']:
+            worst = agree
+    return worst
 
 
 def _onnx_report(module: nn.Module, x: torch.Tensor, path: str, opset: int = ONNX_OPSET
@@ -447,7 +481,10 @@ def _onnx_report_at(module: nn.Module, x: torch.Tensor, path: str, opset: int = 
     sess = ort_session(path)
     got = sess.run(None, {'image': x.numpy()})
     agree = compare_detections(ref, got)
-    problems = detection_problems(agree, getattr(module, 'tie_tolerance', 0.02))
+    tolerance = getattr(module, 'tie_tolerance', 0.02)
+    if detection_problems(agree, tolerance):  # within what rounding moves in torch itself?
+        agree['torch_rounding_matched'] = rounding_agreement(module, x, ref)['matched']
+    problems = detection_problems(agree, tolerance)
     if agree.get('max_abs_err_masks', 0) > 1e-2:
         problems.append(f"ONNX Runtime's masks differ from torch's: {agree}")
     bad = nonfinite([(f'onnxruntime output {k!r}', torch.from_numpy(np.asarray(v, np.float64)))
@@ -704,7 +741,10 @@ def format_detector_report(report: dict) -> str:
                      f"{e['max_abs_err_boxes']:.2e} px, max score err "
                      f"{e['max_abs_err_scores']:.2e}"
                      + (f", max mask err {e['max_abs_err_masks']:.2e}"
-                        if 'max_abs_err_masks' in e else ''))
+                        if 'max_abs_err_masks' in e else '')
+                     + (f"; torch vs itself on the image moved by +-{ROUNDING_EPS:g}: "
+                        f"{e['torch_rounding_matched']} matched"
+                        if 'torch_rounding_matched' in e else ''))
     problems = report.get('problems', [])
     lines.append('  checks: ' + ('all passed' if not problems else
                                  'FAILED: ' + '; '.join(problems)))
@@ -811,5 +851,6 @@ def evaluate_onnx_detector(path: str, config: str, data_root: Optional[str] = No
 
 __all__ = ['FORMATS', 'DETECTORS', 'OUTPUT_NAMES', 'DetectorExport', 'build_detector',
            'check_input_size', 'compare_detections', 'coreml_nms', 'detection_problems',
+           'rounding_agreement', 'ROUNDING_EPS',
            'detections_to_image', 'evaluate_onnx_detector', 'export_detector',
            'format_detector_report', 'load_detector_config', 'preprocess_detection_image']
