@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import mmeff.deploy.fuse as fuse
-from mmeff.benchmark.ort_profile import ort_graph_ops
+from mmeff.runtime import ort_graph_ops
 from mmeff.deploy import fuse_model
 from mmeff.deploy.export import export_onnx
 from mmeff.models import EfficientFormer, EfficientFormerV2

@@ -4,15 +4,16 @@ classifiers and backbones (operators kept in FP32 named, errors against the FP32
 trained classifier's top-1 in INT8, and the atomic output on bad input."""
 import os
 import os.path as osp
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from mmeff.datasets import make_imagefolder_dataset
-from mmeff.deploy.quantize import (KEEP_FP32, MIXER_CONV_REASON, calibration_inputs,
-                                   check_calib_data, export_onnx_int8, format_int8_report,
-                                   onnx_top1, quantize_onnx_file)
+from mmeff.deploy.quantize import (KEEP_FP32, MIXER_CONV_REASON, SOFTMAX_NEIGHBOUR_REASON,
+                                   calibration_inputs, check_calib_data, export_onnx_int8,
+                                   format_int8_report, onnx_top1, quantize_onnx_file)
 from mmeff.models import EfficientFormer, EfficientFormerV2
 from mmeff.models.layers import Meta4D
 from mmeff.models.classifiers import EfficientFormerClassifier
@@ -126,6 +127,26 @@ def test_quantize_onnx_file_is_atomic(tmp_path, data):
 
 
 # ----------------------------------------------------------------------------- exports
+def softmax_io_as_run(path):
+    """For each Softmax of the graph ONNX Runtime runs for ``path``: whether its input comes
+    dequantised (``'INT8'``) or not, and whether its output is quantised, as a set."""
+    import onnx
+
+    from mmeff.runtime import ort_session
+    optimized = path + '.optimized.onnx'
+    ort_session(path, optimized_model_path=optimized)
+    nodes = onnx.load(optimized).graph.node
+    os.remove(optimized)
+    producer = {o: n.op_type for n in nodes for o in n.output}
+    found = set()
+    for node in nodes:
+        if node.op_type == 'Softmax':
+            readers = {n.op_type for n in nodes if node.output[0] in n.input}
+            found.add(('INT8' if producer.get(node.input[0]) == 'DequantizeLinear' else 'FP32',
+                       'INT8' if 'QuantizeLinear' in readers else 'FP32'))
+    return found
+
+
 @pytest.mark.parametrize('family', ['v1', 'v2'])
 @pytest.mark.parametrize('task', ['classifier', 'backbone'])
 def test_export_onnx_int8(tmp_path, data, family, task):
@@ -137,20 +158,34 @@ def test_export_onnx_int8(tmp_path, data, family, task):
     assert sorted(os.listdir(tmp_path)) == ['int8.onnx']  # no FP32 copy or staging left
     assert report['calibration']['images'] == 24
     # the convolutions and matrix products run in INT8 ...
-    assert report['int8_ops'].get('Conv', 0) >= 4 and report['int8_ops'].get('MatMul', 0) >= 2
+    assert report['int8_ops'].get('Conv', 0) >= 4
+    assert report['int8_ops'].get('MatMul', 0) + report['int8_ops'].get('Gemm', 0) >= 2
     assert report['op_histogram']['QuantizeLinear'] > 0
     # ... softmax and the normalisations stay FP32, and the report says why
     assert report['fp32_ops'].get('Softmax', 0) >= 1
     assert set(report['kept_fp32_reasons']) == set(report['fp32_ops'])
     assert report['kept_fp32_reasons']['Softmax'] == KEEP_FP32['Softmax']
-    # Convs are INT8 but for V1's mixers (two depthwise 1x1 convs per MB4D block), kept FP32.
+    # Convs and MatMuls are INT8 but for V1's mixers (two depthwise 1x1 convs per MB4D block)
+    # and the attention's operators on either side of each softmax (V1's q @ k and attn @ v,
+    # V2's talking heads), kept FP32 ...
     assert not set(report['int8_ops']) & set(report['fp32_ops']) - {'Reshape', 'Transpose',
-                                                                      'Conv'}
+                                                                      'Conv', 'MatMul'}
     mixers = sum(isinstance(m, Meta4D) for m in model.modules())
     assert report['settings']['fp32_mixer_convs'] == 2 * mixers
-    assert report['fp32_ops'].get('Conv', 0) == 2 * mixers
+    assert report['settings']['fp32_softmax_neighbours'] >= 2
+    assert report['fp32_ops'].get('Conv', 0) >= 2 * mixers
     if mixers:
-        assert report['kept_fp32_reasons']['Conv'] == MIXER_CONV_REASON
+        assert MIXER_CONV_REASON in report['kept_fp32_reasons']['Conv']
+    assert SOFTMAX_NEIGHBOUR_REASON in '; '.join(report['kept_fp32_reasons'].values())
+    # ... and so ONNX Runtime, which fuses every operator whose inputs and output are
+    # quantised (V2's residual sums: QLinearAdd), runs each softmax in FP32 on FP32 logits
+    # and hands on FP32 probabilities.
+    ran = report['onnxruntime_ops']
+    assert ran['fp32']['Softmax'] == report['fp32_ops']['Softmax']
+    assert 'QLinearSoftmax' not in ran['int8'] and ran['int8']['QLinearConv'] >= 4
+    assert re.search(r'ONNX Runtime runs \(this CPU\): integer kernels .*QLinearConv \d+.*; '
+                     r'FP32 .*Softmax \d+', format_int8_report(report))
+    assert softmax_io_as_run(out) == {('FP32', 'FP32')}
     if family == 'v1':
         assert report['fp32_ops'].get('LayerNormalization', 0) >= 1
     assert report['file_size_bytes'] < report['fp32_file_size_bytes']
@@ -165,6 +200,23 @@ def test_export_onnx_int8(tmp_path, data, family, task):
     assert 1e-4 < err['rel_err'] < 0.3, err
     text = format_int8_report(report)
     assert 'kept FP32: ' in text and 'checks: all passed' in text
+
+
+def test_int8_export_fails_where_onnx_runtime_would_quantise_the_softmax(tmp_path, data,
+                                                                          monkeypatch):
+    """Without the talking-head convs beside V2's softmax kept FP32, ONNX Runtime fuses the
+    softmax into a QLinearSoftmax (8-bit logits in, 8-bit probabilities out): the export
+    names it and leaves no file."""
+    import mmeff.deploy.quantize as quantize
+    monkeypatch.setattr(quantize, 'softmax_neighbours', lambda proto: [])
+    out = tmp_path / 'int8.onnx'
+    report = export_onnx_int8(tiny_model('v2', 'classifier'), str(out), SIZE,
+                              osp.join(data['data_root'], 'train'), task='classifier',
+                              method='torchscript')
+    assert 'QLinearSoftmax' in report['onnxruntime_ops']['int8']
+    assert any(p.startswith('ONNX Runtime runs Softmax as INT8 kernels (QLinearSoftmax): keep '
+                            'the operators beside it FP32') for p in report['problems'])
+    assert not out.exists() and report['rejected'] == str(out)
 
 
 @pytest.mark.slow  # training + two exports: ~40 s here

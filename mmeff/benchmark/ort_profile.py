@@ -1,12 +1,13 @@
 """Where ONNX Runtime spends a model's time: its own profiler, per operator type.
 
 :func:`profile_onnx` runs an ``.onnx`` file with ``SessionOptions.enable_profiling`` (the
-session as :func:`mmeff.runtime.ort_session` makes it: worker threads that sleep between calls)
+session as :func:`mmeff.runtime.ort_session` makes it: workers that stop spinning after a call)
 and sums the kernel time of each operator type over the timed calls only (the warm-up calls are
 in the profiler's file too and are left out by their timestamps). It also counts the operators
-of the graph ONNX Runtime actually runs, after its optimisations (``optimized_model_filepath``):
-``ReorderInput``/``ReorderOutput`` there are the conversions into and out of its blocked NCHWc
-conv layout, which an export should avoid (:func:`mmeff.deploy.fuse.onnx_mixers`).
+of the graph ONNX Runtime actually runs, after its optimisations
+(:func:`mmeff.runtime.ort_graph_ops`): ``ReorderInput``/``ReorderOutput`` there are the
+conversions into and out of its blocked NCHWc conv layout, which an export should avoid
+(:func:`mmeff.deploy.fuse.onnx_mixers`).
 ``tools/profile_onnx.py`` is the command-line form; ``benchmarks/ort_profile_*.md`` its results.
 """
 import collections
@@ -23,18 +24,6 @@ import numpy as np
 
 def _input_shape(session) -> list:
     return [d if isinstance(d, int) and d > 0 else 1 for d in session.get_inputs()[0].shape]
-
-
-def ort_graph_ops(path: str) -> collections.Counter:
-    """Operator counts of the graph ONNX Runtime runs for ``path`` (CPU provider, all its
-    optimisations, this CPU: e.g. its NCHWc ``ReorderInput``/``ReorderOutput`` nodes)."""
-    import onnx
-
-    from mmeff.runtime import ort_session
-    with tempfile.TemporaryDirectory(prefix='mmeff_ort_graph_') as tmp:
-        optimized = osp.join(tmp, 'optimized.onnx')
-        ort_session(path, optimized_model_path=optimized)
-        return collections.Counter(n.op_type for n in onnx.load(optimized).graph.node)
 
 
 def profile_onnx(path: str, threads: Optional[int] = 2, warmup: int = 10, runs: int = 10,
@@ -56,7 +45,7 @@ def profile_onnx(path: str, threads: Optional[int] = 2, warmup: int = 10, runs: 
         type ran), ``graph_ops`` (operator counts of the optimised graph) and ``reorders``
         (``ReorderInput`` + ``ReorderOutput`` there).
     """
-    from mmeff.runtime import ort_session
+    from mmeff.runtime import ort_graph_ops, ort_session
     if not osp.isfile(path):
         raise FileNotFoundError(f'no ONNX model at {path!r}: export one first '
                                 f'(tools/export.py --format onnx)')
@@ -122,4 +111,4 @@ def write_profiles(results: Sequence[dict], header: str, stem: str) -> None:
         format_profile(r, r.get('title', osp.basename(r['path']))) for r in results))
 
 
-__all__ = ['ort_graph_ops', 'profile_onnx', 'format_profile', 'write_profiles']
+__all__ = ['profile_onnx', 'format_profile', 'write_profiles']

@@ -11,8 +11,9 @@
   with MinMax ranges from the calibration inputs, after ``quant_pre_process`` (shape
   inference, graph optimisation). Only :data:`INT8_OP_TYPES` (and the data movement between
   them, :data:`PASS_THROUGH_OP_TYPES`) are quantised, apart from V1's mixer convs
-  (:func:`mixer_convs`, :data:`MIXER_CONV_REASON`); the report lists every operator left in
-  FP32 and why (:data:`KEEP_FP32`, :func:`fp32_reason`).
+  (:func:`mixer_convs`, :data:`MIXER_CONV_REASON`) and the operators on either side of each
+  softmax (:func:`softmax_neighbours`); the report lists every operator left in FP32 and why
+  (:data:`KEEP_FP32`, :func:`fp32_reason`), and what ONNX Runtime runs (:func:`runtime_ops`).
 * :func:`export_onnx_int8`: the FP32 export of :func:`mmeff.deploy.export_onnx` (checked
   against torch), quantised, then compared with that FP32 graph on calibration images
   (:func:`compare_onnx`); written beside ``out`` and put in place only when its checks pass
@@ -20,7 +21,10 @@
 
 ONNX Runtime runs QDQ models by fusing ``DequantizeLinear -> Conv/MatMul -> QuantizeLinear``
 into integer kernels (``QLinearConv``, ``QLinearMatMul``, ``MatMulIntegerToFloat``); what stays
-between two quantised operators in FP32 costs a ``DequantizeLinear``/``QuantizeLinear`` pair.
+between two quantised operators in FP32 costs a ``DequantizeLinear``/``QuantizeLinear`` pair,
+and an operator whose inputs and output are all quantised for its neighbours is fused too
+(``QLinearAdd``, ``QLinearSoftmax``): the export fails if that happens to one of
+:data:`MUST_STAY_FP32`.
 """
 import os
 import os.path as osp
@@ -49,11 +53,14 @@ PASS_THROUGH_OP_TYPES = ('Reshape', 'Transpose', 'Flatten', 'Squeeze', 'Unsqueez
 # between the variants, so no speed-up is shown; what stays FP32 cannot lose accuracy.
 KEEP_FP32 = {
     'Softmax': 'attention probabilities: 8-bit steps of 1/255 round the small ones to 0; '
-               'one per attention block, no speed-up shown when quantised',
+               'kept FP32 with its input and output (the operators beside it too), one per '
+               'attention block, no speed-up shown when quantised',
     'LayerNormalization': 'per-token statistics computed inside the operator (FP32 either '
                           'way); no speed-up shown when quantised',
     'Add': 'residual sums and attention biases (ranges differ per block); no speed-up shown '
-           'when quantised',
+           'when quantised. Where both inputs and the output are quantised for the '
+           'convolutions beside it (V2\'s residuals), ONNX Runtime runs it as QLinearAdd: '
+           'the same values as dequantise, add, quantise',
     'Mul': 'layer scales and GELU; no speed-up shown when quantised',
     'AveragePool': "V1's pooling token mixer; quantised together with Add, the INT8 L1 ran "
                    'slower (16.4 vs 14.6 ms in an interleaved run)',
@@ -64,6 +71,17 @@ MIXER_CONV_REASON = ("V1's pooling token mixers, exported as two depthwise 1x1 c
                      "((1 - s) * x + s * pool(x)): quantised, their integer kernels and "
                      "re-quantisation cost more than they save (L1 INT8 about 1.2x slower "
                      "in an interleaved run); the other convolutions are INT8")
+# The operators that write a Softmax's input or read its output (the attention logits and
+# probabilities): quantised, the logits would reach the softmax in 8 bits and the
+# probabilities leave it in 8 bits (ONNX Runtime then even runs a QLinearSoftmax).
+SOFTMAX_NEIGHBOUR_REASON = ("the attention's operators on either side of each Softmax (logits "
+                            "and probabilities stay FP32; no slower in an interleaved run)")
+# What the walk from a Softmax to those operators passes through: shape changes and the
+# elementwise scale and bias of the logits.
+_SOFTMAX_WALK = ('Reshape', 'Transpose', 'Flatten', 'Squeeze', 'Unsqueeze', 'Slice', 'Split',
+                 'Concat', 'Add', 'Sub', 'Mul', 'Div')
+# Operators that must not run as ONNX Runtime integer kernels (the export fails otherwise).
+MUST_STAY_FP32 = ('Softmax', 'LayerNormalization')
 CALIB_MAX_IMAGES = 64
 
 
@@ -198,18 +216,21 @@ def _input_shape_of(proto) -> List[Union[int, str]]:
 def qdq_op_summary(proto, op_types: Sequence[str]) -> Dict[str, Dict[str, int]]:
     """Which operators of a QDQ graph run on 8-bit data: ``{'int8': {op: n}, 'fp32': {op: n}}``.
 
-    An operator is INT8 when it is of a quantised type (``op_types``) and takes a
-    ``DequantizeLinear`` output (ONNX Runtime then fuses it into an integer kernel), a ``Conv``
-    or ``Gemm`` only when its weight is one too (one left FP32 may still read a dequantised
-    input); every other operator computes in FP32, also when it reads a dequantised tensor.
-    ``QuantizeLinear``/``DequantizeLinear`` themselves are not counted."""
+    An operator is INT8 when it is of a quantised type (``op_types``) and reads
+    ``DequantizeLinear`` outputs (ONNX Runtime then fuses it into an integer kernel): a
+    ``Conv``, ``Gemm`` or ``MatMul`` both its operands (one left FP32 may still read one
+    dequantised operand, e.g. ``attn @ v`` beside an FP32 softmax), any other its data input;
+    every other operator computes in FP32, also when it reads a dequantised tensor (but see
+    :func:`runtime_ops`). ``QuantizeLinear``/``DequantizeLinear`` themselves are not counted."""
     from_dq = {o for n in proto.graph.node if n.op_type == 'DequantizeLinear' for o in n.output}
     int8, fp32 = Counter(), Counter()
     for node in proto.graph.node:
         if node.op_type in ('QuantizeLinear', 'DequantizeLinear'):
             continue
-        quantised = node.op_type in op_types and any(i in from_dq for i in node.input) and (
-            node.op_type not in ('Conv', 'Gemm') or node.input[1] in from_dq)
+        operands = node.input[:2] if node.op_type in ('Conv', 'Gemm', 'MatMul') else \
+            node.input[:1]
+        quantised = node.op_type in op_types and bool(operands) and all(
+            i in from_dq for i in operands)
         (int8 if quantised else fp32)[node.op_type] += 1
     return dict(int8=dict(sorted(int8.items())), fp32=dict(sorted(fp32.items())))
 
@@ -244,6 +265,58 @@ def mixer_convs(proto) -> List[str]:
                 and group == dims[0] > 1:
             names.append(node.name)
     return names
+
+
+def softmax_neighbours(proto, op_types: Sequence[str] = INT8_OP_TYPES) -> List[str]:
+    """Names of the nodes of ``op_types`` that write a ``Softmax``'s input or read its output,
+    through shape changes and the logits' elementwise scale and bias (``_SOFTMAX_WALK``): V1's
+    ``q @ k`` and ``attn @ v`` MatMuls, V2's talking-head convs. Left FP32, the softmax
+    computes on FP32 logits and hands on FP32 probabilities."""
+    consts = {t.name for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    readers = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found, seen = [], set()
+    for softmax in (n for n in proto.graph.node if n.op_type == 'Softmax'):
+        up, down = [softmax.input[0]], [softmax.output[0]]
+        while up:
+            node = producer.get(up.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type in op_types:
+                found.append(node.name)
+            elif node.op_type in _SOFTMAX_WALK:
+                up.extend(i for i in node.input if i and i not in consts)
+        while down:
+            for node in readers.get(down.pop(), []):
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if node.op_type in op_types:
+                    found.append(node.name)
+                elif node.op_type in _SOFTMAX_WALK:
+                    down.extend(node.output)
+    return found
+
+
+def runtime_ops(path: str) -> Dict[str, Dict[str, int]]:
+    """What ONNX Runtime runs for a QDQ model on this CPU (:func:`mmeff.runtime.ort_graph_ops`):
+    ``{'int8': {op: n}, 'fp32': {op: n}}``. INT8 are its integer kernels (``QLinearConv``,
+    ``QLinearAdd``, ``QGemm``, ``MatMulIntegerToFloat``, ...), into which it fuses a
+    ``DequantizeLinear -> op -> QuantizeLinear`` group (also around an operator the QDQ file
+    leaves FP32, when its neighbours quantise all its inputs and its output); FP32 is every
+    other operator but the quantise/dequantise steps themselves."""
+    from mmeff.runtime import ort_graph_ops
+    int8, fp32 = {}, {}
+    for op, n in sorted(ort_graph_ops(path).items()):
+        if op in ('QuantizeLinear', 'DequantizeLinear'):
+            continue
+        integer = op.startswith(('QLinear', 'QGemm', 'QAttention')) or 'Integer' in op
+        (int8 if integer else fp32)[op] = n
+    return dict(int8=int8, fp32=fp32)
 
 
 def _session(path: str):
@@ -283,8 +356,8 @@ def quantize_onnx_file(fp32_path: str,
         dict: ``path``, ``fp32_path``, ``file_size_bytes``, ``fp32_file_size_bytes``,
         ``calibration`` (``batches``, ``images``, ``source``), ``settings``, ``int8_ops`` and
         ``fp32_ops`` (op type -> count, :func:`qdq_op_summary`), ``kept_fp32_reasons``
-        (op type -> :func:`fp32_reason`, for every operator left in FP32) and
-        ``quantize_s``.
+        (op type -> why, for every operator left in FP32), ``onnxruntime_ops`` (what ONNX
+        Runtime runs, :func:`runtime_ops`) and ``quantize_s``.
     """
     onnx = require('onnx')
     require('onnxruntime')
@@ -324,12 +397,17 @@ def quantize_onnx_file(fp32_path: str,
         # for dynamic (transformer) shapes: these graphs are static, and it stops at the
         # TorchScript exporter's computed Reshape shapes in V2.
         quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
-        kept_convs = mixer_convs(onnx.load(prepared, load_external_data=False))
+        prepared_proto = onnx.load(prepared, load_external_data=False)
+        kept_convs = mixer_convs(prepared_proto)
+        beside_softmax = [n for n in softmax_neighbours(prepared_proto) if n not in kept_convs]
+        excluded = dict.fromkeys(kept_convs, MIXER_CONV_REASON)
+        excluded.update(dict.fromkeys(beside_softmax, SOFTMAX_NEIGHBOUR_REASON))
+        node_type = {n.name: n.op_type for n in prepared_proto.graph.node}
 
         def write(target):
             quantize_static(prepared, target, _InputReader(name, arrays),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
-                            nodes_to_exclude=kept_convs,
+                            nodes_to_exclude=list(excluded),
                             per_channel=per_channel, reduce_range=reduce_range,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
@@ -337,16 +415,21 @@ def quantize_onnx_file(fp32_path: str,
         write_file_atomic(out_path, write)
     quantize_s = time.perf_counter() - t0
     ops = qdq_op_summary(onnx.load(out_path), op_types)
+    why_excluded = {}  # op type -> the reasons its excluded nodes stay FP32
+    for node, why in excluded.items():
+        why_excluded.setdefault(node_type[node], {})[why] = None
     return dict(path=out_path, fp32_path=osp.abspath(fp32_path), format='onnx',
                 file_size_bytes=file_size(out_path), fp32_file_size_bytes=file_size(fp32_path),
                 calibration=dict(batches=len(arrays), images=len(arrays) * shape[0],
                                  source=source),
                 settings=dict(format='QDQ', per_channel=per_channel, reduce_range=reduce_range,
                               activations='uint8 (MinMax)', weights='int8',
-                              op_types=list(op_types), fp32_mixer_convs=len(kept_convs)),
+                              op_types=list(op_types), fp32_mixer_convs=len(kept_convs),
+                              fp32_softmax_neighbours=len(beside_softmax)),
                 int8_ops=ops['int8'], fp32_ops=ops['fp32'],
-                kept_fp32_reasons={op: MIXER_CONV_REASON if op == 'Conv' and kept_convs
+                kept_fp32_reasons={op: '; '.join(why_excluded[op]) if op in why_excluded
                                    else fp32_reason(op, op_types) for op in ops['fp32']},
+                onnxruntime_ops=runtime_ops(out_path),
                 quantize_s=round(quantize_s, 2))
 
 
@@ -499,6 +582,11 @@ def export_onnx_int8(model: nn.Module,
             if bad:
                 problems.append(f'the INT8 model gives NaN or Inf on a calibration image: '
                                 f'{"; ".join(bad[:3])}')
+            quantised = [op for op in MUST_STAY_FP32
+                         if f'QLinear{op}' in report['onnxruntime_ops']['int8']]
+            if quantised:
+                problems.append(f'ONNX Runtime runs {", ".join(quantised)} as INT8 kernels '
+                                f'(QLinear{quantised[0]}): keep the operators beside it FP32')
             report['problems'] = problems
             place_checked(staged, report)
     report.pop('fp32_path', None)  # a temporary file, gone now
@@ -523,6 +611,11 @@ def format_int8_report(report: dict) -> str:
     lines.append('  kept FP32: ' + ', '.join(f'{k} {v}' for k, v in report['fp32_ops'].items()))
     for op, why in report.get('kept_fp32_reasons', {}).items():
         lines.append(f'    {op}: {why}')
+    ran = report.get('onnxruntime_ops')
+    if ran:
+        lines.append('  ONNX Runtime runs (this CPU): integer kernels ' + ', '.join(
+            f'{k} {v}' for k, v in ran['int8'].items()) + '; FP32 ' + ', '.join(
+            f'{k} {v}' for k, v in ran['fp32'].items()))
     e = report.get('int8_vs_fp32')
     if e:
         line = (f"  INT8 vs FP32 on {e['images']} calibration images: relative error "
@@ -537,7 +630,8 @@ def format_int8_report(report: dict) -> str:
 
 
 __all__ = ['INT8_OP_TYPES', 'PASS_THROUGH_OP_TYPES', 'KEEP_FP32', 'MIXER_CONV_REASON',
-           'mixer_convs', 'check_calib_data',
+           'SOFTMAX_NEIGHBOUR_REASON', 'MUST_STAY_FP32', 'mixer_convs', 'softmax_neighbours',
+           'runtime_ops', 'check_calib_data',
            'eval_transform', 'calibration_inputs', 'qdq_op_summary', 'fp32_reason',
            'quantize_onnx_file',
            'run_onnx', 'compare_onnx', 'onnx_top1', 'export_onnx_int8', 'format_int8_report']

@@ -27,7 +27,7 @@ from .checks import (file_size, forbidden_error, forbidden_torch_ops, nonfinite,
 from .coreml import (CoreMLBackend, convert_coreml, coreml_problems, coreml_runtime_status,
                      inspect_coreml, save_mlmodel, to_mlprogram_input)
 from .onnx import (OnnxRuntimeBackend, OnnxRuntimeInt8Backend, onnx_graph_report, onnx_io,
-                   onnx_problems, ort_providers, ort_session, write_onnx)
+                   onnx_problems, ort_graph_ops, ort_providers, ort_session, write_onnx)
 from .pytorch import TorchBackend, TorchCompileBackend
 from .timing import Runner, pinned_threads, summarize, time_interleaved
 
@@ -44,5 +44,6 @@ __all__ = ['COMPUTE_UNITS', 'Backend', 'BackendUnavailableError', 'NameView', 'R
            'CoreMLBackend', 'convert_coreml', 'coreml_problems', 'coreml_runtime_status',
            'inspect_coreml', 'save_mlmodel', 'to_mlprogram_input', 'OnnxRuntimeBackend',
            'OnnxRuntimeInt8Backend', 'onnx_graph_report', 'onnx_io', 'onnx_problems',
-           'ort_providers', 'ort_session', 'write_onnx', 'TorchBackend', 'TorchCompileBackend',
+           'ort_graph_ops', 'ort_providers', 'ort_session', 'write_onnx', 'TorchBackend',
+           'TorchCompileBackend',
            'pinned_threads', 'summarize', 'time_interleaved']

@@ -263,6 +263,17 @@ def ort_session(path: str, threads: Optional[int] = None,
     return ort.InferenceSession(path, opts, providers=list(providers))
 
 
+def ort_graph_ops(path: str) -> Counter:
+    """Operator counts of the graph ONNX Runtime runs for ``path`` (CPU provider, all its
+    optimisations, this CPU): e.g. its NCHWc ``ReorderInput``/``ReorderOutput`` nodes, or the
+    integer kernels (``QLinearConv``, ``QLinearAdd``, ...) it fuses a QDQ model into."""
+    onnx = require('onnx')
+    with tempfile.TemporaryDirectory(prefix='mmeff_ort_graph_') as tmp:
+        optimized = osp.join(tmp, 'optimized.onnx')
+        ort_session(path, optimized_model_path=optimized)
+        return Counter(n.op_type for n in onnx.load(optimized).graph.node)
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX files (:func:`write_onnx`) run by ONNX Runtime (:func:`ort_session`): CPU, or the
     CUDA execution provider for a CUDA device (the timings then include the host<->device
