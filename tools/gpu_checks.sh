@@ -13,8 +13,8 @@
 # 3. Supernet cost (tools/benchmark_supernet.py): the l7space step at batch 128, fp32 and AMP.
 # 4. GPU latency, side by side with timm (tools/benchmark_latency.py, JSON + Markdown), for
 #    EfficientFormer l1/l3/l7 and EfficientFormerV2 s0/s1/s2/l: classifier at 224 (timm, eager,
-#    fused, torch.compile) and backbone at 512x512 and 800x1333 (timm, eager, fused), batch 1,
-#    fp32.
+#    fused, torch.compile, fastest) and backbone at 512x512 and 800x1333 (timm, eager,
+#    fused), batch 1, fp32.
 # PYTHON overrides the interpreter (default .venv/bin/python). Exit status: non-zero if any
 # step failed; every step runs regardless.
 set -u
@@ -40,7 +40,7 @@ rc=0
     --work-dir "work_dirs/gpu_train_checks_$$" || rc=1
 "$PYTHON" tools/benchmark_supernet.py --device cuda --amp both --out-dir "$OUT_DIR" || rc=1
 "$PYTHON" tools/benchmark_latency.py --device cuda --archs l1 l3 l7 --input-sizes 224 \
-    --batch-sizes 1 --runtimes timm eager fused compile --task classifier --warmup 20 \
+    --batch-sizes 1 --runtimes timm eager fused compile fastest --task classifier --warmup 20 \
     --reps 200 --out-dir "$OUT_DIR" --name "l1_l3_l7_224_cuda_${GPU}" || rc=1
 "$PYTHON" tools/benchmark_latency.py --device cuda --archs l1 l3 l7 \
     --input-sizes 512x512 800x1333 --batch-sizes 1 --runtimes timm eager fused \
@@ -48,7 +48,7 @@ rc=0
     --name "l1_l3_l7_dense_cuda_${GPU}" || rc=1
 # EfficientFormerV2 (S0/S1/S2/L), the same two measurements.
 "$PYTHON" tools/benchmark_latency.py --device cuda --archs s0 s1 s2 l --input-sizes 224 \
-    --batch-sizes 1 --runtimes timm eager fused compile --task classifier --warmup 20 \
+    --batch-sizes 1 --runtimes timm eager fused compile fastest --task classifier --warmup 20 \
     --reps 200 --out-dir "$OUT_DIR" --name "v2_224_cuda_${GPU}" || rc=1
 "$PYTHON" tools/benchmark_latency.py --device cuda --archs s0 s1 s2 l \
     --input-sizes 512x512 800x1333 --batch-sizes 1 --runtimes timm eager fused \
