@@ -145,6 +145,43 @@ def _check_tf32_flags(cuda, cpu, full_fp32, tf32_on, TF32_RTOL):
     assert not tf32_on(cuda)
 
 
+def test_with_tf32_on_the_fusion_is_checked_in_full_fp32_and_compile_within_tf32_rtol(
+        tiny_v1, monkeypatch):
+    """The CUDA logic without a GPU: stand-in TF32 flags that ``full_fp32`` turns off. The
+    reference runs once as the user runs it (TF32 on) and once in full FP32; the fused model
+    is compared in full FP32 with the latter; the compiled one, 5e-4 off (as TF32 leaves it),
+    is accepted within TF32_RTOL."""
+    import contextlib
+
+    import mmeff.deploy.fastest as fastest_mod
+    flags = dict(tf32=True)
+    calls = []
+
+    @contextlib.contextmanager
+    def fake_full_fp32(device):
+        flags['tf32'] = False
+        try:
+            yield
+        finally:
+            flags['tf32'] = True
+    monkeypatch.setattr(fastest_mod, 'tf32_on', lambda device: flags['tf32'])
+    monkeypatch.setattr(fastest_mod, 'full_fp32', fake_full_fp32)
+    monkeypatch.setattr(torch, 'compile', lambda module, **kw: (
+        lambda x: tuple(o * (1 + 5e-4) for o in module(x))))
+    def count(module, inputs, output):  # the fused copy carries the hook too: not counted
+        if module is tiny_v1:
+            calls.append(flags['tf32'])
+    handle = tiny_v1.register_forward_hook(count)
+    try:
+        record = fastest(tiny_v1, 64).record
+    finally:
+        handle.remove()
+    assert calls == [True, False]  # the unfused reference: as run, then in full FP32
+    assert record['compile_rtol'] == fastest_mod.TF32_RTOL and record['rtol'] == 1e-4
+    assert record['chosen'] == 'compile' and record['reason'].endswith(', TF32 on)')
+    assert record['candidates']['fused']['rel_err'] <= 1e-5
+
+
 def test_model_without_an_efficientformer_is_refused():
     with pytest.raises(ValueError, match='contains no mmeff EfficientFormer backbone'):
         fastest(torch.nn.Conv2d(3, 3, 1), 64)

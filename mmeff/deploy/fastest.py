@@ -172,14 +172,15 @@ def fastest(model: nn.Module,
     was_training = model.training
     reference = model if model_device == dev else copy.deepcopy(model).to(dev)
     reference.eval()
+    tf32 = tf32_on(dev)  # read outside full_fp32, which turns it off
     try:
         expected = reference(x)
         with full_fp32(dev):
-            exact = reference(x) if tf32_on(dev) else expected
+            exact = reference(x) if tf32 else expected
     finally:
         model.train(was_training)
         del reference
-    compile_rtol = max(rtol, TF32_RTOL) if tf32_on(dev) else rtol
+    compile_rtol = max(rtol, TF32_RTOL) if tf32 else rtol
     sync = torch.cuda.synchronize if dev.type == 'cuda' else None
 
     t0 = time.perf_counter()
