@@ -279,26 +279,22 @@ def softmax_neighbours(proto, op_types: Sequence[str] = INT8_OP_TYPES) -> List[s
         for name in node.input:
             readers.setdefault(name, []).append(node)
     found, seen = [], set()
-    for softmax in (n for n in proto.graph.node if n.op_type == 'Softmax'):
-        up, down = [softmax.input[0]], [softmax.output[0]]
-        while up:
-            node = producer.get(up.pop())
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.op_type in op_types:
-                found.append(node.name)
-            elif node.op_type in _SOFTMAX_WALK:
-                up.extend(i for i in node.input if i and i not in consts)
-        while down:
-            for node in readers.get(down.pop(), []):
+
+    def walk(tensors, nodes_of, next_tensors):  # from tensors, up or down the graph
+        while tensors:
+            for node in nodes_of(tensors.pop()):
                 if id(node) in seen:
                     continue
                 seen.add(id(node))
                 if node.op_type in op_types:
                     found.append(node.name)
                 elif node.op_type in _SOFTMAX_WALK:
-                    down.extend(node.output)
+                    tensors.extend(next_tensors(node))
+
+    for softmax in (n for n in proto.graph.node if n.op_type == 'Softmax'):
+        walk([softmax.input[0]], lambda t: [producer[t]] if t in producer else [],
+             lambda node: [i for i in node.input if i and i not in consts])
+        walk([softmax.output[0]], lambda t: readers.get(t, []), lambda node: list(node.output))
     return found
 
 
@@ -356,8 +352,7 @@ def quantize_onnx_file(fp32_path: str,
         dict: ``path``, ``fp32_path``, ``file_size_bytes``, ``fp32_file_size_bytes``,
         ``calibration`` (``batches``, ``images``, ``source``), ``settings``, ``int8_ops`` and
         ``fp32_ops`` (op type -> count, :func:`qdq_op_summary`), ``kept_fp32_reasons``
-        (op type -> why, for every operator left in FP32), ``onnxruntime_ops`` (what ONNX
-        Runtime runs, :func:`runtime_ops`) and ``quantize_s``.
+        (op type -> why, for every operator left in FP32) and ``quantize_s``.
     """
     onnx = require('onnx')
     require('onnxruntime')
@@ -429,7 +424,6 @@ def quantize_onnx_file(fp32_path: str,
                 int8_ops=ops['int8'], fp32_ops=ops['fp32'],
                 kept_fp32_reasons={op: '; '.join(why_excluded[op]) if op in why_excluded
                                    else fp32_reason(op, op_types) for op in ops['fp32']},
-                onnxruntime_ops=runtime_ops(out_path),
                 quantize_s=round(quantize_s, 2))
 
 
@@ -543,7 +537,8 @@ def export_onnx_int8(model: nn.Module,
         dict: the :func:`quantize_onnx_file` report plus ``task``, ``input_shape``,
         ``op_histogram``, ``gather_ops``, ``bicubic_ops``, ``inputs``/``outputs``,
         ``fp32_export`` (the FP32 export's ``exporter``, ``onnxruntime`` error vs torch),
-        ``int8_vs_fp32`` (:func:`compare_onnx`) and ``problems``. ``path`` is ``out`` when
+        ``onnxruntime_ops`` (what ONNX Runtime runs, :func:`runtime_ops`), ``int8_vs_fp32``
+        (:func:`compare_onnx`) and ``problems``. ``path`` is ``out`` when
         ``problems`` is empty; otherwise ``out`` keeps its previous content, the model is kept
         at :func:`mmeff.deploy.output.failed_path` and ``rejected`` names ``out``.
     """
@@ -569,6 +564,7 @@ def export_onnx_int8(model: nn.Module,
             report = quantize_onnx_file(fp32, staged.path, inputs, **quantize_options)
             graph = onnx_graph_report(staged.path, weights=True)
             report.update({k: v for k, v in graph.items() if k not in ('format', 'path')})
+            report['onnxruntime_ops'] = runtime_ops(staged.path)
             report.update(task=task, input_shape=list(input_shape), opset=opset, fused=fuse,
                           inputs=fp32_report['inputs'], outputs=fp32_report['outputs'],
                           fp32_export=dict(exporter=fp32_report['exporter'],
