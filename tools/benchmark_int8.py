@@ -2,13 +2,16 @@
 
     python tools/benchmark_int8.py [--archs l1 s1] [--data DIR] [--checkpoint CKPT]
         [--input-size 224] [--reps 30] [--threads N] [--out-dir benchmarks] [--name NAME]
+        [--stage-study] [--no-speed] [--no-accuracy] [--no-coreml] [--no-op-study]
 
 1. Data: an ImageFolder with train/ and val/ (--data; default: the demo's generated set, 5
    classes of striped 64x64 images, mmeff.datasets.make_imagefolder_dataset, under --work-dir).
 2. Speed (classifier at --input-size, timm's initialisation as tools/benchmark_latency.py):
    timm, the FP32 ONNX model and the INT8 one (mmeff.deploy.quantize, calibrated on train/),
    timed interleaved in one run (mmeff.benchmark.latency.time_interleaved, ONNX Runtime
-   sessions that stop spinning after each call); ratios against timm.
+   sessions that stop spinning after each call); ratios against timm. With --stage-study also
+   INT8 models whose stem and first stages stay FP32 (mixed precision, --keep-fp32 of
+   tools/export.py).
 3. Accuracy, on a classifier that learned the ImageFolder (--checkpoint of the demo's
    configs/demo/effformer_l1_in1k_synthetic.py, or trained here for --train-steps on train/ at
    the images' size): FP32 and INT8 top-1 on val/ and their agreement; its backbone's stage
@@ -112,9 +115,22 @@ def stage_backbone(model):
     return net.eval()
 
 
+# Mixed-precision rows of the speed study (--stage-study): the first stages kept FP32.
+STAGE_STUDY = (('backbone.stem', 'backbone.stages.0'),
+               ('backbone.stem', 'backbone.stages.0', 'backbone.stages.1'),
+               ('backbone.stem', 'backbone.stages.0', 'backbone.stages.1', 'backbone.stages.2'))
+
+
+def stage_row(modules) -> str:
+    """The runtime name of a --stage-study row."""
+    last = modules[-1].rsplit('.', 1)[-1]
+    return f'onnxruntime-int8, stem-stage {last} FP32'
+
+
 def speed(arch: str, size: int, train_dir: str, work: str, warmup: int, reps: int,
-          threads: int, calib_images: int, log=print) -> dict:
-    """timm, FP32 ONNX Runtime and INT8 ONNX Runtime on the same weights, interleaved."""
+          threads: int, calib_images: int, log=print, stage_study: bool = False) -> dict:
+    """timm, FP32 ONNX Runtime and INT8 ONNX Runtime on the same weights, interleaved; with
+    ``stage_study`` also INT8 models whose first stages stay FP32 (:data:`STAGE_STUDY`)."""
     import torch
 
     from mmeff.benchmark.latency import build_models
@@ -127,8 +143,12 @@ def speed(arch: str, size: int, train_dir: str, work: str, warmup: int, reps: in
     int8 = osp.join(work, f'{arch}_{size}_int8.onnx')
     export_onnx(model, fp32, (1, 3, size, size))
     q = quantize_onnx_file(fp32, int8, train_dir, max_images=calib_images)
-    sessions = {name: ort_session(p, threads) for name, p in (('onnxruntime', fp32),
-                                                               ('onnxruntime-int8', int8))}
+    paths = {'onnxruntime': fp32, 'onnxruntime-int8': int8}
+    for modules in (STAGE_STUDY if stage_study else ()):
+        paths[stage_row(modules)] = osp.join(work, f'{arch}_{size}_{len(modules)}_int8.onnx')
+        quantize_onnx_file(fp32, paths[stage_row(modules)], train_dir, max_images=calib_images,
+                           keep_fp32=modules)
+    sessions = {name: ort_session(p, threads) for name, p in paths.items()}
     feed = x.numpy()
     fns = {'timm': lambda: timm_fn(x)}
     for name, sess in sessions.items():
@@ -161,7 +181,7 @@ def accuracy(arch: str, model, size: int, data_dir: str, work: str, calib_images
     export_onnx(model, fp32, (1, 3, size, size))
     int8 = osp.join(work, f'{arch}_cls_int8.onnx')
     rep = export_onnx_int8(model, int8, (1, 3, size, size), train, task='classifier',
-                           max_images=calib_images)
+                           max_images=calib_images, speed=False)  # timed in speed()
     top_fp32, top_int8 = onnx_top1(fp32, val), onnx_top1(int8, val)
     agree = sum(a == b for a, b in zip(top_fp32['predictions'], top_int8['predictions']))
     result = dict(arch=arch, input_size=size, val_images=top_fp32['images'],
@@ -172,7 +192,8 @@ def accuracy(arch: str, model, size: int, data_dir: str, work: str, calib_images
     log(f"  {arch} classifier {size}x{size}: top-1 FP32 {top_fp32['top1']:.3f}, INT8 "
         f"{top_int8['top1']:.3f}, agreement {result['top1_agreement_val']:.3f}")
     brep = export_onnx_int8(stage_backbone(model), osp.join(work, f'{arch}_backbone_int8.onnx'),
-                            (1, 3, size, size), train, task='backbone', max_images=calib_images)
+                            (1, 3, size, size), train, task='backbone', max_images=calib_images,
+                            speed=False)
     result['backbone_stage_rel_err'] = brep['int8_vs_fp32']['rel_err_per_output']
     result['backbone_problems'] = brep['problems']
     log(f"  {arch} backbone stage maps, INT8 vs FP32 relative error: "
@@ -352,6 +373,9 @@ def main(argv=None) -> int:
     p.add_argument('--no-accuracy', action='store_true',
                    help='speed rows only (no trained classifier: no accuracy, op study or '
                         'Core ML)')
+    p.add_argument('--stage-study', action='store_true',
+                   help='speed rows of INT8 models whose stem and first 1, 2 or 3 stages stay '
+                        'FP32 (export --keep-fp32)')
     p.add_argument('--no-coreml', action='store_true', help='skip compressed Core ML')
     p.add_argument('--no-op-study', action='store_true',
                    help='skip the study of the operators kept in FP32')
@@ -393,7 +417,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix='mmeff_int8_bench_') as work:
         if not args.no_speed:
             result['speed'] = [speed(a, args.input_size, osp.join(data, 'train'), work,
-                                     args.warmup, args.reps, threads, args.calib_images)
+                                     args.warmup, args.reps, threads, args.calib_images,
+                                     stage_study=args.stage_study)
                                for a in args.archs]
         result['accuracy'], result['coreml'] = [], []
         for arch in ([] if args.no_accuracy else args.archs):

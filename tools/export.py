@@ -4,7 +4,8 @@ or Core ML, fused, and check it.
     python tools/export.py MODEL --format onnx|coreml [--input-size 224|HxW] [--batch-size 1]
         [--task backbone|classifier|segmentor|detector] [--checkpoint CKPT] [--out PATH]
         [--cfg-options KEY=VALUE ...] [--no-fuse] [--report-json FILE]
-        ONNX:    [--opset 20] [--dynamic-batch] [--quantize int8 --calib-data DIR]
+        ONNX:    [--opset 20] [--dynamic-batch] [--quantize int8 --calib-data DIR
+                  [--keep-fp32 MODULE ...]]
         Core ML: [--precision fp16|fp32] [--compute-units ALL|CPU_AND_NE|CPU_AND_GPU|CPU_ONLY]
                  [--image-input] [--method auto|export|trace]
                  [--compress palettize4|palettize8|int8]
@@ -30,7 +31,8 @@ function takes.
 
 ONNX: exported with torch.onnx, checked with onnx.checker and with ONNX Runtime against torch.
 ``--quantize int8 --calib-data DIR`` (backbone, classifier) quantises it statically with ONNX
-Runtime (QDQ, per-channel weights), calibrated on the images of an ImageFolder.
+Runtime (QDQ, per-channel weights), calibrated on the images of an ImageFolder, and times it
+against the FP32 graph on this CPU; ``--keep-fp32 stages.0`` keeps a module's operators FP32.
 Every output is written beside --out and checked there: --out is replaced only by a model that
 passed its checks (a failed one is kept as <name>.failed.onnx / .failed.mlpackage), so a
 failed or killed export never destroys the previous file.
@@ -112,6 +114,10 @@ def parse_args(argv=None):
     p.add_argument('--calib-data', metavar='DIR',
                    help='with --quantize: an ImageFolder (one folder per class) whose images '
                         'calibrate the activation ranges')
+    p.add_argument('--keep-fp32', nargs='+', metavar='MODULE',
+                   help='with --quantize: modules whose operators stay FP32 too (mixed '
+                        "precision), by the exported model's module paths, e.g. stages.0 for "
+                        'a backbone, backbone.stages.0 for a classifier')
     p.add_argument('--output', choices=('labels', 'logits'),
                    help='segmentor only: labels (argmax in the graph, int32; default) or logits')
     p.add_argument('--no-normalize', action='store_true',
@@ -136,6 +142,9 @@ def parse_args(argv=None):
     if (args.quantize is None) != (args.calib_data is None):
         p.error('--quantize int8 needs --calib-data DIR (an ImageFolder of calibration '
                 'images), and --calib-data needs --quantize int8')
+    if args.keep_fp32 and args.quantize is None:
+        p.error('--keep-fp32 chooses modules that stay FP32 in an INT8 model: use it with '
+                '--quantize int8 --calib-data DIR')
     if args.input_size is None:
         args.input_size = adapter.default_size
     return args

@@ -80,6 +80,8 @@ SOFTMAX_NEIGHBOUR_REASON = ("the attention's operators on either side of each So
 # elementwise scale and bias of the logits.
 _SOFTMAX_WALK = ('Reshape', 'Transpose', 'Flatten', 'Squeeze', 'Unsqueeze', 'Slice', 'Split',
                  'Concat', 'Add', 'Sub', 'Mul', 'Div')
+# Operators of the modules a caller asked to keep FP32 (quantize_onnx_file's keep_fp32).
+KEEP_FP32_ASKED_REASON = 'in a module kept FP32 as asked ({})'
 # Operators that must not run as ONNX Runtime integer kernels (the export fails otherwise).
 MUST_STAY_FP32 = ('Softmax', 'LayerNormalization')
 CALIB_MAX_IMAGES = 64
@@ -298,6 +300,68 @@ def softmax_neighbours(proto, op_types: Sequence[str] = INT8_OP_TYPES) -> List[s
     return found
 
 
+def node_modules(proto) -> Dict[str, str]:
+    """The module path (``'backbone.stages.0.blocks.1.mlp.fc1.conv'``) each node of an exported
+    graph was traced from: the ``torch.export``-based exporter's ``pkg.torch.onnx.name_scopes``
+    metadata (kept through ONNX Runtime's pre-processing), or the TorchScript exporter's node
+    name (``/backbone/stages.0/blocks.1/mlp/fc1/Conv``). ``''`` where neither tells (the
+    top-level module, or nodes an optimiser made)."""
+    import ast
+    found = {}
+    for node in proto.graph.node:
+        meta = {m.key: m.value for m in node.metadata_props}
+        path = ''
+        if 'pkg.torch.onnx.name_scopes' in meta:
+            try:
+                # ['', 'backbone', 'backbone.stages.0', ..., <module path>, <FX node name>]
+                scopes = ast.literal_eval(meta['pkg.torch.onnx.name_scopes'])
+                if isinstance(scopes, (list, tuple)) and len(scopes) >= 2:
+                    path = str(scopes[-2])
+            except (ValueError, SyntaxError):
+                path = ''
+        elif node.name.startswith('/'):
+            path = '.'.join(node.name.strip('/').split('/')[:-1])
+        found[node.name] = path
+    return found
+
+
+def module_nodes(proto, modules: Sequence[str],
+                 paths: Optional[Dict[str, str]] = None) -> List[str]:
+    """Names of the nodes traced from ``modules`` (module paths as ``named_modules()`` gives
+    them, e.g. ``'backbone.stages.0'``; each with everything inside it: :func:`node_modules`;
+    relative to an export wrapper that every path starts with, such as ``model.``).
+
+    ``paths`` (node name -> module path) defaults to :func:`node_modules` of ``proto``.
+
+    Raises:
+        ValueError: A module no node comes from, naming the ones there are.
+    """
+    paths = node_modules(proto) if paths is None else paths
+    # An export wrapper's attribute that every module path starts with (mmeff.deploy.export's
+    # ExportWrapper: 'model.'): module names are the wrapped model's.
+    parts = [p.split('.') for p in paths.values() if p]
+    wrapper = ''
+    while parts and len({p[0] for p in parts}) == 1 and any(len(p) > 1 for p in parts):
+        wrapper += parts[0][0] + '.'
+        parts = [p[1:] for p in parts if len(p) > 1]
+    relative = {n: p[len(wrapper):] if wrapper and p.startswith(wrapper) else p
+                for n, p in paths.items()}
+    found, missing = {}, []
+    for module in modules:
+        prefix = module.strip('.')
+        hits = [n for n in paths if any(p == prefix or p.startswith(prefix + '.')
+                                        for p in (paths[n], relative[n]))]
+        if not hits:
+            missing.append(module)
+        found.update(dict.fromkeys(hits))
+    if missing:
+        known = sorted({'.'.join(p.split('.')[:2]) for p in relative.values() if p})
+        raise ValueError(f"no operator of the exported graph comes from module(s) {missing}: "
+                         f"name modules as the model's named_modules() does, e.g. "
+                         f"{', '.join(known[:8])}{' ...' if len(known) > 8 else ''}")
+    return list(found)
+
+
 def runtime_ops(path: str) -> Dict[str, Dict[str, int]]:
     """What ONNX Runtime runs for a QDQ model on this CPU (:func:`mmeff.runtime.ort_graph_ops`):
     ``{'int8': {op: n}, 'fp32': {op: n}}``. INT8 are its integer kernels (``QLinearConv``,
@@ -330,7 +394,8 @@ def quantize_onnx_file(fp32_path: str,
                        op_types: Sequence[str] = INT8_OP_TYPES + PASS_THROUGH_OP_TYPES,
                        reduce_range: bool = False,
                        max_images: Optional[int] = CALIB_MAX_IMAGES,
-                       num_classes: Optional[int] = None) -> dict:
+                       num_classes: Optional[int] = None,
+                       keep_fp32: Sequence[str] = ()) -> dict:
     """Statically quantise an FP32 ONNX model to INT8 (QDQ) with ONNX Runtime.
 
     Args:
@@ -347,6 +412,9 @@ def quantize_onnx_file(fp32_path: str,
             Defaults to False.
         max_images (int | None): Calibration images used from a folder. Defaults to 64.
         num_classes (int | None): The classifier's class count, checked against the folder.
+        keep_fp32 (Sequence[str]): Modules whose operators stay FP32 as well (mixed
+            precision), by module path (:func:`module_nodes`), e.g. ``['stages.0']`` for a
+            backbone, ``['backbone.stages.0']`` for a classifier. Defaults to none.
 
     Returns:
         dict: ``path``, ``fp32_path``, ``file_size_bytes``, ``fp32_file_size_bytes``,
@@ -354,6 +422,7 @@ def quantize_onnx_file(fp32_path: str,
         ``fp32_ops`` (op type -> count, :func:`qdq_op_summary`), ``kept_fp32_reasons``
         (op type -> why, for every operator left in FP32) and ``quantize_s``.
     """
+    keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32 or ())
     onnx = require('onnx')
     require('onnxruntime')
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -398,6 +467,15 @@ def quantize_onnx_file(fp32_path: str,
         excluded = dict.fromkeys(kept_convs, MIXER_CONV_REASON)
         excluded.update(dict.fromkeys(beside_softmax, SOFTMAX_NEIGHBOUR_REASON))
         node_type = {n.name: n.op_type for n in prepared_proto.graph.node}
+        if keep_fp32:
+            # ONNX Runtime's pre-processing keeps node names but may drop the exporter's
+            # metadata: module paths as exported, for the nodes still there
+            paths = node_modules(prepared_proto)
+            paths.update({n: p for n, p in node_modules(proto).items() if n in paths and p})
+            asked = module_nodes(prepared_proto, keep_fp32, paths)
+            excluded.update(dict.fromkeys(
+                [n for n in asked if node_type[n] in op_types and n not in excluded],
+                KEEP_FP32_ASKED_REASON.format(', '.join(keep_fp32))))
 
         def write(target):
             quantize_static(prepared, target, _InputReader(name, arrays),
@@ -420,11 +498,44 @@ def quantize_onnx_file(fp32_path: str,
                 settings=dict(format='QDQ', per_channel=per_channel, reduce_range=reduce_range,
                               activations='uint8 (MinMax)', weights='int8',
                               op_types=list(op_types), fp32_mixer_convs=len(kept_convs),
-                              fp32_softmax_neighbours=len(beside_softmax)),
+                              fp32_softmax_neighbours=len(beside_softmax),
+                              keep_fp32=list(keep_fp32)),
                 int8_ops=ops['int8'], fp32_ops=ops['fp32'],
                 kept_fp32_reasons={op: '; '.join(why_excluded[op]) if op in why_excluded
                                    else fp32_reason(op, op_types) for op in ops['fp32']},
                 quantize_s=round(quantize_s, 2))
+
+
+# Time the INT8 and FP32 graphs take together in the export's speed check (the repetitions are
+# set from one call of each, between SPEED_REPS).
+SPEED_BUDGET_S = 3.0
+SPEED_REPS = (3, 20)
+
+
+def int8_speed(int8_path: str, fp32_path: str, x: np.ndarray,
+               budget_s: float = SPEED_BUDGET_S, threads: Optional[int] = None) -> dict:
+    """Median latency of the INT8 and the FP32 graph on this CPU with ONNX Runtime, timed
+    interleaved (:func:`mmeff.runtime.time_interleaved`) on ``x``.
+
+    The repetitions fit ``budget_s`` (one untimed call of each first sets them, between
+    :data:`SPEED_REPS`). Returns ``int8_ms``, ``fp32_ms``, ``speedup`` (FP32 / INT8: above 1
+    where INT8 is faster), ``reps``, ``threads`` (None: ONNX Runtime's default, one per
+    physical core) and ``input_shape``.
+    """
+    from mmeff.runtime import ort_session, summarize, time_interleaved
+    sessions = {'int8': ort_session(int8_path, threads), 'fp32': ort_session(fp32_path, threads)}
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    calls = {k: (lambda s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}
+    t0 = time.perf_counter()
+    for call in calls.values():
+        call()
+    once = max(time.perf_counter() - t0, 1e-6)
+    reps = int(min(max(budget_s // once, SPEED_REPS[0]), SPEED_REPS[1]))
+    times = time_interleaved(calls, warmup=1, reps=reps)
+    ms = {k: summarize(v, x.shape[0])['median_ms'] for k, v in times.items()}
+    return dict(int8_ms=ms['int8'], fp32_ms=ms['fp32'],
+                speedup=round(ms['fp32'] / ms['int8'], 2), reps=reps, threads=threads,
+                input_shape=list(x.shape))
 
 
 def run_onnx(path_or_session, inputs: Sequence[np.ndarray]) -> List[List[np.ndarray]]:
@@ -503,6 +614,8 @@ def export_onnx_int8(model: nn.Module,
                      num_classes: Optional[int] = None,
                      max_images: Optional[int] = CALIB_MAX_IMAGES,
                      method: str = 'auto',
+                     speed: bool = True,
+                     keep_fp32: Sequence[str] = (),
                      **quantize_options) -> dict:
     """Export ``model`` to an INT8 ONNX model calibrated on ``calib_data``, and measure it.
 
@@ -530,6 +643,13 @@ def export_onnx_int8(model: nn.Module,
         method (str): The FP32 ONNX exporter (:func:`mmeff.runtime.write_onnx`): ``'auto'``
             (``torch.export``-based, falling back to TorchScript), ``'dynamo'`` or
             ``'torchscript'``. Defaults to ``'auto'``.
+        speed (bool): Time the INT8 and the FP32 graph on this CPU (:func:`int8_speed`, about
+            :data:`SPEED_BUDGET_S` seconds): whether INT8 is faster depends on the model and
+            the CPU (V2-S1 at 224 on a 2-core Xeon: slower,
+            ``benchmarks/int8_profile_l1_cpu_2threads_intel.md``). Defaults to True.
+        keep_fp32 (Sequence[str]): Modules of ``model`` (``named_modules()`` paths, e.g.
+            ``'stages.0'``) whose operators stay FP32 as well (:func:`quantize_onnx_file`);
+            checked against the model before anything is exported. Defaults to none.
         **quantize_options: ``per_channel``, ``op_types``, ``reduce_range`` of
             :func:`quantize_onnx_file`.
 
@@ -538,7 +658,8 @@ def export_onnx_int8(model: nn.Module,
         ``op_histogram``, ``gather_ops``, ``bicubic_ops``, ``inputs``/``outputs``,
         ``fp32_export`` (the FP32 export's ``exporter``, ``onnxruntime`` error vs torch),
         ``onnxruntime_ops`` (what ONNX Runtime runs, :func:`runtime_ops`), ``int8_vs_fp32``
-        (:func:`compare_onnx`) and ``problems``. ``path`` is ``out`` when
+        (:func:`compare_onnx`), ``speed`` (:func:`int8_speed`, with ``speed``) and
+        ``problems``. ``path`` is ``out`` when
         ``problems`` is empty; otherwise ``out`` keeps its previous content, the model is kept
         at :func:`mmeff.deploy.output.failed_path` and ``rejected`` names ``out``.
     """
@@ -552,6 +673,14 @@ def export_onnx_int8(model: nn.Module,
         raise ValueError(f'an ONNX model is saved as a file ending in .onnx, got {out!r}')
     if task == 'classifier' and num_classes is None:
         num_classes = _num_classes_of(model)
+    keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32 or ())
+    names = [n for n, _ in model.named_modules() if n]
+    unknown = [m for m in keep_fp32 if not any(n == m or n.startswith(m + '.') for n in names)]
+    if unknown:
+        tops = sorted({'.'.join(n.split('.')[:2]) for n in names})
+        raise ValueError(f"--keep-fp32 {' '.join(unknown)}: the model has no such module; "
+                         f"name modules as its named_modules() does, e.g. "
+                         f"{', '.join(tops[:8])}{' ...' if len(tops) > 8 else ''}")
     paths = check_calib_data(calib_data, num_classes if task == 'classifier' else None)
     input_shape = parse_input_shape(shape)
     inputs = calibration_inputs(paths[:max_images] if max_images else paths, input_shape,
@@ -561,7 +690,8 @@ def export_onnx_int8(model: nn.Module,
         fp32_report = export_onnx(model, fp32, input_shape, fuse=fuse, opset=opset,
                                   method=method)
         with StagedOutput(out) as staged:
-            report = quantize_onnx_file(fp32, staged.path, inputs, **quantize_options)
+            report = quantize_onnx_file(fp32, staged.path, inputs, keep_fp32=keep_fp32,
+                                        **quantize_options)
             graph = onnx_graph_report(staged.path, weights=True)
             report.update({k: v for k, v in graph.items() if k not in ('format', 'path')})
             report['onnxruntime_ops'] = runtime_ops(staged.path)
@@ -572,6 +702,8 @@ def export_onnx_int8(model: nn.Module,
                           calibration=dict(report['calibration'], source=str(calib_data)))
             names = [o['name'] for o in fp32_report['outputs']]
             report['int8_vs_fp32'] = compare_onnx(staged.path, fp32, inputs, names, task)
+            if speed:
+                report['speed'] = int8_speed(staged.path, fp32, inputs[0])
             problems = list(graph['problems'])  # gathers, bicubic resizes, NaN/Inf weights
             bad = nonfinite((f'output {n!r}', o) for n, o in
                             zip(names, run_onnx(staged.path, inputs[:1])[0]))
@@ -619,6 +751,22 @@ def format_int8_report(report: dict) -> str:
         if 'top1_agreement' in e:
             line += f", top-1 agreement {e['top1_agreement']:.1%}"
         lines.append(line)
+    sp = report.get('speed')
+    if sp:
+        shape = 'x'.join(map(str, sp['input_shape']))
+        lines.append(f"  speed on this CPU (ONNX Runtime, {shape}, median of {sp['reps']} "
+                     f"interleaved calls): INT8 {sp['int8_ms']:.2f} ms, FP32 {sp['fp32_ms']:.2f} "
+                     f"ms ({sp['speedup']:.2f}x)")
+        if sp['speedup'] < 1:
+            smaller = report['fp32_file_size_bytes'] / max(report['file_size_bytes'], 1)
+            fp32_run = sorted(((n, op) for op, n in (ran or {}).get('fp32', {}).items()
+                               if not op.startswith('Reorder')), reverse=True)[:3]
+            most = f" (most: {', '.join(f'{op} {n}' for n, op in fp32_run)})" if fp32_run else ''
+            lines.append(f"    INT8 is not faster than FP32 here: usually the quantise/dequantise "
+                         f"steps around the operators ONNX Runtime runs in FP32{most} cost more "
+                         f"than the integer kernels save on this model and CPU; the file is "
+                         f"{smaller:.1f}x smaller. Time it on the target device "
+                         f"(tools/benchmark_latency.py --runtimes onnxruntime onnxruntime-int8)")
     problems = report.get('problems', [])
     lines.append('  checks: ' + ('all passed' if not problems else
                                  'FAILED: ' + '; '.join(problems)))
@@ -626,8 +774,9 @@ def format_int8_report(report: dict) -> str:
 
 
 __all__ = ['INT8_OP_TYPES', 'PASS_THROUGH_OP_TYPES', 'KEEP_FP32', 'MIXER_CONV_REASON',
-           'SOFTMAX_NEIGHBOUR_REASON', 'MUST_STAY_FP32', 'mixer_convs', 'softmax_neighbours',
+           'SOFTMAX_NEIGHBOUR_REASON', 'KEEP_FP32_ASKED_REASON', 'MUST_STAY_FP32', 'mixer_convs',
+           'softmax_neighbours', 'node_modules', 'module_nodes',
            'runtime_ops', 'check_calib_data',
            'eval_transform', 'calibration_inputs', 'qdq_op_summary', 'fp32_reason',
            'quantize_onnx_file',
-           'run_onnx', 'compare_onnx', 'onnx_top1', 'export_onnx_int8', 'format_int8_report']
+           'SPEED_BUDGET_S', 'int8_speed', 'run_onnx', 'compare_onnx', 'onnx_top1', 'export_onnx_int8', 'format_int8_report']

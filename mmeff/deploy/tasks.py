@@ -62,6 +62,7 @@ OPTIONS: Tuple[ExportOption, ...] = (
     ExportOption('dynamic_batch', '--dynamic-batch', ('onnx',)),
     ExportOption('quantize', '--quantize', ('onnx',)),
     ExportOption('calib_data', '--calib-data', ('onnx',)),
+    ExportOption('keep_fp32', '--keep-fp32', ('onnx',)),
     ExportOption('precision', '--precision', ('coreml',)),
     ExportOption('compute_units', '--compute-units', ('coreml',)),
     ExportOption('image_input', '--image-input', ('coreml',)),
@@ -255,7 +256,7 @@ class BackboneTask(TaskAdapter):
         through its backend (:func:`mmeff.deploy.export.export_model`)."""
         return export_formats()
     _KEYWORDS = ('batch_size', 'out_indices', 'fuse', 'opset', 'dynamic_batch', 'quantize',
-                 'calib_data', 'precision', 'compute_units', 'image_input', 'method',
+                 'calib_data', 'keep_fp32', 'precision', 'compute_units', 'image_input', 'method',
                  'compress')
 
     def keywords(self) -> frozenset:
@@ -282,6 +283,9 @@ class BackboneTask(TaskAdapter):
         if (quantize is None) != (calib is None):
             raise ValueError('--quantize int8 needs --calib-data DIR (an ImageFolder of '
                              'calibration images), and --calib-data needs --quantize int8')
+        if options.get('keep_fp32') and not quantize:
+            raise ValueError('--keep-fp32 chooses modules that stay FP32 in an INT8 model: '
+                             'use it with --quantize int8 --calib-data DIR')
         if quantize:  # missing or empty folder: before anything is built or written
             from .quantize import check_calib_data
             check_calib_data(calib)
