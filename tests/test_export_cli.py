@@ -79,6 +79,9 @@ def image_folder(root, classes=2, per_class=2, size=(48, 40)):
     (['l1', '--format', 'onnx', '--keep-fp32', 'stages.0'],
      '--keep-fp32 chooses modules that stay FP32 in an INT8 model: use it with --quantize '
      'int8 --calib-data DIR'),
+    (['l1', '--format', 'onnx', '--quantize', 'int8', '--calib-data', 'calib', '--keep-fp32',
+      'none', 'stages.0'],
+     '--keep-fp32 none (every module INT8) cannot be combined with modules, got none stages.0'),
     (['l1', '--format', 'coreml', '--keep-fp32', 'stages.0'],
      'not an option of --format coreml: --keep-fp32 (only for --format onnx)'),
     ([DEMO_FPN, '--task', 'segmentor', '--format', 'onnx', '--quantize', 'int8',

@@ -12,7 +12,8 @@ import torch
 
 from mmeff.datasets import make_imagefolder_dataset
 from mmeff.deploy import export_onnx
-from mmeff.deploy.quantize import (KEEP_FP32, MIXER_CONV_REASON, SOFTMAX_NEIGHBOUR_REASON,
+from mmeff.deploy.quantize import (DEFAULT_KEEP_FP32, KEEP_FP32, KEEP_FP32_DEFAULT_REASON,
+                                   MIXER_CONV_REASON, SOFTMAX_NEIGHBOUR_REASON,
                                    calibration_inputs, check_calib_data, export_onnx_int8,
                                    format_int8_report, module_nodes, node_modules, onnx_top1,
                                    quantize_onnx_file)
@@ -159,6 +160,10 @@ def test_export_onnx_int8(tmp_path, data, family, task):
     assert report['problems'] == [] and report['path'] == out and osp.isfile(out)
     assert sorted(os.listdir(tmp_path)) == ['int8.onnx']  # no FP32 copy or staging left
     assert report['calibration']['images'] == 24
+    # the stem and the first stage stay FP32 by default (named as in the model)
+    assert report['settings']['keep_fp32'] == [('backbone.' if task == 'classifier' else '') + m
+                                               for m in DEFAULT_KEEP_FP32]
+    assert KEEP_FP32_DEFAULT_REASON in report['kept_fp32_reasons']['Conv']
     # the convolutions and matrix products run in INT8 ...
     assert report['int8_ops'].get('Conv', 0) >= 4
     assert report['int8_ops'].get('MatMul', 0) + report['int8_ops'].get('Gemm', 0) >= 2
@@ -311,33 +316,59 @@ def test_node_modules_reads_both_exporters():
 
 @pytest.mark.parametrize('method', ['torchscript', 'dynamo'])
 def test_export_onnx_int8_keeps_the_modules_asked_fp32(tmp_path, data, method):
-    """--keep-fp32: every convolution of the modules named stays FP32 (its weight is not
-    dequantised), the others are INT8, and the report says why."""
+    """Mixed precision: every convolution of the modules kept FP32 stays FP32 (its weight is
+    not dequantised) and the others are INT8, with the reason in the report. By default the
+    stem and the first stage; --keep-fp32 names others; [] (--keep-fp32 none) keeps none."""
     import onnx
     model = tiny_model('v1', 'backbone')
     train = osp.join(data['data_root'], 'train')
-    out = str(tmp_path / 'int8.onnx')
-    report = export_onnx_int8(model, out, SIZE, train, task='backbone', method=method,
-                              keep_fp32=['stages.0', 'stem'], speed=False)
-    assert report['problems'] == [] and report['settings']['keep_fp32'] == ['stages.0', 'stem']
-    assert 'in a module kept FP32 as asked (stages.0, stem)' in report['kept_fp32_reasons']['Conv']
-    proto = onnx.load(out)
-    # module paths as exported (the INT8 graph keeps the node names, not always the metadata)
     export_onnx(model, str(tmp_path / 'fp32.onnx'), SIZE, method=method)
-    paths = node_modules(proto)
-    paths.update(node_modules(onnx.load(str(tmp_path / 'fp32.onnx'))))
-    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
-    int8 = {}
-    for n in proto.graph.node:
-        if n.op_type == 'Conv':
-            where = 'kept' if re.search(r'(^|\.)(stages\.0|stem)(\.|$)', paths[n.name]) else 'rest'
-            int8.setdefault(where, []).append(producer.get(n.input[1]) == 'DequantizeLinear')
-    assert len(int8['kept']) >= 3 and not any(int8['kept'])  # stem (2) and stage 0 convs
-    assert sum(int8['rest']) >= 4
-    default = export_onnx_int8(model, str(tmp_path / 'default.onnx'), SIZE, train,
-                               task='backbone', method=method, speed=False)
+    exported = node_modules(onnx.load(str(tmp_path / 'fp32.onnx')))
+
+    def int8_convs(keep, name):
+        out = str(tmp_path / f'{name}.onnx')
+        report = export_onnx_int8(model, out, SIZE, train, task='backbone', method=method,
+                                  speed=False, **({} if keep == 'default' else
+                                                  dict(keep_fp32=keep)))
+        assert report['problems'] == []
+        proto = onnx.load(out)
+        # module paths as exported (the INT8 graph keeps node names, not always the metadata)
+        paths = dict(node_modules(proto), **{n: p for n, p in exported.items() if p})
+        producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+        found = {}
+        for n in proto.graph.node:
+            if n.op_type == 'Conv':
+                module = re.sub(r'^model\.', '', paths[n.name])
+                where = module.split('.')[0] if module.startswith('stem') else \
+                    '.'.join(module.split('.')[:2])
+                found.setdefault(where, []).append(producer.get(n.input[1]) == 'DequantizeLinear')
+        return report, {k: sum(v) for k, v in found.items()}, {k: len(v) for k, v in found.items()}
+
+    default, int8, total = int8_convs('default', 'default')
+    assert default['settings']['keep_fp32'] == list(DEFAULT_KEEP_FP32) == ['stem', 'stages.0']
+    assert KEEP_FP32_DEFAULT_REASON in default['kept_fp32_reasons']['Conv']
+    assert int8['stem'] == int8['stages.0'] == 0 and total['stem'] == 2
+    assert all(int8[s] > 0 for s in ('stages.1', 'stages.2', 'stages.3'))
+    asked, int8_asked, _ = int8_convs(['stages.1'], 'asked')
+    assert asked['settings']['keep_fp32'] == ['stages.1']
+    assert 'in a module kept FP32 as asked (stages.1)' in asked['kept_fp32_reasons']['Conv']
+    assert int8_asked['stages.1'] == 0 and int8_asked['stem'] == 2 and int8_asked['stages.0'] > 0
+    none, int8_none, _ = int8_convs([], 'none')
+    assert none['settings']['keep_fp32'] == [] and int8_none['stem'] == 2
     mixers = 2 * sum(isinstance(m, Meta4D) for m in model.stages[0].modules())  # FP32 anyway
-    assert default['int8_ops']['Conv'] - report['int8_ops']['Conv'] == len(int8['kept']) - mixers
+    assert int8_none['stages.0'] == total['stages.0'] - mixers > 0
+    assert none['int8_ops']['Conv'] == default['int8_ops']['Conv'] + 2 + int8_none['stages.0']
+
+
+def test_keep_fp32_names_a_classifiers_modules_as_its_backbones(tmp_path, data):
+    report = export_onnx_int8(tiny_model('v2', 'classifier'), str(tmp_path / 'int8.onnx'), SIZE,
+                              osp.join(data['data_root'], 'train'), task='classifier',
+                              method='torchscript', speed=False,
+                              keep_fp32=['stages.1', 'backbone.stem'])
+    assert report['problems'] == []
+    assert report['settings']['keep_fp32'] == ['backbone.stages.1', 'backbone.stem']
+    assert ('in a module kept FP32 as asked (backbone.stages.1, backbone.stem)'
+            in report['kept_fp32_reasons']['Conv'])
 
 
 def test_keep_fp32_names_a_module_the_model_lacks(tmp_path, data):

@@ -10,8 +10,8 @@
    timm, the FP32 ONNX model and the INT8 one (mmeff.deploy.quantize, calibrated on train/),
    timed interleaved in one run (mmeff.benchmark.latency.time_interleaved, ONNX Runtime
    sessions that stop spinning after each call); ratios against timm. With --stage-study also
-   INT8 models whose stem and first stages stay FP32 (mixed precision, --keep-fp32 of
-   tools/export.py).
+   INT8 models with every stage INT8, or more stages FP32 than the export's default (the stem
+   and stage 0; mixed precision, --keep-fp32 of tools/export.py).
 3. Accuracy, on a classifier that learned the ImageFolder (--checkpoint of the demo's
    configs/demo/effformer_l1_in1k_synthetic.py, or trained here for --train-steps on train/ at
    the images' size): FP32 and INT8 top-1 on val/ and their agreement; its backbone's stage
@@ -115,22 +115,22 @@ def stage_backbone(model):
     return net.eval()
 
 
-# Mixed-precision rows of the speed study (--stage-study): the first stages kept FP32.
-STAGE_STUDY = (('backbone.stem', 'backbone.stages.0'),
-               ('backbone.stem', 'backbone.stages.0', 'backbone.stages.1'),
-               ('backbone.stem', 'backbone.stages.0', 'backbone.stages.1', 'backbone.stages.2'))
-
-
-def stage_row(modules) -> str:
-    """The runtime name of a --stage-study row."""
-    last = modules[-1].rsplit('.', 1)[-1]
-    return f'onnxruntime-int8, stem-stage {last} FP32'
+# Mixed-precision rows of the speed study (--stage-study), beside the INT8 model as exported
+# (the stem and stage 0 FP32, mmeff.deploy.quantize.DEFAULT_KEEP_FP32): every stage INT8,
+# and stages 1 and 2 kept FP32 as well.
+STAGE_STUDY = {
+    'onnxruntime-int8, every stage INT8': (),
+    'onnxruntime-int8, stem-stage 1 FP32': ('backbone.stem', 'backbone.stages.0',
+                                            'backbone.stages.1'),
+    'onnxruntime-int8, stem-stage 2 FP32': ('backbone.stem', 'backbone.stages.0',
+                                            'backbone.stages.1', 'backbone.stages.2'),
+}
 
 
 def speed(arch: str, size: int, train_dir: str, work: str, warmup: int, reps: int,
           threads: int, calib_images: int, log=print, stage_study: bool = False) -> dict:
     """timm, FP32 ONNX Runtime and INT8 ONNX Runtime on the same weights, interleaved; with
-    ``stage_study`` also INT8 models whose first stages stay FP32 (:data:`STAGE_STUDY`)."""
+    ``stage_study`` also the INT8 models of :data:`STAGE_STUDY`."""
     import torch
 
     from mmeff.benchmark.latency import build_models
@@ -144,10 +144,10 @@ def speed(arch: str, size: int, train_dir: str, work: str, warmup: int, reps: in
     export_onnx(model, fp32, (1, 3, size, size))
     q = quantize_onnx_file(fp32, int8, train_dir, max_images=calib_images)
     paths = {'onnxruntime': fp32, 'onnxruntime-int8': int8}
-    for modules in (STAGE_STUDY if stage_study else ()):
-        paths[stage_row(modules)] = osp.join(work, f'{arch}_{size}_{len(modules)}_int8.onnx')
-        quantize_onnx_file(fp32, paths[stage_row(modules)], train_dir, max_images=calib_images,
-                           keep_fp32=modules)
+    for row, modules in (STAGE_STUDY.items() if stage_study else ()):
+        paths[row] = osp.join(work, f'{arch}_{size}_{len(modules)}_int8.onnx')
+        quantize_onnx_file(fp32, paths[row], train_dir, max_images=calib_images,
+                           keep_fp32=list(modules))
     sessions = {name: ort_session(p, threads) for name, p in paths.items()}
     feed = x.numpy()
     fns = {'timm': lambda: timm_fn(x)}
@@ -374,8 +374,9 @@ def main(argv=None) -> int:
                    help='speed rows only (no trained classifier: no accuracy, op study or '
                         'Core ML)')
     p.add_argument('--stage-study', action='store_true',
-                   help='speed rows of INT8 models whose stem and first 1, 2 or 3 stages stay '
-                        'FP32 (export --keep-fp32)')
+                   help='speed rows of INT8 models with every stage INT8, or the stem and '
+                        'stages 0-1 or 0-2 FP32 (export --keep-fp32; the default keeps the stem '
+                        'and stage 0)')
     p.add_argument('--no-coreml', action='store_true', help='skip compressed Core ML')
     p.add_argument('--no-op-study', action='store_true',
                    help='skip the study of the operators kept in FP32')

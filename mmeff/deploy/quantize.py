@@ -82,6 +82,17 @@ _SOFTMAX_WALK = ('Reshape', 'Transpose', 'Flatten', 'Squeeze', 'Unsqueeze', 'Sli
                  'Concat', 'Add', 'Sub', 'Mul', 'Div')
 # Operators of the modules a caller asked to keep FP32 (quantize_onnx_file's keep_fp32).
 KEEP_FP32_ASKED_REASON = 'in a module kept FP32 as asked ({})'
+# The modules an EfficientFormer's INT8 model keeps FP32 by default: the stem and the first
+# stage (maps at 1/4 of the input, few channels). Their quantise/dequantise steps cost more
+# than their integer convolutions save: with them FP32, INT8 L1 9.7 -> 8.4 ms, L3 21.4 ->
+# 20.2 ms, V2-S1 11.1 -> 9.6 ms (224, 2 threads, two interleaved runs,
+# benchmarks/int8_stage_study_cpu_2threads_intel*.md); keeping stage 1 too gained 2 % on L1,
+# nothing on L3. Named relative to the backbone (``backbone.`` in front for a classifier).
+DEFAULT_KEEP_FP32 = ('stem', 'stages.0')
+KEEP_FP32_DEFAULT_REASON = ('the stem and the first stage, kept FP32 by default (maps at 1/4 of '
+                            'the input, few channels: quantised they made INT8 L1, L3 and V2-S1 '
+                            '6-15 % slower in interleaved runs); --keep-fp32 none quantises '
+                            'them')
 # Operators that must not run as ONNX Runtime integer kernels (the export fails otherwise).
 MUST_STAY_FP32 = ('Softmax', 'LayerNormalization')
 CALIB_MAX_IMAGES = 64
@@ -362,6 +373,20 @@ def module_nodes(proto, modules: Sequence[str],
     return list(found)
 
 
+def default_keep_fp32(paths: Dict[str, str]) -> List[str]:
+    """:data:`DEFAULT_KEEP_FP32` as named in a graph whose nodes come from ``paths`` (node
+    name -> module path, :func:`node_modules`): ``['stem', 'stages.0']`` for a backbone,
+    ``['backbone.stem', 'backbone.stages.0']`` for a classifier; ``[]`` for a graph with no
+    such modules (a latency table's piece, another model)."""
+    names = set(paths.values())
+    for prefix in ('', 'backbone.'):
+        for wrapper in ('', 'model.'):
+            full = [wrapper + prefix + m for m in DEFAULT_KEEP_FP32]
+            if all(any(p == f or p.startswith(f + '.') for p in names) for f in full):
+                return [prefix + m for m in DEFAULT_KEEP_FP32]
+    return []
+
+
 def runtime_ops(path: str) -> Dict[str, Dict[str, int]]:
     """What ONNX Runtime runs for a QDQ model on this CPU (:func:`mmeff.runtime.ort_graph_ops`):
     ``{'int8': {op: n}, 'fp32': {op: n}}``. INT8 are its integer kernels (``QLinearConv``,
@@ -395,7 +420,7 @@ def quantize_onnx_file(fp32_path: str,
                        reduce_range: bool = False,
                        max_images: Optional[int] = CALIB_MAX_IMAGES,
                        num_classes: Optional[int] = None,
-                       keep_fp32: Sequence[str] = ()) -> dict:
+                       keep_fp32: Optional[Sequence[str]] = None) -> dict:
     """Statically quantise an FP32 ONNX model to INT8 (QDQ) with ONNX Runtime.
 
     Args:
@@ -412,9 +437,11 @@ def quantize_onnx_file(fp32_path: str,
             Defaults to False.
         max_images (int | None): Calibration images used from a folder. Defaults to 64.
         num_classes (int | None): The classifier's class count, checked against the folder.
-        keep_fp32 (Sequence[str]): Modules whose operators stay FP32 as well (mixed
+        keep_fp32 (Sequence[str] | None): Modules whose operators stay FP32 as well (mixed
             precision), by module path (:func:`module_nodes`), e.g. ``['stages.0']`` for a
-            backbone, ``['backbone.stages.0']`` for a classifier. Defaults to none.
+            backbone, ``['backbone.stages.0']`` for a classifier; ``[]``: none. None (default):
+            the stem and the first stage where the graph has them
+            (:data:`DEFAULT_KEEP_FP32`, :func:`default_keep_fp32`).
 
     Returns:
         dict: ``path``, ``fp32_path``, ``file_size_bytes``, ``fp32_file_size_bytes``,
@@ -422,7 +449,8 @@ def quantize_onnx_file(fp32_path: str,
         ``fp32_ops`` (op type -> count, :func:`qdq_op_summary`), ``kept_fp32_reasons``
         (op type -> why, for every operator left in FP32) and ``quantize_s``.
     """
-    keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32 or ())
+    if isinstance(keep_fp32, str):
+        keep_fp32 = [keep_fp32]
     onnx = require('onnx')
     require('onnxruntime')
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -467,15 +495,20 @@ def quantize_onnx_file(fp32_path: str,
         excluded = dict.fromkeys(kept_convs, MIXER_CONV_REASON)
         excluded.update(dict.fromkeys(beside_softmax, SOFTMAX_NEIGHBOUR_REASON))
         node_type = {n.name: n.op_type for n in prepared_proto.graph.node}
+        # ONNX Runtime's pre-processing keeps node names but may drop the exporter's
+        # metadata: module paths as exported, for the nodes still there
+        paths = node_modules(prepared_proto)
+        paths.update({n: p for n, p in node_modules(proto).items() if n in paths and p})
+        if keep_fp32 is None:
+            keep_fp32 = default_keep_fp32(paths)
+            reason = KEEP_FP32_DEFAULT_REASON
+        else:
+            keep_fp32 = list(keep_fp32)
+            reason = KEEP_FP32_ASKED_REASON.format(', '.join(keep_fp32))
         if keep_fp32:
-            # ONNX Runtime's pre-processing keeps node names but may drop the exporter's
-            # metadata: module paths as exported, for the nodes still there
-            paths = node_modules(prepared_proto)
-            paths.update({n: p for n, p in node_modules(proto).items() if n in paths and p})
             asked = module_nodes(prepared_proto, keep_fp32, paths)
             excluded.update(dict.fromkeys(
-                [n for n in asked if node_type[n] in op_types and n not in excluded],
-                KEEP_FP32_ASKED_REASON.format(', '.join(keep_fp32))))
+                [n for n in asked if node_type[n] in op_types and n not in excluded], reason))
 
         def write(target):
             quantize_static(prepared, target, _InputReader(name, arrays),
@@ -615,7 +648,7 @@ def export_onnx_int8(model: nn.Module,
                      max_images: Optional[int] = CALIB_MAX_IMAGES,
                      method: str = 'auto',
                      speed: bool = True,
-                     keep_fp32: Sequence[str] = (),
+                     keep_fp32: Optional[Sequence[str]] = None,
                      **quantize_options) -> dict:
     """Export ``model`` to an INT8 ONNX model calibrated on ``calib_data``, and measure it.
 
@@ -647,9 +680,12 @@ def export_onnx_int8(model: nn.Module,
             :data:`SPEED_BUDGET_S` seconds): whether INT8 is faster depends on the model and
             the CPU (V2-S1 at 224 on a 2-core Xeon: slower,
             ``benchmarks/int8_profile_l1_cpu_2threads_intel.md``). Defaults to True.
-        keep_fp32 (Sequence[str]): Modules of ``model`` (``named_modules()`` paths, e.g.
-            ``'stages.0'``) whose operators stay FP32 as well (:func:`quantize_onnx_file`);
-            checked against the model before anything is exported. Defaults to none.
+        keep_fp32 (Sequence[str] | None): Modules of ``model`` (``named_modules()`` paths,
+            e.g. ``'stages.0'``; a classifier's also as its backbone's: ``'stages.0'`` for
+            ``'backbone.stages.0'``) whose operators stay FP32 as well
+            (:func:`quantize_onnx_file`), checked against the model before anything is
+            exported; ``[]``: none. None (default): the stem and the first stage
+            (:data:`DEFAULT_KEEP_FP32`).
         **quantize_options: ``per_channel``, ``op_types``, ``reduce_range`` of
             :func:`quantize_onnx_file`.
 
@@ -673,9 +709,17 @@ def export_onnx_int8(model: nn.Module,
         raise ValueError(f'an ONNX model is saved as a file ending in .onnx, got {out!r}')
     if task == 'classifier' and num_classes is None:
         num_classes = _num_classes_of(model)
-    keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32 or ())
+    if isinstance(keep_fp32, str):
+        keep_fp32 = [keep_fp32]
     names = [n for n, _ in model.named_modules() if n]
-    unknown = [m for m in keep_fp32 if not any(n == m or n.startswith(m + '.') for n in names)]
+
+    def known(m):
+        return any(n == m or n.startswith(m + '.') for n in names)
+
+    if keep_fp32 is not None:  # a classifier's modules may be named as its backbone's
+        keep_fp32 = [m if known(m) or not known(f'backbone.{m}') else f'backbone.{m}'
+                     for m in keep_fp32]
+    unknown = [m for m in keep_fp32 or () if not known(m)]
     if unknown:
         tops = sorted({'.'.join(n.split('.')[:2]) for n in names})
         raise ValueError(f"--keep-fp32 {' '.join(unknown)}: the model has no such module; "
@@ -774,9 +818,11 @@ def format_int8_report(report: dict) -> str:
 
 
 __all__ = ['INT8_OP_TYPES', 'PASS_THROUGH_OP_TYPES', 'KEEP_FP32', 'MIXER_CONV_REASON',
-           'SOFTMAX_NEIGHBOUR_REASON', 'KEEP_FP32_ASKED_REASON', 'MUST_STAY_FP32', 'mixer_convs',
-           'softmax_neighbours', 'node_modules', 'module_nodes',
+           'SOFTMAX_NEIGHBOUR_REASON', 'KEEP_FP32_ASKED_REASON', 'DEFAULT_KEEP_FP32',
+           'KEEP_FP32_DEFAULT_REASON', 'MUST_STAY_FP32', 'mixer_convs', 'softmax_neighbours',
+           'node_modules', 'module_nodes', 'default_keep_fp32',
            'runtime_ops', 'check_calib_data',
            'eval_transform', 'calibration_inputs', 'qdq_op_summary', 'fp32_reason',
            'quantize_onnx_file',
-           'SPEED_BUDGET_S', 'int8_speed', 'run_onnx', 'compare_onnx', 'onnx_top1', 'export_onnx_int8', 'format_int8_report']
+           'SPEED_BUDGET_S', 'int8_speed', 'run_onnx', 'compare_onnx', 'onnx_top1',
+           'export_onnx_int8', 'format_int8_report']

@@ -302,7 +302,8 @@ class OnnxRuntimeBackend(Backend):
              optimization: str = 'all'):
         return ort_session(path, threads, ort_providers(device), optimization)
 
-    def _written(self, module, x, path: str, method: str, opset: int, calib=None) -> dict:
+    def _written(self, module, x, path: str, method: str, opset: int, calib=None,
+                 keep_fp32=None) -> dict:
         import torch
         with torch.no_grad():
             return self.write(module.cpu(), x.cpu(), path, method=method, opset=opset,
@@ -311,7 +312,7 @@ class OnnxRuntimeBackend(Backend):
     def runner(self, module, x, *, threads: Optional[int] = None, device: Optional[str] = None,
                work_dir: Optional[str] = None, tag: str = 'model', quick_export: bool = False,
                opset: int = ONNX_OPSET, optimization: str = 'all', calib=None,
-               **unused) -> Runner:
+               keep_fp32=None, **unused) -> Runner:
         """Write ``module`` to ``<work_dir>/<tag>.onnx`` (``quick_export``: with the TorchScript
         exporter, ~10x faster to write, for many small pieces; else :func:`write_onnx`'s
         ``'auto'``), open it (:meth:`open`) and run it on ``x``; returns ONNX Runtime's
@@ -325,7 +326,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             path = osp.join(work_dir, f'{tag}{self.suffix}')
             self._written(module, x, path, 'torchscript' if quick_export else 'auto', opset,
-                          calib)
+                          calib, keep_fp32)
             sess = self.open(path, threads, device, optimization)
         finally:
             if own_dir is not None:  # the session holds the model: the file can go
@@ -363,9 +364,11 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         _quantizer()
 
     def write(self, module, example_input, path: str, calib=None, per_channel: bool = True,
-              **options) -> dict:
+              keep_fp32=None, **options) -> dict:
         """FP32 :func:`write_onnx` (its keywords) to a temporary file, then quantised to
-        ``path``. ``calib``: calibration inputs (default: ``example_input`` alone)."""
+        ``path``. ``calib``: calibration inputs (default: ``example_input`` alone);
+        ``keep_fp32``: modules left FP32 (default: the stem and the first stage where the
+        module has them, as the INT8 export; ``[]``: none)."""
         quantize = _quantizer()
         options.pop('atomic', None)  # the quantiser writes `path` atomically
         input_name = list(options.get('input_names', ('image',)))[0]
@@ -374,12 +377,14 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         with tempfile.TemporaryDirectory(prefix='mmeff_int8_') as tmp:
             fp32 = osp.join(tmp, 'fp32.onnx')
             info = write_onnx(module, example_input, fp32, atomic=False, **options)
-            report = quantize(fp32, path, calib, per_channel=per_channel, input_name=input_name)
+            report = quantize(fp32, path, calib, per_channel=per_channel, input_name=input_name,
+                              keep_fp32=keep_fp32)
         info.update(path=osp.abspath(path), quantization=report)
         return info
 
-    def _written(self, module, x, path: str, method: str, opset: int, calib=None) -> dict:
+    def _written(self, module, x, path: str, method: str, opset: int, calib=None,
+                 keep_fp32=None) -> dict:
         import torch
         with torch.no_grad():
             return self.write(module.cpu(), x.cpu(), path, calib=calib, method=method,
-                              opset=opset)
+                              opset=opset, keep_fp32=keep_fp32)

@@ -61,7 +61,8 @@ each piece run by the backend's runner (:meth:`mmeff.runtime.Backend.runner`): `
 ``onnxruntime`` (every piece exported with the TorchScript exporter at its fixed input shape,
 the quick way, and run by an ONNX Runtime CPU session whose threads stop spinning after each call,
 :func:`mmeff.runtime.ort_session`), ``onnxruntime-int8`` (the same, quantised by
-:func:`mmeff.deploy.quantize.quantize_onnx_file`) and ``coreml`` (macOS only: coremltools
+:func:`mmeff.deploy.quantize.quantize_onnx_file`, every piece and checked network wholly INT8:
+``keep_fp32=[]``) and ``coreml`` (macOS only: coremltools
 predictions on the chosen compute units; that code path has not run in this project's CI,
 which has no Mac). A backend registered later is offered too.
 
@@ -312,9 +313,12 @@ def _runner(module: nn.Module, x: torch.Tensor, backend: str, threads: int, work
             tag: str, compute_units: str = 'ALL') -> Callable[[], object]:
     """A runner of ``module`` on ``x`` on ``backend`` (:meth:`mmeff.runtime.Backend.runner`;
     files go the quick way: a table measures hundreds of small pieces)."""
+    # keep_fp32=[]: an INT8 table quantises every piece and every network it checks alike (the
+    # INT8 export's default keeps a whole network's stem and first stage FP32; pieces have
+    # no stem to find)
     return get_backend(backend).runner(module, x, threads=threads, work_dir=work_dir, tag=tag,
                                        compute_units=compute_units, quick_export=True,
-                                       opset=ONNX_OPSET)
+                                       opset=ONNX_OPSET, keep_fp32=[])
 
 
 def _time(names: Sequence[str], make: Callable[[str], tuple], backend: str, threads: int,
