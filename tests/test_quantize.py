@@ -237,6 +237,7 @@ def test_int8_report_says_when_int8_is_not_faster():
     assert '(0.85x)' in text and 'INT8 is not faster than FP32 here' in text
     assert 'runs in FP32 (most: Gelu 49, Transpose 46, Add 11) cost more' in text
     assert 'the file is 4.0x smaller' in text and '--runtimes onnxruntime onnxruntime-int8' in text
+    assert 'More stages FP32 may help (--keep-fp32 stem stages.0 stages.1 stages.2)' in text
     assert 'speed on this CPU' not in format_int8_report(base)  # speed=False: no line
 
 

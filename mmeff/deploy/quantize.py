@@ -678,8 +678,8 @@ def export_onnx_int8(model: nn.Module,
             ``'torchscript'``. Defaults to ``'auto'``.
         speed (bool): Time the INT8 and the FP32 graph on this CPU (:func:`int8_speed`, about
             :data:`SPEED_BUDGET_S` seconds): whether INT8 is faster depends on the model and
-            the CPU (V2-S1 at 224 on a 2-core Xeon: slower,
-            ``benchmarks/int8_profile_l1_cpu_2threads_intel.md``). Defaults to True.
+            the CPU (V2-S1 at 224 on a 2-core Xeon: a little slower,
+            ``benchmarks/int8_stage_study_cpu_2threads_intel*.md``). Defaults to True.
         keep_fp32 (Sequence[str] | None): Modules of ``model`` (``named_modules()`` paths,
             e.g. ``'stages.0'``; a classifier's also as its backbone's: ``'stages.0'`` for
             ``'backbone.stages.0'``) whose operators stay FP32 as well
@@ -809,7 +809,8 @@ def format_int8_report(report: dict) -> str:
             lines.append(f"    INT8 is not faster than FP32 here: usually the quantise/dequantise "
                          f"steps around the operators ONNX Runtime runs in FP32{most} cost more "
                          f"than the integer kernels save on this model and CPU; the file is "
-                         f"{smaller:.1f}x smaller. Time it on the target device "
+                         f"{smaller:.1f}x smaller. More stages FP32 may help (--keep-fp32 stem "
+                         f"stages.0 stages.1 stages.2); time it on the target device "
                          f"(tools/benchmark_latency.py --runtimes onnxruntime onnxruntime-int8)")
     problems = report.get('problems', [])
     lines.append('  checks: ' + ('all passed' if not problems else
