@@ -70,7 +70,7 @@ KEEP_FP32 = {
 MIXER_CONV_REASON = ("V1's pooling token mixers, exported as two depthwise 1x1 convs each "
                      "((1 - s) * x + s * pool(x)): quantised, their integer kernels and "
                      "re-quantisation cost more than they save (L1 INT8 about 1.2x slower "
-                     "in an interleaved run); the other convolutions are INT8")
+                     "in an interleaved run)")
 # The operators that write a Softmax's input or read its output (the attention logits and
 # probabilities): quantised, the logits would reach the softmax in 8 bits and the
 # probabilities leave it in 8 bits (ONNX Runtime then even runs a QLinearSoftmax).
