@@ -336,6 +336,33 @@ def node_modules(proto) -> Dict[str, str]:
     return found
 
 
+def _within(path: str, module: str) -> bool:
+    """Whether module path ``path`` is ``module`` or inside it."""
+    return path == module or path.startswith(module + '.')
+
+
+def _match_modules(paths: Dict[str, str], modules: Sequence[str]):
+    """``(found, missing, relative)``: the nodes (node name -> module path ``paths``) traced
+    from ``modules``, the modules no node comes from, and every node's path relative to an
+    export wrapper that every path starts with (``model.`` of mmeff.deploy.export's
+    ExportWrapper: module names are the wrapped model's)."""
+    parts = [p.split('.') for p in paths.values() if p]
+    wrapper = ''
+    while parts and len({p[0] for p in parts}) == 1 and any(len(p) > 1 for p in parts):
+        wrapper += parts[0][0] + '.'
+        parts = [p[1:] for p in parts if len(p) > 1]
+    relative = {n: p[len(wrapper):] if wrapper and p.startswith(wrapper) else p
+                for n, p in paths.items()}
+    found, missing = {}, []
+    for module in modules:
+        prefix = module.strip('.')
+        hits = [n for n in paths if _within(paths[n], prefix) or _within(relative[n], prefix)]
+        if not hits:
+            missing.append(module)
+        found.update(dict.fromkeys(hits))
+    return list(found), missing, relative
+
+
 def module_nodes(proto, modules: Sequence[str],
                  paths: Optional[Dict[str, str]] = None) -> List[str]:
     """Names of the nodes traced from ``modules`` (module paths as ``named_modules()`` gives
@@ -347,30 +374,14 @@ def module_nodes(proto, modules: Sequence[str],
     Raises:
         ValueError: A module no node comes from, naming the ones there are.
     """
-    paths = node_modules(proto) if paths is None else paths
-    # An export wrapper's attribute that every module path starts with (mmeff.deploy.export's
-    # ExportWrapper: 'model.'): module names are the wrapped model's.
-    parts = [p.split('.') for p in paths.values() if p]
-    wrapper = ''
-    while parts and len({p[0] for p in parts}) == 1 and any(len(p) > 1 for p in parts):
-        wrapper += parts[0][0] + '.'
-        parts = [p[1:] for p in parts if len(p) > 1]
-    relative = {n: p[len(wrapper):] if wrapper and p.startswith(wrapper) else p
-                for n, p in paths.items()}
-    found, missing = {}, []
-    for module in modules:
-        prefix = module.strip('.')
-        hits = [n for n in paths if any(p == prefix or p.startswith(prefix + '.')
-                                        for p in (paths[n], relative[n]))]
-        if not hits:
-            missing.append(module)
-        found.update(dict.fromkeys(hits))
+    found, missing, relative = _match_modules(
+        node_modules(proto) if paths is None else paths, modules)
     if missing:
         known = sorted({'.'.join(p.split('.')[:2]) for p in relative.values() if p})
         raise ValueError(f"no operator of the exported graph comes from module(s) {missing}: "
                          f"name modules as the model's named_modules() does, e.g. "
                          f"{', '.join(known[:8])}{' ...' if len(known) > 8 else ''}")
-    return list(found)
+    return found
 
 
 def default_keep_fp32(paths: Dict[str, str]) -> List[str]:
@@ -378,12 +389,10 @@ def default_keep_fp32(paths: Dict[str, str]) -> List[str]:
     name -> module path, :func:`node_modules`): ``['stem', 'stages.0']`` for a backbone,
     ``['backbone.stem', 'backbone.stages.0']`` for a classifier; ``[]`` for a graph with no
     such modules (a latency table's piece, another model)."""
-    names = set(paths.values())
     for prefix in ('', 'backbone.'):
-        for wrapper in ('', 'model.'):
-            full = [wrapper + prefix + m for m in DEFAULT_KEEP_FP32]
-            if all(any(p == f or p.startswith(f + '.') for p in names) for f in full):
-                return [prefix + m for m in DEFAULT_KEEP_FP32]
+        names = [prefix + m for m in DEFAULT_KEEP_FP32]
+        if not _match_modules(paths, names)[1]:
+            return names
     return []
 
 
@@ -495,13 +504,13 @@ def quantize_onnx_file(fp32_path: str,
         excluded = dict.fromkeys(kept_convs, MIXER_CONV_REASON)
         excluded.update(dict.fromkeys(beside_softmax, SOFTMAX_NEIGHBOUR_REASON))
         node_type = {n.name: n.op_type for n in prepared_proto.graph.node}
-        # ONNX Runtime's pre-processing keeps node names but may drop the exporter's
-        # metadata: module paths as exported, for the nodes still there
-        paths = node_modules(prepared_proto)
-        paths.update({n: p for n, p in node_modules(proto).items() if n in paths and p})
+        if keep_fp32 is None or keep_fp32:  # [] (every module INT8) needs no module paths
+            # ONNX Runtime's pre-processing keeps node names but may drop the exporter's
+            # metadata: module paths as exported, for the nodes still there
+            paths = node_modules(prepared_proto)
+            paths.update({n: p for n, p in node_modules(proto).items() if n in paths and p})
         if keep_fp32 is None:
-            keep_fp32 = default_keep_fp32(paths)
-            reason = KEEP_FP32_DEFAULT_REASON
+            keep_fp32, reason = default_keep_fp32(paths), KEEP_FP32_DEFAULT_REASON
         else:
             keep_fp32 = list(keep_fp32)
             reason = KEEP_FP32_ASKED_REASON.format(', '.join(keep_fp32))
@@ -714,7 +723,7 @@ def export_onnx_int8(model: nn.Module,
     names = [n for n, _ in model.named_modules() if n]
 
     def known(m):
-        return any(n == m or n.startswith(m + '.') for n in names)
+        return any(_within(n, m) for n in names)
 
     if keep_fp32 is not None:  # a classifier's modules may be named as its backbone's
         keep_fp32 = [m if known(m) or not known(f'backbone.{m}') else f'backbone.{m}'
